@@ -1,0 +1,1 @@
+"""Corpus pipeline, tokenizer, token shards, loaders, conversation rendering, the synthetic world."""

@@ -1,0 +1,180 @@
+"""A byte-level BPE tokenizer (sentencepiece): training from text files, loading, encoding.
+
+Trained so that every UTF-8 string round-trips exactly: identity normalisation, whitespace kept
+as is (no folding, no dummy prefix), byte fallback for anything outside the vocabulary, digits
+split one per token. Special tokens (data.special_tokens) sit at fixed ids as control symbols,
+which plain text can never produce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+from data.special_tokens import FIRST_SPECIAL_ID, SPECIAL_TOKENS
+
+# sentencepiece turns U+2581 (its whitespace marker) in input text into a space; the tokenizer
+# encodes that character through its UTF-8 byte pieces instead, which decode back to itself.
+_SPACE_MARK = "\u2581"
+N_BYTE_PIECES = 256
+MIN_VOCAB = 1 + len(SPECIAL_TOKENS) + N_BYTE_PIECES
+
+
+class Tokenizer:
+    """Encodes plain text and decodes ids; special ids come only from data.special_tokens."""
+
+    def __init__(self, model_proto: bytes, source: str = "<memory>"):
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.sha256 = hashlib.sha256(model_proto).hexdigest()
+        self.source = source
+        for i, token in enumerate(SPECIAL_TOKENS):
+            want = FIRST_SPECIAL_ID + i
+            got = self._sp.id_to_piece(want) if want < self._sp.vocab_size() else None
+            if got != token or not self._sp.is_control(want):
+                raise ValueError(
+                    f"tokenizer at {source} has {got!r} at id {want}, expected the control symbol "
+                    f"{token!r}: it was not trained by data.tokenizer.train_tokenizer with this "
+                    "special-token table; retrain it (python -m experiments.tokenizer)")
+        self._special_ids = frozenset(range(FIRST_SPECIAL_ID, FIRST_SPECIAL_ID + len(SPECIAL_TOKENS)))
+        self._mark_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_MARK.encode()]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Loads `tokenizer.model` from a file path or a directory holding it."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.model"
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer model at {path}: train one with "
+                                    "`python -m experiments.tokenizer --workdir W --input FILES`")
+        return cls(path.read_bytes(), str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of plain text; never a special id, whatever the text spells."""
+        parts = text.split(_SPACE_MARK)
+        ids = self._sp.encode(parts[0]) if parts[0] else []
+        for part in parts[1:]:
+            ids.extend(self._mark_ids)
+            if part:
+                ids.extend(self._sp.encode(part))
+        return ids
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
+
+    def decode(self, ids: Iterable[int], show_special: bool = False) -> str:
+        """Text of `ids`; special tokens are dropped, or spelled out when show_special."""
+        out, run = [], []
+        for i in ids:
+            i = int(i)
+            if i in self._special_ids:
+                out.append(self._sp.decode(run))
+                run = []
+                if show_special:
+                    out.append(self._sp.id_to_piece(i))
+            else:
+                run.append(i)
+        out.append(self._sp.decode(run))
+        return "".join(out)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))
+
+
+def iter_lines(files: Sequence[str | Path]) -> Iterator[str]:
+    """Non-empty lines (newline stripped) of UTF-8 text files; undecodable bytes are replaced."""
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                line = line.rstrip("\n")
+                if line.strip():
+                    yield line
+
+
+def train_tokenizer(
+    files: Sequence[str | Path],
+    out_dir: str | Path,
+    vocab_size: int,
+    heldout_every: int = 50,
+    max_sentences: int = 2_000_000,
+    max_heldout_bytes: int = 4_000_000,
+    seed: int = 0,
+) -> dict:
+    """Trains a BPE model on `files` into out_dir/{tokenizer.model, tokenizer.vocab}.
+
+    Every `heldout_every`-th line is kept out of training and used to measure bytes per token.
+    sentencepiece samples at most `max_sentences` lines, which bounds memory on large inputs.
+    Returns the figures that go into meta.json.
+    """
+    if vocab_size < MIN_VOCAB + 1:
+        raise ValueError(f"vocab_size={vocab_size} is too small: {N_BYTE_PIECES} byte pieces, "
+                         f"{len(SPECIAL_TOKENS)} special tokens and <unk> need {MIN_VOCAB}; "
+                         "ask for at least a few hundred more")
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"tokenizer input {f} does not exist or is not a file")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    heldout: list[str] = []
+    counts = {"train_lines": 0, "train_bytes": 0}
+
+    def train_lines() -> Iterator[str]:
+        held_bytes = 0
+        for n, line in enumerate(iter_lines(files)):
+            if heldout_every and n % heldout_every == heldout_every - 1:
+                if held_bytes < max_heldout_bytes:
+                    heldout.append(line)
+                    held_bytes += len(line.encode())
+                continue
+            counts["train_lines"] += 1
+            counts["train_bytes"] += len(line.encode())
+            yield line
+
+    options = dict(
+        model_type="bpe", vocab_size=vocab_size, byte_fallback=True, character_coverage=0.9995,
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=False, split_digits=True, allow_whitespace_only_pieces=True,
+        max_sentence_length=1 << 16, input_sentence_size=max_sentences,
+        shuffle_input_sentence=True, unk_id=0, bos_id=-1, eos_id=-1,
+        pad_id=-1, control_symbols=list(SPECIAL_TOKENS), num_threads=2, minloglevel=2,
+    )
+    model = io.BytesIO()
+    spm.set_random_generator_seed(seed)  # the line sampler's seed: retrains are reproducible
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=train_lines(), model_writer=model,
+                                       **options)
+    except RuntimeError as e:
+        hint = (" The text is too small for this vocabulary: use more text or a smaller "
+                "vocab_size." if "Vocabulary size" in str(e) else "")
+        raise ValueError(f"sentencepiece could not train a {vocab_size}-piece BPE model on "
+                         f"{len(files)} file(s) ({counts['train_lines']} lines): {e}.{hint}") from e
+    if counts["train_lines"] == 0:
+        raise ValueError(f"tokenizer inputs {list(map(str, files))} hold no non-empty lines")
+    proto = model.getvalue()
+    (out_dir / "tokenizer.model").write_bytes(proto)
+    tok = Tokenizer(proto, str(out_dir / "tokenizer.model"))
+    with open(out_dir / "tokenizer.vocab", "w", encoding="utf-8") as fh:
+        for i in range(tok.vocab_size):
+            fh.write(f"{tok.id_to_piece(i)}\t{tok._sp.get_score(i)}\n")
+
+    held_bytes = sum(len(s.encode()) for s in heldout)
+    held_tokens = sum(len(tok.encode(s)) for s in heldout)
+    return {
+        "vocab_size": tok.vocab_size,
+        "sha256": tok.sha256,
+        "train_lines": counts["train_lines"],
+        "train_bytes": counts["train_bytes"],
+        "heldout_lines": len(heldout),
+        "heldout_bytes": held_bytes,
+        "heldout_tokens": held_tokens,
+        "bytes_per_token_heldout": held_bytes / held_tokens if held_tokens else None,
+        "sentencepiece_options": {k: v for k, v in options.items() if k != "control_symbols"},
+    }

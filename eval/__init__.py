@@ -1,0 +1,1 @@
+"""Evaluation tasks, metrics, arena and report card."""

@@ -1,0 +1,1 @@
+"""One absl entrypoint per stage, with its Python config files."""

@@ -1,0 +1,98 @@
+"""Trains the BPE tokenizer: writes W/tokenizer/{tokenizer.model, tokenizer.vocab, meta.json}.
+
+  python -m experiments.tokenizer --workdir runs/demo --input corpus.txt [--input more/ ...]
+  python -m experiments.tokenizer ... --config.tokenizer.vocab_size=2048
+
+A directory given as --input contributes every file under it. A finished tokenizer trained on the
+same inputs and config is not redone; a different one is refused unless --overwrite is given.
+The directory is written under a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from data.special_tokens import special_table
+from data.tokenizer import train_tokenizer
+from experiments.workdir import CONFIGS, code_version, read_meta, write_json
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run root; the tokenizer goes to WORKDIR/tokenizer",
+                               required=True)
+_INPUT = flags.DEFINE_multi_string("input", None, "text file or directory (repeatable)",
+                                   required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing, different tokenizer")
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for x in inputs:
+        p = Path(x)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file())
+            if not found:
+                raise app.UsageError(f"--input {p} is a directory with no files")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise app.UsageError(f"--input {p} does not exist")
+    return files
+
+
+def main(argv):
+    del argv
+    cfg = _CONFIG.value.tokenizer
+    files = expand_inputs(_INPUT.value)
+    inputs = [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files]
+    request = {"inputs": inputs, "config": cfg.to_dict()}
+    out = Path(_WORKDIR.value) / "tokenizer"
+
+    old = read_meta(out)
+    if old is not None and (out / "tokenizer.model").is_file():
+        if {"inputs": old.get("inputs"), "config": old.get("config")} == request:
+            print(f"{out} is already trained on these inputs with this config; nothing to do")
+            return
+        if not _OVERWRITE.value:
+            sys.exit(f"{out} holds a tokenizer trained on other inputs or another config; use "
+                     "another --workdir, or pass --overwrite to replace it")
+    elif out.exists() and any(out.iterdir()) and not _OVERWRITE.value:
+        sys.exit(f"{out} exists but holds no finished tokenizer; remove it or pass --overwrite")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tokenizer.tmp-{time.time_ns()}")
+    t0 = time.time()
+    stats = train_tokenizer(files, tmp, cfg.vocab_size, heldout_every=cfg.heldout_every)
+    meta = {
+        **request,
+        "stage": "tokenizer",
+        "special_tokens": special_table(),
+        "code_version": code_version(),
+        "train_seconds": round(time.time() - t0, 2),
+        **stats,
+    }
+    write_json(tmp / "meta.json", meta)
+    if out.exists():
+        trash = out.with_name(f".tokenizer.old-{time.time_ns()}")
+        out.rename(trash)
+        tmp.rename(out)
+        shutil.rmtree(trash)
+    else:
+        tmp.rename(out)
+
+    bpt = stats["bytes_per_token_heldout"]
+    print(f"tokenizer: {stats['vocab_size']} pieces, trained on {stats['train_lines']} lines "
+          f"({stats['train_bytes']:,} bytes) in {meta['train_seconds']} s")
+    print("held-out bytes/token: " + (f"{bpt:.3f} on {stats['heldout_lines']} lines"
+                                      if bpt else "n/a (too few lines to hold any out)"))
+    print(f"wrote {out}/tokenizer.model, tokenizer.vocab, meta.json (sha256 {stats['sha256'][:12]})")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,195 @@
+"""The decoding engine: prefill, a jitted decode step over an explicit KV cache, and generation.
+
+A batch of prompts of different lengths is right-padded to a power-of-two bucket and prefilled
+in one pass; each row then decodes at its own position. Two drivers share one step function:
+  - `generate`: the whole loop inside one jit (`lax.while_loop`), fastest; stops early once
+    every row has hit a stop token.
+  - `stream`: a Python loop over the jitted `decode_step` (cache donated), yielding tokens as
+    they are made (chat streaming; later, tool calls that pause a row).
+Both draw the token for step i with `fold_in(key(seed), i)`, so they produce the same tokens.
+Shapes are bucketed so that new prompts or sampling knobs do not recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model.config import ModelConfig
+from model.sampling import sample_logits
+from model.transformer import Cache, Params, forward, init_cache
+
+MAX_STOP_TOKENS = 8  # stop ids are padded to this many slots so their number never recompiles
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    stop_tokens: tuple[int, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+        if len(self.stop_tokens) > MAX_STOP_TOKENS:
+            raise ValueError(f"{len(self.stop_tokens)} stop tokens given; at most {MAX_STOP_TOKENS}")
+
+
+@dataclasses.dataclass
+class Generation:
+    tokens: list[list[int]]  # new tokens per row, the stop token excluded
+    finished: list[bool]  # True where a stop token ended the row, False where the budget did
+
+
+def _bucket(n: int, minimum: int = 8) -> int:
+    return max(minimum, 1 << (n - 1).bit_length())
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_tokens: int,
+                pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """Right-pads prompts into [B, T] with T a power-of-two bucket; returns (tokens, lengths, S)."""
+    if not prompts:
+        raise ValueError("no prompts given")
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    if lengths.min() == 0:
+        raise ValueError(f"prompt {int(np.argmin(lengths))} is empty; every prompt needs a token "
+                         "(start it with the tokenizer's <|bos|>)")
+    longest = int(lengths.max())
+    if longest + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(f"longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
+                         f"exceeds the model's max_seq_len={cfg.max_seq_len}: shorten the prompt "
+                         "or ask for fewer tokens")
+    t = min(_bucket(longest), cfg.max_seq_len)
+    tokens = np.full((len(prompts), t), pad_id, np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, : len(p)] = p
+    return tokens, lengths, t + max_new_tokens
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_len"))
+def prefill(params: Params, tokens_BT: jax.Array, lengths_B: jax.Array, cfg: ModelConfig,
+            cache_len: int) -> tuple[jax.Array, Cache]:
+    """Runs the padded prompts through the model; returns each row's last logits and the cache."""
+    b = tokens_BT.shape[0]
+    cache = init_cache(cfg, b, cache_len)
+    logits_BTV, cache = forward(params, tokens_BT, cfg, cache=cache,
+                                cache_start_B=jnp.zeros((b,), jnp.int32))
+    last_BV = jnp.take_along_axis(logits_BTV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+    return last_BV, cache
+
+
+def _decode(params, cache, tokens_B, positions_B, cfg):
+    logits_B1V, cache = forward(params, tokens_B[:, None], cfg, cache=cache,
+                                cache_start_B=positions_B)
+    return logits_B1V[:, 0], cache
+
+
+decode_step = jax.jit(_decode, static_argnames=("cfg",), donate_argnames=("cache",))
+decode_step.__doc__ = """Feeds one token per row at its position; returns logits [B, V] and the
+updated cache (the cache argument is donated and must not be used again)."""
+
+
+def _knobs(s: SamplingConfig) -> dict:
+    stop = np.full((MAX_STOP_TOKENS,), -1, np.int32)
+    stop[: len(s.stop_tokens)] = s.stop_tokens
+    return {"temperature": np.float32(s.temperature), "top_k": np.int32(s.top_k),
+            "top_p": np.float32(s.top_p), "stop": stop, "key": jax.random.key(s.seed)}
+
+
+def _choose(logits_BV, step, done_B, knobs):
+    key = jax.random.fold_in(knobs["key"], step)
+    tok_B = sample_logits(logits_BV, key, knobs["temperature"], knobs["top_k"], knobs["top_p"])
+    tok_B = jnp.where(done_B, 0, tok_B)
+    new_done_B = done_B | jnp.isin(tok_B, knobs["stop"])
+    return tok_B, new_done_B
+
+
+def _first(params, tokens_BT, lengths_B, knobs, cfg, cache_len):
+    logits_BV, cache = prefill(params, tokens_BT, lengths_B, cfg, cache_len)
+    done_B = jnp.zeros(lengths_B.shape, bool)
+    tok_B, done_B = _choose(logits_BV, 0, done_B, knobs)
+    return {"cache": cache, "token": tok_B, "pos": lengths_B, "done": done_B,
+            "step": jnp.int32(1)}
+
+
+def _next(params, state, knobs, cfg):
+    logits_BV, cache = _decode(params, state["cache"], state["token"], state["pos"], cfg)
+    tok_B, done_B = _choose(logits_BV, state["step"], state["done"], knobs)
+    return {"cache": cache, "token": tok_B, "pos": state["pos"] + 1, "done": done_B,
+            "step": state["step"] + 1}
+
+
+_first_jit = jax.jit(_first, static_argnames=("cfg", "cache_len"))
+_next_jit = jax.jit(_next, static_argnames=("cfg",), donate_argnames=("state",))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "max_new_tokens"))
+def _generate_loop(params, tokens_BT, lengths_B, knobs, cfg, cache_len, max_new_tokens):
+    state = _first(params, tokens_BT, lengths_B, knobs, cfg, cache_len)
+    out_BN = jnp.zeros((tokens_BT.shape[0], max_new_tokens), jnp.int32)
+    out_BN = out_BN.at[:, 0].set(state["token"])
+
+    def cond(carry):
+        state, _ = carry
+        return (state["step"] < max_new_tokens) & ~jnp.all(state["done"])
+
+    def body(carry):
+        state, out_BN = carry
+        state = _next(params, state, knobs, cfg)
+        out_BN = jax.lax.dynamic_update_slice(out_BN, state["token"][:, None],
+                                              (0, state["step"] - 1))
+        return state, out_BN
+
+    _, out_BN = jax.lax.while_loop(cond, body, (state, out_BN))
+    return out_BN
+
+
+def _trim(rows: np.ndarray, stop_tokens: tuple[int, ...]) -> Generation:
+    tokens, finished = [], []
+    for row in rows.tolist():
+        cut = next((i for i, t in enumerate(row) if t in stop_tokens), None)
+        tokens.append(row if cut is None else row[:cut])
+        finished.append(cut is not None)
+    return Generation(tokens, finished)
+
+
+def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
+             sampling: SamplingConfig) -> Generation:
+    """Samples continuations for a batch of prompts, the whole loop in one compiled call."""
+    tokens_BT, lengths_B, cache_len = pad_prompts(prompts, cfg, sampling.max_new_tokens)
+    out_BN = _generate_loop(params, tokens_BT, lengths_B, _knobs(sampling), cfg, cache_len,
+                            sampling.max_new_tokens)
+    return _trim(np.asarray(out_BN), sampling.stop_tokens)
+
+
+def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
+           sampling: SamplingConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields (tokens [B], live [B]) per step; live is False for rows already stopped.
+
+    A stop token is yielded (live) on the step it is drawn; the loop ends when every row has
+    stopped or max_new_tokens steps were taken.
+    """
+    tokens_BT, lengths_B, cache_len = pad_prompts(prompts, cfg, sampling.max_new_tokens)
+    knobs = _knobs(sampling)
+    state = _first_jit(params, tokens_BT, lengths_B, knobs, cfg, cache_len)
+    live = np.ones(len(prompts), bool)
+    for step in range(sampling.max_new_tokens):
+        if step:
+            state = _next_jit(params, state, knobs, cfg)
+        token, done = np.asarray(state["token"]), np.asarray(state["done"])
+        yield token, live
+        live = ~done
+        if done.all():
+            return

@@ -1,0 +1,250 @@
+"""A Llama-style decoder-only Transformer in Flax NNX, used purely functionally.
+
+NNX declares the parameters and the forward pass; everything else sees a plain params pytree
+(nested dicts of arrays). `init` builds it, `forward` is the one place where `nnx.merge` turns it
+back into modules. The KV cache is an explicit pytree passed in and returned.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.config import ModelConfig
+from model.sharding import constrain, named_sharding
+
+Params = dict
+Cache = list  # one {"k": k_BSKH, "v": v_BSKH} per layer
+
+
+def _param(rngs: nnx.Rngs, shape, axes, std: float, cfg: ModelConfig) -> nnx.Param:
+    init = jax.nn.initializers.normal(std)
+    return nnx.Param(init(rngs.params(), shape, cfg.weight_dtype), logical_axes=axes)
+
+
+def rope(x_BTNH: jax.Array, pos_BT: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding on the two halves of the head dimension."""
+    h = x_BTNH.shape[-1]
+    freq_H2 = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
+    angle_BTH2 = pos_BT[..., None].astype(jnp.float32) * freq_H2
+    sin, cos = jnp.sin(angle_BTH2)[:, :, None, :], jnp.cos(angle_BTH2)[:, :, None, :]
+    x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BTNH.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, cfg: ModelConfig):
+        self.scale = nnx.Param(jnp.ones((dim,), cfg.weight_dtype), logical_axes=("norm",))
+        self.eps = cfg.norm_eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Causal self-attention with grouped-query heads, RoPE and optional QK-norm."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.cfg = cfg
+        self.wq_DNH = _param(rngs, (d, n, h), ("embed", "q_heads", "head_dim"), cfg.init_std, cfg)
+        self.wk_DKH = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, cfg)
+        self.wv_DKH = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, cfg)
+        self.wo_NHD = _param(rngs, (n, h, d), ("q_heads", "head_dim", "embed"), out_std, cfg)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(h, cfg)
+            self.k_norm = RMSNorm(h, cfg)
+
+    def __call__(self, x_BTD, pos_BT, mask_BTS, layer_cache, cache_start_B):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.wq_DNH[...].astype(dt))
+        k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wk_DKH[...].astype(dt))
+        v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wv_DKH[...].astype(dt))
+        if cfg.qk_norm:
+            q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
+        q_BTNH = rope(q_BTNH, pos_BT, cfg.rope_theta)
+        k_BTKH = rope(k_BTKH, pos_BT, cfg.rope_theta)
+
+        new_cache = None
+        if layer_cache is None:
+            k_BSKH, v_BSKH = k_BTKH, v_BTKH
+        else:
+            # Each row writes its T new entries at its own offset: prompts have ragged lengths.
+            write = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (s, 0, 0)))
+            k_BSKH = write(layer_cache["k"], k_BTKH.astype(layer_cache["k"].dtype), cache_start_B)
+            v_BSKH = write(layer_cache["v"], v_BTKH.astype(layer_cache["v"].dtype), cache_start_B)
+            new_cache = {"k": k_BSKH, "v": v_BSKH}
+
+        b, t, n, h = q_BTNH.shape
+        kv = cfg.n_kv_heads
+        q_BTKGH = q_BTNH.reshape(b, t, kv, n // kv, h)
+        scores_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH.astype(dt),
+                                  preferred_element_type=jnp.float32) * (h**-0.5)
+        scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS, -1e30)
+        probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dt)
+        out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH.astype(dt))
+        out_BTNH = out_BTKGH.reshape(b, t, n, h)
+        return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo_NHD[...].astype(dt)), new_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward block."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.d_ff
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.dt = cfg.compute_dtype
+        self.w_gate_DF = _param(rngs, (d, f), ("embed", "mlp"), cfg.init_std, cfg)
+        self.w_up_DF = _param(rngs, (d, f), ("embed", "mlp"), cfg.init_std, cfg)
+        self.w_down_FD = _param(rngs, (f, d), ("mlp", "embed"), out_std, cfg)
+
+    def __call__(self, x_BTD):
+        gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.w_gate_DF[...].astype(self.dt))
+        up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.w_up_DF[...].astype(self.dt))
+        h_BTF = constrain(jax.nn.silu(gate_BTF) * up_BTF, ("batch", "length", "mlp"))
+        return jnp.einsum("BTF,FD->BTD", h_BTF, self.w_down_FD[...].astype(self.dt))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg.d_model, cfg)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x_BTD, pos_BT, mask_BTS, layer_cache, cache_start_B):
+        a_BTD, new_cache = self.attn(self.attn_norm(x_BTD), pos_BT, mask_BTS, layer_cache,
+                                     cache_start_B)
+        x_BTD = constrain(x_BTD + a_BTD, ("batch", "length", "act_embed"))
+        x_BTD = constrain(x_BTD + self.mlp(self.mlp_norm(x_BTD)), ("batch", "length", "act_embed"))
+        return x_BTD, new_cache
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                               cfg.init_std, cfg)
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = RMSNorm(cfg.d_model, cfg)
+        if not cfg.tie_embeddings:
+            self.head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                                  cfg.init_std, cfg)
+
+    def __call__(self, tokens_BT, pos_BT, mask_BTS, cache, cache_start_B):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        # Gather the (vocab, embed)-sharded table before the lookup: a gather from a sharded
+        # table makes the SPMD partitioner replicate it in a less efficient way anyway.
+        table_VD = constrain(self.embed_VD[...], (None, None))
+        x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(dt)
+        x_BTD = constrain(x_BTD, ("batch", "length", "act_embed"))
+        new_cache = [] if cache is not None else None
+        for i, block in enumerate(self.blocks):
+            x_BTD, layer_cache = block(x_BTD, pos_BT, mask_BTS,
+                                       None if cache is None else cache[i], cache_start_B)
+            if cache is not None:
+                new_cache.append(layer_cache)
+        x_BTD = self.final_norm(x_BTD)
+        if cfg.tie_embeddings:
+            logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, self.embed_VD[...].astype(dt),
+                                    preferred_element_type=jnp.float32)
+        else:
+            logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, self.head_DV[...].astype(dt),
+                                    preferred_element_type=jnp.float32)
+        if cfg.logit_softcap > 0:
+            logits_BTV = cfg.logit_softcap * jnp.tanh(logits_BTV / cfg.logit_softcap)
+        return logits_BTV, new_cache
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract(cfg: ModelConfig):
+    """(graphdef, abstract state) of a model with this config; no arrays are allocated."""
+    model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+    return nnx.split(model)
+
+
+def logical_axes(cfg: ModelConfig) -> Params:
+    """The params pytree's logical axis names: a tuple of names per array."""
+    _, state = _abstract(cfg)
+    return nnx.to_pure_dict(jax.tree.map(
+        lambda v: v.get_metadata()["logical_axes"], state,
+        is_leaf=lambda v: isinstance(v, nnx.Variable)))
+
+
+def param_shapes(cfg: ModelConfig) -> Params:
+    """The params pytree as jax.ShapeDtypeStruct leaves."""
+    _, state = _abstract(cfg)
+    return nnx.to_pure_dict(state)
+
+
+def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Params:
+    """NamedSharding per parameter, from its logical axes and model.sharding.RULES."""
+    return jax.tree.map(
+        lambda axes, s: named_sharding(mesh, axes, s.shape), logical_axes(cfg), param_shapes(cfg),
+        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def init(cfg: ModelConfig, rng: jax.Array, mesh: jax.sharding.Mesh | None = None) -> Params:
+    """Initialises the params pytree; under a mesh every array is created already sharded."""
+
+    def make(key):
+        return nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(params=key)))[1])
+
+    out_shardings = None if mesh is None else param_shardings(cfg, mesh)
+    return jax.jit(make, out_shardings=out_shardings)(rng)
+
+
+def forward(
+    params: Params,
+    tokens_BT: jax.Array,
+    cfg: ModelConfig,
+    *,
+    segment_ids_BT: jax.Array | None = None,
+    cache: Cache | None = None,
+    cache_start_B: jax.Array | None = None,
+) -> tuple[jax.Array, Cache | None]:
+    """Logits (float32) for every position, and the updated cache when one is given.
+
+    Without a cache: causal attention over tokens_BT, positions 0..T-1; with `segment_ids_BT`
+    (packed documents), attention and positions restart at each new segment.
+    With a cache: row b's tokens sit at positions cache_start_B[b] + t; they are written into the
+    cache there and attend to every cached entry at or before their own position.
+    """
+    b, t = tokens_BT.shape
+    t_idx = jnp.arange(t)
+    if cache is None:
+        if segment_ids_BT is None:
+            pos_BT = jnp.broadcast_to(t_idx, (b, t))
+            mask_BTS = jnp.broadcast_to(t_idx[:, None] >= t_idx[None, :], (b, t, t))
+        else:
+            same_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+            mask_BTS = same_BTS & (t_idx[:, None] >= t_idx[None, :])
+            # Position = distance from the segment's first token.
+            starts_BT = jnp.where(
+                jnp.concatenate([jnp.ones((b, 1), bool),
+                                 segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=1),
+                t_idx, 0)
+            pos_BT = t_idx - jax.lax.cummax(starts_BT, axis=1)
+    else:
+        if cache_start_B is None:
+            raise ValueError("forward with a cache needs cache_start_B (each row's write offset)")
+        s = cache[0]["k"].shape[1]
+        pos_BT = cache_start_B[:, None] + t_idx[None, :]
+        mask_BTS = jnp.arange(s)[None, None, :] <= pos_BT[:, :, None]
+    model = nnx.merge(_abstract(cfg)[0], params)
+    return model(tokens_BT, pos_BT, mask_BTS, cache, cache_start_B)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
+    """An empty KV cache for `batch` rows of up to `length` tokens, in the compute dtype."""
+    shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
+    return [{"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+            for _ in range(cfg.n_layers)]

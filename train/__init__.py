@@ -1,0 +1,1 @@
+"""Training: mesh, train state, losses, optimizers, jitted step functions, checkpointing."""

@@ -88,6 +88,18 @@ class Tokenizer:
     def id_to_piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(int(token_id))
 
+    def token_bytes(self) -> list[int]:
+        """UTF-8 bytes each id stands for (0 for special tokens): the bits-per-byte table."""
+        out = []
+        for i in range(self.vocab_size):
+            if i in self._special_ids or self._sp.is_unknown(i):
+                out.append(0)
+            elif self._sp.is_byte(i):
+                out.append(1)
+            else:
+                out.append(len(self._sp.id_to_piece(i).replace(_SPACE_MARK, " ").encode()))
+        return out
+
 
 def iter_lines(files: Sequence[str | Path]) -> Iterator[str]:
     """Non-empty lines (newline stripped) of UTF-8 text files; undecodable bytes are replaced."""

@@ -53,3 +53,63 @@ def find_tokenizer(init_from: str | Path) -> Path:
     raise FileNotFoundError(
         f"no tokenizer found for {d} (looked in {', '.join(map(str, candidates))}): train one "
         f"with `python -m experiments.tokenizer --workdir {d} --input FILES`")
+
+
+def configs_from(config, tok) -> tuple:
+    """(ModelConfig, TrainConfig, OptimConfig) from a ConfigDict; the vocabulary is the tokenizer's."""
+    from model.config import ModelConfig
+    from train.loop import TrainConfig
+    from train.optim import OptimConfig
+
+    def build(cls, section: str, extra: dict | None = None):
+        d = {**config[section].to_dict(), **(extra or {})}
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ValueError(f"config section {section!r}: {e}") from None
+
+    return (build(ModelConfig, "model", {"vocab_size": tok.vocab_size}),
+            build(TrainConfig, "train"), build(OptimConfig, "optim"))
+
+
+def check_parent(init_from: str | Path, model_cfg, tok) -> Path:
+    """The parent stage dir, after checking its model config and tokenizer match this run's."""
+    parent = Path(init_from)
+    meta = read_meta(parent)
+    if meta is None:
+        raise FileNotFoundError(f"--init_from {parent} has no meta.json: not a finished stage")
+    if meta.get("tokenizer_sha256") != tok.sha256:
+        raise ValueError(f"--init_from {parent} was trained with tokenizer "
+                         f"{str(meta.get('tokenizer_sha256'))[:12]}, this run uses "
+                         f"{tok.sha256[:12]}: use the parent's tokenizer ({meta.get('tokenizer')})")
+    theirs, ours = meta.get("model", {}), model_cfg.to_dict()
+    diff = {k: (theirs.get(k), ours[k]) for k in ours if theirs.get(k) != ours[k]}
+    if diff:
+        raise ValueError(f"--init_from {parent} holds another model: " + ", ".join(
+            f"{k}={a} there but {b} here" for k, (a, b) in diff.items())
+            + ". Use the parent's model config")
+    return parent
+
+
+def write_meta(stage_dir: str | Path, base: dict, figures: dict) -> None:
+    """stage_dir/meta.json: what the stage is, where it came from, and what it measured."""
+    import jax
+
+    if jax.process_index() == 0:
+        write_json(Path(stage_dir) / "meta.json",
+                   {**base, "code_version": code_version(), "figures": figures})
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize() when launched as several processes (flags or environment)."""
+    import jax
+    from absl import flags
+
+    f = flags.FLAGS
+    if f["num_processes"].value and f["num_processes"].value > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                                   num_processes=f.num_processes, process_id=f.process_id)
+    elif any(v in os.environ for v in ("SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS",
+                                       "TPU_WORKER_HOSTNAMES")):
+        jax.distributed.initialize()

@@ -1,9 +1,10 @@
 """Tiny: the CPU default, a ~1M-parameter model that trains in minutes on 2 cores.
 
-Train a tokenizer and sample from a (fresh) model with it:
-  python -m experiments.tokenizer --workdir runs/demo --input README.md
-  python -m experiments.sample --init_from runs/demo --prompt "Once upon a time"
-Override any field from the command line, e.g. --config.tokenizer.vocab_size=2048.
+  python -m experiments.tokenizer --workdir runs/demo --input CORPUS
+  python -m experiments.pretrain --workdir runs/demo --config.data.inputs=CORPUS
+  python -m experiments.sample --init_from runs/demo/pretrain --prompt "Once upon a time"
+CORPUS: comma-separated text / JSONL / Parquet files or directories. Override any field from the
+command line, e.g. --config.tokenizer.vocab_size=2048 --config.train.steps=600.
 The model's vocab_size is always the tokenizer's.
 """
 
@@ -20,5 +21,21 @@ def get_config() -> ml_collections.ConfigDict:
         d_model=128, n_layers=4, n_heads=2, n_kv_heads=2, head_dim=64, d_ff=384,
         max_seq_len=256, rope_theta=10000.0, qk_norm=False, tie_embeddings=True,
         logit_softcap=0.0, dtype="float32", param_dtype="float32",
+    ))
+    c.data = ml_collections.ConfigDict(dict(
+        inputs="",  # comma-separated files or directories
+        text_field="text",  # JSONL / Parquet column holding the document
+        val_every=50,  # every 50th document goes to the validation split
+        shard_tokens=1 << 22,
+    ))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=600, batch_size=16, seq_len=128, accum_steps=1, seed=0,
+        mesh_data=-1, mesh_fsdp=1, mesh_tensor=1,
+        save_every=100, keep=3, log_every=10, eval_every=100, eval_batches=8,
+        sample_every=100, sample_tokens=64, peak_gflops=130.0,
+    ))
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=3e-3, schedule="cosine", warmup_steps=30, min_lr_ratio=0.1, decay_fraction=0.2,
+        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
     ))
     return c

@@ -1,0 +1,60 @@
+"""A grain pipeline of packed training sequences, and the validation batches.
+
+The split's token stream is cut into non-overlapping windows of T+1 tokens: window i is
+tokens [i*T, i*T + T + 1). Each process takes every process_count-th window (its own slice of
+the data), shuffles them with a fresh permutation per epoch, and batches them. A batch holds
+  inputs [B, T], targets [B, T] (inputs shifted by one), segment_ids [B, T]
+where segment ids count the <|bos|> tokens seen so far, so a new document starts a new segment
+(attention and positions restart there). The grain iterator's state (`get_state`/`set_state`) is
+a small dict saved with every checkpoint: a resumed run sees exactly the batches it would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grain
+import numpy as np
+
+from data.shards import TokenStream
+from data.special_tokens import BOS, special_id
+
+
+def _window(stream: TokenStream, seq_len: int, i: int) -> dict[str, np.ndarray]:
+    w = stream.read(i * seq_len, i * seq_len + seq_len + 1)
+    x = w[:-1]
+    return {"inputs": x, "targets": w[1:],
+            "segment_ids": np.cumsum(x == special_id(BOS)).astype(np.int32)}
+
+
+def n_windows(stream: TokenStream, seq_len: int) -> int:
+    return (len(stream) - 1) // seq_len
+
+
+def train_dataset(stream: TokenStream, seq_len: int, global_batch: int, seed: int,
+                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+    """Infinite shuffled packed batches for this process (global_batch / process_count rows)."""
+    if global_batch % process_count:
+        raise ValueError(f"batch size {global_batch} does not split over {process_count} processes")
+    local_batch = global_batch // process_count
+    n = n_windows(stream, seq_len)
+    mine = len(range(process_index, n, process_count))
+    if mine < local_batch:
+        raise ValueError(f"the training split holds {len(stream)} tokens: {n} windows of "
+                         f"{seq_len + 1}, {mine} for this process, fewer than one batch of "
+                         f"{local_batch}; use more text, a shorter seq_len or a smaller batch")
+    ds = grain.MapDataset.range(n)[process_index::process_count]
+    ds = ds.shuffle(seed=seed).repeat()
+    ds = ds.map(lambda i: _window(stream, seq_len, int(i)))
+    return ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
+
+
+def eval_batches(stream: TokenStream, seq_len: int, global_batch: int, max_batches: int,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+    """The first max_batches batches of the split, in order (the same every call)."""
+    local_batch = global_batch // process_count
+    n = n_windows(stream, seq_len)
+    idx = list(range(process_index, n, process_count))
+    for b in range(min(max_batches, len(idx) // local_batch)):
+        rows = [_window(stream, seq_len, i) for i in idx[b * local_batch:(b + 1) * local_batch]]
+        yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}

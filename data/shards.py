@@ -1,0 +1,210 @@
+"""Token shards: a corpus tokenized once into flat arrays on disk, with a manifest.
+
+Inputs: text files (one document per file), JSONL / JSONL.gz and Parquet files with a `text`
+field (the Hugging Face datasets layout); a directory stands for every such file under it.
+Each document becomes <|bos|> + its tokens. Every `val_every`-th document goes to the `val` split.
+Shards are .npy files of at most `shard_tokens` tokens; memory holds one shard buffer and one
+chunk of input at a time, however large the corpus. The manifest is written last, atomically:
+its presence means the shards are complete.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from data.special_tokens import BOS, special_id
+from data.tokenizer import Tokenizer
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+PARQUET_SUFFIXES = (".parquet",)
+_CHUNK_CHARS = 1 << 20  # a large text file is tokenized in ~1 MB chunks cut at newlines
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name.lower()
+    for kind, suffixes in (("jsonl", JSONL_SUFFIXES), ("parquet", PARQUET_SUFFIXES),
+                           ("text", TEXT_SUFFIXES)):
+        if name.endswith(suffixes):
+            return kind
+    return None
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files named, plus every supported file under directories named; sorted, stable."""
+    files: list[Path] = []
+    for x in inputs:
+        p = Path(x)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and _kind(f))
+        elif p.is_file():
+            if _kind(p) is None:
+                raise ValueError(f"{p}: unsupported file type; expected text ({TEXT_SUFFIXES}), "
+                                 f"JSONL ({JSONL_SUFFIXES}) or Parquet ({PARQUET_SUFFIXES})")
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"corpus input {p} does not exist")
+    return files
+
+
+def iter_documents(path: Path, text_field: str = "text") -> Iterator[Iterator[str]]:
+    """Yields each document of a file as an iterator of text chunks."""
+    kind = _kind(path)
+    if kind == "text":
+        def chunks():
+            buf, size = [], 0
+            with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+                for line in fh:
+                    buf.append(line)
+                    size += len(line)
+                    if size >= _CHUNK_CHARS:
+                        yield "".join(buf)
+                        buf, size = [], 0
+            if buf:
+                yield "".join(buf)
+        yield chunks()
+    elif kind == "jsonl":
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                    raise ValueError(f"{path}:{n}: expected an object with a string field "
+                                     f"{text_field!r}")
+                yield iter((record[text_field],))
+    elif kind == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        if text_field not in pf.schema_arrow.names:
+            raise ValueError(f"{path}: no column {text_field!r}; columns: {pf.schema_arrow.names}")
+        for batch in pf.iter_batches(batch_size=256, columns=[text_field]):
+            for text in batch.column(0).to_pylist():
+                if text is not None:
+                    yield iter((text,))
+    else:
+        raise ValueError(f"{path}: unsupported file type")
+
+
+class _SplitWriter:
+    def __init__(self, out_dir: Path, split: str, shard_tokens: int, dtype):
+        self.dir, self.split, self.shard_tokens, self.dtype = out_dir, split, shard_tokens, dtype
+        self.buf = np.empty(shard_tokens, dtype)
+        self.n = 0
+        self.shards: list[dict] = []
+        self.documents = self.tokens = self.bytes = 0
+
+    def add(self, ids: list[int]):
+        arr = np.asarray(ids, self.dtype)
+        while len(arr):
+            take = min(len(arr), self.shard_tokens - self.n)
+            self.buf[self.n:self.n + take] = arr[:take]
+            self.n += take
+            arr = arr[take:]
+            if self.n == self.shard_tokens:
+                self.flush()
+
+    def end_document(self, n_bytes: int):
+        self.documents += 1
+        self.bytes += n_bytes
+
+    def flush(self):
+        if not self.n:
+            return
+        name = f"{self.split}_{len(self.shards):05d}.npy"
+        np.save(self.dir / name, self.buf[:self.n])
+        self.shards.append({"file": name, "tokens": int(self.n)})
+        self.tokens += self.n
+        self.n = 0
+
+    def summary(self) -> dict:
+        return {"documents": self.documents, "tokens": int(self.tokens), "bytes": self.bytes,
+                "shards": self.shards}
+
+
+def build_shards(inputs: Sequence[str | Path], tokenizer: Tokenizer, out_dir: str | Path,
+                 shard_tokens: int = 1 << 22, val_every: int = 100,
+                 text_field: str = "text") -> dict:
+    """Tokenizes `inputs` into out_dir/{train,val}_NNNNN.npy and out_dir/manifest.json."""
+    files = expand_inputs(inputs)
+    if not files:
+        raise ValueError(f"no corpus files found in {list(map(str, inputs))}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.npy"):
+        stale.unlink()
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    writers = {s: _SplitWriter(out_dir, s, shard_tokens, dtype) for s in ("train", "val")}
+    bos = special_id(BOS)
+    n_doc = 0
+    for f in files:
+        for doc in iter_documents(f, text_field):
+            w = writers["val" if val_every and n_doc % val_every == val_every - 1 else "train"]
+            w.add([bos])
+            n_bytes = 0
+            for chunk in doc:
+                w.add(tokenizer.encode(chunk))
+                n_bytes += len(chunk.encode("utf-8", errors="replace"))
+            w.end_document(n_bytes)
+            n_doc += 1
+    for w in writers.values():
+        w.flush()
+    if writers["train"].tokens <= writers["train"].documents:
+        raise ValueError(f"corpus {list(map(str, inputs))} holds no text ({n_doc} documents, all "
+                         "empty): point data.inputs at non-empty files")
+    manifest = {
+        "tokenizer_sha256": tokenizer.sha256,
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
+        "val_every": val_every,
+        "splits": {s: w.summary() for s, w in writers.items()},
+    }
+    tmp = out_dir / f".manifest.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out_dir / "manifest.json")
+    return manifest
+
+
+def load_manifest(shard_dir: str | Path) -> dict | None:
+    path = Path(shard_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class TokenStream:
+    """The tokens of one split, read as one long sequence across memory-mapped shards."""
+
+    def __init__(self, shard_dir: str | Path, split: str):
+        self.manifest = load_manifest(shard_dir)
+        if self.manifest is None:
+            raise FileNotFoundError(f"no manifest.json in {shard_dir}: the shards are incomplete")
+        shards = self.manifest["splits"][split]["shards"]
+        if not shards:
+            raise ValueError(f"split {split!r} of {shard_dir} is empty: use a larger corpus or a "
+                             "smaller data.val_every")
+        self._arrays = [np.load(Path(shard_dir) / s["file"], mmap_mode="r") for s in shards]
+        self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) as int32."""
+        out, pos = [], start
+        while pos < stop:
+            k = int(np.searchsorted(self._starts, pos, side="right")) - 1
+            end = min(stop, int(self._starts[k + 1]))
+            out.append(self._arrays[k][pos - self._starts[k]:end - self._starts[k]])
+            pos = end
+        return np.concatenate(out).astype(np.int32)

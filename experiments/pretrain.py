@@ -1,0 +1,98 @@
+"""Pretraining: next-token prediction on a tokenized corpus; writes W/pretrain/.
+
+  python -m experiments.pretrain --workdir runs/demo --config.data.inputs=corpus/
+      [--config experiments/configs/tiny.py] [--init_from runs/other/pretrain]
+
+Needs W/tokenizer (python -m experiments.tokenizer). Tokenizes the corpus once into W/shards/,
+then trains into W/pretrain/{checkpoints/, meta.json, metrics.jsonl, tensorboard/, samples.txt}.
+Running the same command again resumes from the latest checkpoint.
+Several processes (one per host): pass --coordinator_address, --num_processes, --process_id,
+or launch where jax.distributed.initialize() finds them itself (Slurm, TPU pods).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from data.shards import build_shards, expand_inputs, load_manifest
+from data.tokenizer import Tokenizer
+from experiments.workdir import CONFIGS, check_parent, configs_from, initialize_distributed, write_meta
+from train.checkpoint import restore_params
+from train.loop import run
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run root (holds tokenizer/, shards/, pretrain/)",
+                               required=True)
+_INIT_FROM = flags.DEFINE_string("init_from", None, "a stage dir to take parameters from")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
+flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
+flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+
+
+def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg) -> Path:
+    """W/shards for data.inputs, tokenized once (process 0) and reused while inputs match."""
+    out = workdir / "shards"
+    if not data_cfg.inputs:
+        raise app.UsageError("no corpus: set --config.data.inputs=FILE_OR_DIR[,...]")
+    files = expand_inputs([x for x in data_cfg.inputs.split(",") if x])
+    inputs = [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files]
+    manifest = load_manifest(out)
+    if manifest is not None and manifest["inputs"] == inputs:
+        if manifest["tokenizer_sha256"] != tok.sha256:
+            sys.exit(f"{out} was tokenized with another tokenizer (sha256 "
+                     f"{manifest['tokenizer_sha256'][:12]}, this one is {tok.sha256[:12]}): "
+                     "use a new --workdir, or delete the shards to re-tokenize")
+        return out
+    if manifest is not None and (workdir / "pretrain" / "checkpoints").exists():
+        sys.exit(f"data.inputs differ from those {out} was built from, and {workdir}/pretrain "
+                 "has checkpoints trained on them: use a new --workdir")
+    if jax.process_index() == 0:
+        print(f"tokenizing {len(files)} file(s) into {out} ...", flush=True)
+        m = build_shards(files, tok, out, data_cfg.shard_tokens, data_cfg.val_every,
+                         data_cfg.text_field)
+        for split, s in m["splits"].items():
+            print(f"  {split}: {s['documents']:,} documents, {s['tokens']:,} tokens")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("shards")
+    return out
+
+
+def main(argv):
+    del argv
+    initialize_distributed()
+    workdir = Path(_WORKDIR.value)
+    stage_dir = workdir / "pretrain"
+    tok_dir = workdir / "tokenizer"
+    tok = Tokenizer.load(tok_dir)
+    model_cfg, train_cfg, optim_cfg = configs_from(_CONFIG.value, tok)
+    shard_dir = prepare_shards(workdir, tok, _CONFIG.value.data)
+
+    from data.shards import TokenStream
+
+    train_stream, val_stream = TokenStream(shard_dir, "train"), TokenStream(shard_dir, "val")
+    init_params = None
+    if _INIT_FROM.value:
+        parent = check_parent(_INIT_FROM.value, model_cfg, tok)
+        init_params = lambda abstract: restore_params(parent, abstract)  # noqa: E731
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    base_meta = {"stage": "pretrain", "model": model_cfg.to_dict(),
+                 "config": _CONFIG.value.to_dict(),
+                 "tokenizer": str(tok_dir.resolve()), "tokenizer_sha256": tok.sha256,
+                 "parent": str(Path(_INIT_FROM.value).resolve()) if _INIT_FROM.value else None,
+                 "shards": str(shard_dir.resolve()), "n_params": model_cfg.n_params(),
+                 "train_tokens_available": len(train_stream)}
+    figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_stream, val_stream,
+                  init_params, on_checkpoint=lambda f: write_meta(stage_dir, base_meta, f))
+    if jax.process_index() == 0:
+        print(f"done: {figures}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,57 @@
+"""The optimizer: AdamW with warmup + cosine or warmup-stable-decay, decay mask, clipping."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-3
+    schedule: str = "cosine"  # "cosine", "wsd" (warmup-stable-decay) or "constant"
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine: final lr = lr * min_lr_ratio
+    decay_fraction: float = 0.2  # wsd: the last 20% of steps decay linearly to 0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # global-norm clipping; 0 disables it
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            raise ValueError(f"optim.schedule={self.schedule!r}: expected 'cosine', 'wsd' or "
+                             "'constant'")
+
+
+def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, cfg.lr, warmup, max(total_steps, warmup + 1), cfg.lr * cfg.min_lr_ratio)
+    if cfg.schedule == "constant":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, cfg.lr, warmup), optax.constant_schedule(cfg.lr)], [warmup])
+    decay = int(total_steps * cfg.decay_fraction)
+    stable = max(total_steps - warmup - decay, 0)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.lr, warmup), optax.constant_schedule(cfg.lr),
+         optax.linear_schedule(cfg.lr, 0.0, decay)], [warmup, warmup + stable])
+
+
+def decay_mask(params) -> dict:
+    """Weight decay on matrices only: not on norms (1-D) nor on the embedding table."""
+    def keep(path, x):
+        names = [getattr(k, "key", None) for k in path]
+        return x.ndim >= 2 and "embed_VD" not in names
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+    parts.append(optax.adamw(make_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)

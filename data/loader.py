@@ -1,8 +1,10 @@
 """A grain pipeline of packed training sequences, and the validation batches.
 
 The split's token stream is cut into non-overlapping windows of T+1 tokens: window i is
-tokens [i*T, i*T + T + 1). Each process takes every process_count-th window (its own slice of
-the data), shuffles them with a fresh permutation per epoch, and batches them. A batch holds
+tokens [i*T, i*T + T + 1). The windows are shuffled with a fresh permutation per epoch and cut
+into global batches; process p reads only rows [p*B/P, (p+1)*B/P) of each. The global batches are
+the same whatever the number of processes, so 1 and N processes train on the same data.
+A batch holds
   inputs [B, T], targets [B, T] (inputs shifted by one), segment_ids [B, T]
 where segment ids count the <|bos|> tokens seen so far, so a new document starts a new segment
 (attention and positions restart there). The grain iterator's state (`get_state`/`set_state`) is
@@ -36,25 +38,29 @@ def train_dataset(stream: TokenStream, seq_len: int, global_batch: int, seed: in
     """Infinite shuffled packed batches for this process (global_batch / process_count rows)."""
     if global_batch % process_count:
         raise ValueError(f"batch size {global_batch} does not split over {process_count} processes")
-    local_batch = global_batch // process_count
+    local = global_batch // process_count
     n = n_windows(stream, seq_len)
-    mine = len(range(process_index, n, process_count))
-    if mine < local_batch:
+    if n < global_batch:
         raise ValueError(f"the training split holds {len(stream)} tokens: {n} windows of "
-                         f"{seq_len + 1}, {mine} for this process, fewer than one batch of "
-                         f"{local_batch}; use more text, a shorter seq_len or a smaller batch")
-    ds = grain.MapDataset.range(n)[process_index::process_count]
-    ds = ds.shuffle(seed=seed).repeat()
-    ds = ds.map(lambda i: _window(stream, seq_len, int(i)))
-    return ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
+                         f"{seq_len + 1}, fewer than one batch of {global_batch}; use more text, "
+                         "a shorter seq_len or a smaller batch")
+    ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat()
+    ds = ds.batch(global_batch, drop_remainder=True)
+
+    def load(idx: np.ndarray) -> dict[str, np.ndarray]:
+        rows = [_window(stream, seq_len, int(i))
+                for i in idx[process_index * local:(process_index + 1) * local]]
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    return ds.map(load).to_iter_dataset()
 
 
 def eval_batches(stream: TokenStream, seq_len: int, global_batch: int, max_batches: int,
                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
     """The first max_batches batches of the split, in order (the same every call)."""
-    local_batch = global_batch // process_count
+    local = global_batch // process_count
     n = n_windows(stream, seq_len)
-    idx = list(range(process_index, n, process_count))
-    for b in range(min(max_batches, len(idx) // local_batch)):
-        rows = [_window(stream, seq_len, i) for i in idx[b * local_batch:(b + 1) * local_batch]]
+    for b in range(min(max_batches, n // global_batch)):
+        first = b * global_batch + process_index * local
+        rows = [_window(stream, seq_len, i) for i in range(first, first + local)]
         yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}

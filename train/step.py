@@ -65,7 +65,7 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
         params = optax.apply_updates(state["params"], updates)
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                      "rng": state["rng"]}
-        return new_state, {"loss": loss_sum / count, "grad_norm": optax.global_norm(grads),
+        return new_state, {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads),
                            "tokens": count}
 
     return train_step

@@ -1,0 +1,114 @@
+"""Token shards from text / JSONL / Parquet, and the packed, resumable grain loader."""
+
+import gzip
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_tokenizer import _corpus
+
+from data.loader import eval_batches, train_dataset
+from data.shards import TokenStream, build_shards, load_manifest
+from data.special_tokens import BOS, special_id
+from data.tokenizer import Tokenizer, train_tokenizer
+
+DOCS = [f"document number {i} says hello world and data models {i * 7}" for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    train_tokenizer([_corpus(d / "c.txt", 0)], d / "tok", 400)
+    return Tokenizer.load(d / "tok")
+
+
+def _write_inputs(d):
+    (d / "a.txt").write_text("\n".join(DOCS[:10]) + "\n")
+    with open(d / "b.jsonl", "w") as fh:
+        for t in DOCS[10:20]:
+            fh.write(json.dumps({"text": t, "id": 1}) + "\n")
+    with gzip.open(d / "c.jsonl.gz", "wt") as fh:
+        for t in DOCS[20:30]:
+            fh.write(json.dumps({"text": t}) + "\n")
+    pq.write_table(pa.table({"text": DOCS[30:40]}), d / "d.parquet")
+    return d
+
+
+def test_shards_from_text_jsonl_and_parquet(tmp_path, tok):
+    (tmp_path / "src").mkdir()
+    src = _write_inputs(tmp_path / "src")
+    m = build_shards([src], tok, tmp_path / "shards", shard_tokens=100, val_every=5)
+    assert m["tokenizer_sha256"] == tok.sha256
+    train, val = m["splits"]["train"], m["splits"]["val"]
+    # a.txt is one document; the other files hold 10 each: 31 documents, every 5th to val.
+    assert train["documents"] + val["documents"] == 31 and val["documents"] == 6
+    assert len(train["shards"]) > 1 and all(s["tokens"] <= 100 for s in train["shards"])
+    texts = ["\n".join(DOCS[:10]) + "\n"] + DOCS[10:]
+    expected = sum(len(tok.encode(t)) + 1 for t in texts)
+    assert train["tokens"] + val["tokens"] == expected
+    stream = TokenStream(tmp_path / "shards", "train")
+    assert len(stream) == train["tokens"]
+    whole = stream.read(0, len(stream))
+    assert whole[0] == special_id(BOS) and (whole == special_id(BOS)).sum() == train["documents"]
+    assert tok.decode(whole[: len(tok.encode(texts[0])) + 1]) == texts[0]
+
+
+def test_bad_corpora_are_named(tmp_path, tok):
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        build_shards([tmp_path / "bad.jsonl"], tok, tmp_path / "s1")
+    (tmp_path / "nofield.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(ValueError, match="nofield.jsonl:1.*'text'"):
+        build_shards([tmp_path / "nofield.jsonl"], tok, tmp_path / "s2")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="holds no text"):
+        build_shards([tmp_path / "empty.txt"], tok, tmp_path / "s3")
+    assert load_manifest(tmp_path / "s3") is None
+    with pytest.raises(FileNotFoundError):
+        build_shards([tmp_path / "missing"], tok, tmp_path / "s4")
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory, tok):
+    d = tmp_path_factory.mktemp("stream")
+    src = d / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS * 5))
+    build_shards([src], tok, d / "shards", shard_tokens=300, val_every=10)
+    return TokenStream(d / "shards", "train")
+
+
+def test_packed_batches_mark_documents_and_shift_targets(stream):
+    it = iter(train_dataset(stream, seq_len=16, global_batch=4, seed=0))
+    b = next(it)
+    assert b["inputs"].shape == b["targets"].shape == b["segment_ids"].shape == (4, 16)
+    np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
+    bos = b["inputs"] == special_id(BOS)
+    np.testing.assert_array_equal(np.diff(b["segment_ids"], axis=1), bos[:, 1:].astype(int))
+
+
+def test_loader_resumes_from_its_state_and_shuffles_by_seed(stream):
+    it = iter(train_dataset(stream, 16, 4, seed=0))
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    rest = [next(it)["inputs"] for _ in range(3)]
+    again = iter(train_dataset(stream, 16, 4, seed=0))
+    again.set_state(state)
+    for want in rest:
+        np.testing.assert_array_equal(next(again)["inputs"], want)
+    other = next(iter(train_dataset(stream, 16, 4, seed=1)))["inputs"]
+    first = next(iter(train_dataset(stream, 16, 4, seed=0)))["inputs"]
+    assert not np.array_equal(other, first)
+
+
+def test_processes_split_each_global_batch(stream):
+    whole = next(iter(train_dataset(stream, 16, 4, seed=0)))["inputs"]
+    parts = [next(iter(train_dataset(stream, 16, 4, seed=0, process_index=p, process_count=2)))
+             for p in range(2)]
+    np.testing.assert_array_equal(np.concatenate([p["inputs"] for p in parts]), whole)
+    ev = list(eval_batches(stream, 16, 4, max_batches=2))
+    assert len(ev) == 2 and ev[0]["inputs"].shape == (4, 16)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train_dataset(stream, 16, 10_000, seed=0)

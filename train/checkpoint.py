@@ -76,8 +76,16 @@ def _path_name(path) -> str:
 
 
 def restore_params(stage_dir: str | Path, abstract_params, step: int | None = None):
-    """Parameters only (never the optimizer state) from a stage's latest (or given) checkpoint."""
+    """Parameters only (never the optimizer state) from a stage's latest (or given) checkpoint.
+
+    Leaves of abstract_params without a sharding are restored onto the first local device, so a
+    checkpoint saved on a pod loads on a laptop.
+    """
     directory = Path(stage_dir).resolve() / "checkpoints"
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree.map(
+        lambda a: a if getattr(a, "sharding", None) is not None
+        else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local), abstract_params)
     with ocp.CheckpointManager(directory, item_names=("params", "train", "data")) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:

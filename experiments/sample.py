@@ -11,6 +11,7 @@ initialised model with the --config model (seeded by --seed), and says so.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import jax
 from absl import app, flags
@@ -18,10 +19,11 @@ from ml_collections import config_flags
 
 from data.special_tokens import BOS, END, special_id
 from data.tokenizer import Tokenizer
-from experiments.workdir import CONFIGS, find_tokenizer
+from experiments.workdir import CONFIGS, find_tokenizer, read_meta
 from model import transformer
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
+from train.checkpoint import restore_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "stage directory or run root", required=True)
@@ -38,11 +40,23 @@ def main(argv):
     del argv
     tok_dir = find_tokenizer(_INIT_FROM.value)
     tok = Tokenizer.load(tok_dir)
-    cfg = ModelConfig.from_dict({**_CONFIG.value.model.to_dict(), "vocab_size": tok.vocab_size})
     print(f"tokenizer: {tok_dir} ({tok.vocab_size} pieces)")
-    print(f"no checkpoint loader yet: sampling from a freshly initialised model "
-          f"({cfg.n_params():,} params, seed {_SEED.value})")
-    params = transformer.init(cfg, jax.random.key(_SEED.value))
+    stage = Path(_INIT_FROM.value)
+    meta = read_meta(stage)
+    if meta and "model" in meta and (stage / "checkpoints").is_dir():
+        if meta.get("tokenizer_sha256") not in (None, tok.sha256):
+            raise ValueError(f"{stage} was trained with tokenizer {meta['tokenizer_sha256'][:12]}, "
+                             f"but {tok_dir} is {tok.sha256[:12]}")
+        cfg = ModelConfig.from_dict(meta["model"])
+        params = restore_params(stage, transformer.param_shapes(cfg))
+        step = meta.get("figures", {}).get("step")
+        print(f"loaded {stage} (step {step}, {cfg.n_params():,} params)")
+    else:
+        cfg = ModelConfig.from_dict({**_CONFIG.value.model.to_dict(),
+                                     "vocab_size": tok.vocab_size})
+        print(f"no checkpoint in {stage}: sampling from a freshly initialised model "
+              f"({cfg.n_params():,} params, seed {_SEED.value})")
+        params = transformer.init(cfg, jax.random.key(_SEED.value))
 
     prompt = [special_id(BOS)] + tok.encode(_PROMPT.value)
     sampling = SamplingConfig(

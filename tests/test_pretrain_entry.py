@@ -87,6 +87,9 @@ def test_a_finished_run_writes_the_stage_directory(finished):
     assert list((stage / "tensorboard").iterdir())
     assert sorted(int(p.name) for p in (stage / "checkpoints").iterdir()) == [32, 36, 40]
     assert "MFU" in r.stdout and "ETA" in r.stdout
+    sample = _run([sys.executable, "-m", "experiments.sample", "--init_from", str(stage),
+                   "--max_new_tokens", "5"])
+    assert sample.returncode == 0 and "loaded" in sample.stdout and "(step 40," in sample.stdout
 
 
 def test_sigkill_then_resume_ends_bitwise_equal_to_an_uninterrupted_run(finished):

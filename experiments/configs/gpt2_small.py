@@ -1,0 +1,27 @@
+"""GPT-2-small-sized (~124M parameters with a 32k vocabulary): for a GPU or a TPU slice, not 2 CPUs.
+
+  python -m experiments.tokenizer --workdir runs/g --input CORPUS --config experiments/configs/gpt2_small.py
+  python -m experiments.pretrain --workdir runs/g --config experiments/configs/gpt2_small.py \
+      --config.data.inputs=CORPUS
+On this CPU it is only checked (tests/test_configs.py): its state by jax.eval_shape, its train
+step by a compile over 8 fake devices. Nothing here has been trained with it yet.
+"""
+
+import ml_collections
+
+from experiments.configs import tiny
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = tiny.get_config()
+    c.tokenizer.vocab_size = 32768
+    c.model.update(dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, head_dim=64,
+                        d_ff=2048, max_seq_len=1024, qk_norm=True, dtype="bfloat16",
+                        param_dtype="float32"))
+    c.data.val_every = 1000
+    c.train.update(dict(steps=20000, batch_size=256, seq_len=1024, save_every=1000, keep=3,
+                        log_every=20, eval_every=500, eval_batches=32, sample_every=1000,
+                        sample_tokens=256, mesh_data=-1, mesh_fsdp=1, mesh_tensor=1,
+                        peak_gflops=989e3))  # H100 bf16 dense peak per device
+    c.optim.update(dict(lr=6e-4, warmup_steps=700, schedule="cosine", min_lr_ratio=0.1))
+    return c

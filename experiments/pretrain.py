@@ -21,7 +21,14 @@ from ml_collections import config_flags
 
 from data.shards import build_shards, expand_inputs, load_manifest
 from data.tokenizer import Tokenizer
-from experiments.workdir import CONFIGS, check_parent, configs_from, initialize_distributed, write_meta
+from experiments.workdir import (
+    CONFIGS,
+    check_parent,
+    configs_from,
+    initialize_distributed,
+    quiet_logs,
+    write_meta,
+)
 from train.checkpoint import restore_params
 from train.loop import run
 
@@ -66,6 +73,7 @@ def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg) -> Path:
 
 def main(argv):
     del argv
+    quiet_logs()
     initialize_distributed()
     workdir = Path(_WORKDIR.value)
     stage_dir = workdir / "pretrain"

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from data.special_tokens import BOS, END, special_id
 from data.tokenizer import Tokenizer
-from experiments.workdir import CONFIGS, find_tokenizer, read_meta
+from experiments.workdir import CONFIGS, find_tokenizer, quiet_logs, read_meta
 from model import transformer
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
@@ -38,6 +38,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "sampling (and fresh-init) seed")
 
 def main(argv):
     del argv
+    quiet_logs()
     tok_dir = find_tokenizer(_INIT_FROM.value)
     tok = Tokenizer.load(tok_dir)
     print(f"tokenizer: {tok_dir} ({tok.vocab_size} pieces)")

@@ -100,6 +100,14 @@ def write_meta(stage_dir: str | Path, base: dict, figures: dict) -> None:
                    {**base, "code_version": code_version(), "figures": figures})
 
 
+def quiet_logs() -> None:
+    """Library INFO logs (Orbax, XLA start-up) drown the progress lines; -v / --verbosity=0 wins."""
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def initialize_distributed() -> None:
     """jax.distributed.initialize() when launched as several processes (flags or environment)."""
     import jax

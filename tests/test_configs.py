@@ -44,4 +44,5 @@ def test_gpt2_small_state_shapes_and_sharded_compile():
     assert compiled.cost_analysis() is not None
     # Adam's moments are sharded like their parameters (FSDP over optimizer state too).
     mu_sharding = s_sh["opt_state"][1][0].mu["blocks"][0]["mlp"]["w_up_DF"]
-    assert mu_sharding.spec == p_sh["blocks"][0]["mlp"]["w_up_DF"].spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    want = jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert mu_sharding.spec == p_sh["blocks"][0]["mlp"]["w_up_DF"].spec == want

@@ -21,7 +21,8 @@ class Checkpointer:
         self.directory = Path(directory).resolve()
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                cleanup_tmp_directories=True),
             item_names=("params", "train", "data"),
         )
 

@@ -55,7 +55,7 @@ class TrainConfig:
     eval_batches: int = 8
     sample_every: int = 100
     sample_tokens: int = 64
-    peak_gflops: float = 130.0  # per device, for MFU (measure it: experiments/bench_train.py)
+    peak_gflops: float = 176.0  # per device, for MFU (measure it: experiments/bench_train.py)
 
     def __post_init__(self):
         if self.batch_size % self.accum_steps:

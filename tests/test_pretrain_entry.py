@@ -171,3 +171,16 @@ def test_two_processes_train_like_one(finished, tmp_path):
     np.testing.assert_allclose(loss(two), loss(one), rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                  _params(one), _params(two))
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(finished, tmp_path):
+    _, _, corpus, _ = finished
+    work, _ = _workdir(tmp_path, "nan")
+    blow_up = ["--config.optim.lr=1e30", "--config.optim.warmup_steps=4",
+               "--config.optim.grad_clip=0", "--config.train.save_every=1"]
+    r = _run(_cmd(work, corpus, 20, *blow_up))
+    assert r.returncode != 0 and "stopping. The last good checkpoint" in r.stderr
+    saved = sorted(int(p.name) for p in (work / "pretrain" / "checkpoints").iterdir())
+    assert saved and max(saved) < 20
+    params = _params(work)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))

@@ -188,9 +188,11 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
 
     def check(step: int, metrics) -> dict:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(m["loss"]):
+        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]) and m["params_finite"]):
             raise NonFiniteLoss(
-                f"loss is {m['loss']} at step {step}: stopping. The last good checkpoint "
+                f"loss is {m['loss']}, gradient norm {m['grad_norm']}, parameters "
+                f"{'finite' if m['params_finite'] else 'NOT finite'} after step {step}: "
+                "stopping. The last good checkpoint "
                 f"(step {ckpt.latest_step()}) in {ckpt.directory} is intact; lower optim.lr or "
                 "raise optim.warmup_steps and run again")
         return m

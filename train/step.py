@@ -65,8 +65,9 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
         params = optax.apply_updates(state["params"], updates)
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                      "rng": state["rng"]}
+        finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]).all()
         return new_state, {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads),
-                           "tokens": count}
+                           "tokens": count, "params_finite": finite.astype(jnp.float32)}
 
     return train_step
 

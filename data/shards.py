@@ -1,8 +1,7 @@
 """Token shards: a corpus tokenized once into flat arrays on disk, with a manifest.
 
-Inputs: text files (one document per file), JSONL / JSONL.gz and Parquet files with a `text`
-field (the Hugging Face datasets layout); a directory stands for every such file under it.
-Each document becomes <|bos|> + its tokens. Every `val_every`-th document goes to the `val` split.
+Inputs are read by data.documents (text, JSONL, Parquet; directories). Each document becomes
+<|bos|> + its tokens. Every `val_every`-th document goes to the `val` split.
 Shards are .npy files of at most `shard_tokens` tokens; memory holds one shard buffer and one
 chunk of input at a time, however large the corpus. The manifest is written last, atomically:
 its presence means the shards are complete.
@@ -10,91 +9,16 @@ its presence means the shards are complete.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from data.documents import expand_inputs, iter_documents
 from data.special_tokens import BOS, special_id
 from data.tokenizer import Tokenizer
-
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
-PARQUET_SUFFIXES = (".parquet",)
-_CHUNK_CHARS = 1 << 20  # a large text file is tokenized in ~1 MB chunks cut at newlines
-
-
-def _kind(path: Path) -> str | None:
-    name = path.name.lower()
-    for kind, suffixes in (("jsonl", JSONL_SUFFIXES), ("parquet", PARQUET_SUFFIXES),
-                           ("text", TEXT_SUFFIXES)):
-        if name.endswith(suffixes):
-            return kind
-    return None
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files named, plus every supported file under directories named; sorted, stable."""
-    files: list[Path] = []
-    for x in inputs:
-        p = Path(x)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and _kind(f))
-        elif p.is_file():
-            if _kind(p) is None:
-                raise ValueError(f"{p}: unsupported file type; expected text ({TEXT_SUFFIXES}), "
-                                 f"JSONL ({JSONL_SUFFIXES}) or Parquet ({PARQUET_SUFFIXES})")
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"corpus input {p} does not exist")
-    return files
-
-
-def iter_documents(path: Path, text_field: str = "text") -> Iterator[Iterator[str]]:
-    """Yields each document of a file as an iterator of text chunks."""
-    kind = _kind(path)
-    if kind == "text":
-        def chunks():
-            buf, size = [], 0
-            with open(path, encoding="utf-8", errors="replace", newline="") as fh:
-                for line in fh:
-                    buf.append(line)
-                    size += len(line)
-                    if size >= _CHUNK_CHARS:
-                        yield "".join(buf)
-                        buf, size = [], 0
-            if buf:
-                yield "".join(buf)
-        yield chunks()
-    elif kind == "jsonl":
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise ValueError(f"{path}:{n}: expected an object with a string field "
-                                     f"{text_field!r}")
-                yield iter((record[text_field],))
-    elif kind == "parquet":
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        if text_field not in pf.schema_arrow.names:
-            raise ValueError(f"{path}: no column {text_field!r}; columns: {pf.schema_arrow.names}")
-        for batch in pf.iter_batches(batch_size=256, columns=[text_field]):
-            for text in batch.column(0).to_pylist():
-                if text is not None:
-                    yield iter((text,))
-    else:
-        raise ValueError(f"{path}: unsupported file type")
 
 
 class _SplitWriter:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from data.documents import iter_documents
 from data.special_tokens import FIRST_SPECIAL_ID, SPECIAL_TOKENS
 
 # sentencepiece turns U+2581 (its whitespace marker) in input text into a space; the tokenizer
@@ -101,14 +102,14 @@ class Tokenizer:
         return out
 
 
-def iter_lines(files: Sequence[str | Path]) -> Iterator[str]:
-    """Non-empty lines (newline stripped) of UTF-8 text files; undecodable bytes are replaced."""
+def iter_lines(files: Sequence[str | Path], text_field: str = "text") -> Iterator[str]:
+    """Non-empty lines of the documents in corpus files (text, JSONL, Parquet: data.documents)."""
     for f in files:
-        with open(f, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                line = line.rstrip("\n")
-                if line.strip():
-                    yield line
+        for doc in iter_documents(Path(f), text_field):
+            for chunk in doc:
+                for line in chunk.splitlines():
+                    if line.strip():
+                        yield line
 
 
 def train_tokenizer(

@@ -19,7 +19,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from data.shards import build_shards, expand_inputs, load_manifest
+from data.documents import expand_inputs
+from data.shards import build_shards, load_manifest
 from data.tokenizer import Tokenizer
 from experiments.workdir import (
     CONFIGS,

@@ -3,8 +3,10 @@
   python -m experiments.tokenizer --workdir runs/demo --input corpus.txt [--input more/ ...]
   python -m experiments.tokenizer ... --config.tokenizer.vocab_size=2048
 
-A directory given as --input contributes every file under it. A finished tokenizer trained on the
-same inputs and config is not redone; a different one is refused unless --overwrite is given.
+Inputs are corpus files as data.documents reads them: text (one document per file), JSONL or
+Parquet with a `text` field; a directory contributes every such file under it. A finished
+tokenizer trained on the same inputs and config is not redone; a different one is refused unless
+--overwrite is given.
 The directory is written under a temporary name and renamed into place when complete.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from data.documents import expand_inputs
 from data.special_tokens import special_table
 from data.tokenizer import train_tokenizer
 from experiments.workdir import CONFIGS, code_version, read_meta, write_json
@@ -25,31 +28,18 @@ from experiments.workdir import CONFIGS, code_version, read_meta, write_json
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root; the tokenizer goes to WORKDIR/tokenizer",
                                required=True)
-_INPUT = flags.DEFINE_multi_string("input", None, "text file or directory (repeatable)",
+_INPUT = flags.DEFINE_multi_string("input", None, "corpus file or directory (repeatable)",
                                    required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing, different tokenizer")
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for x in inputs:
-        p = Path(x)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file())
-            if not found:
-                raise app.UsageError(f"--input {p} is a directory with no files")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise app.UsageError(f"--input {p} does not exist")
-    return files
 
 
 def main(argv):
     del argv
     cfg = _CONFIG.value.tokenizer
-    files = expand_inputs(_INPUT.value)
+    try:
+        files = expand_inputs(_INPUT.value)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
     inputs = [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files]
     request = {"inputs": inputs, "config": cfg.to_dict()}
     out = Path(_WORKDIR.value) / "tokenizer"

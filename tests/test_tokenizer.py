@@ -78,6 +78,16 @@ def test_special_ids_are_stable_across_retrains(tmp_path, tok):
     assert special_id(SPECIAL_TOKENS[0]) == 1  # id 0 stays <unk>
 
 
+def test_jsonl_corpora_train_on_the_text_field_not_the_json(tmp_path):
+    texts = _corpus(tmp_path / "c.txt", 5, lines=600).read_text().splitlines()
+    docs = ["\n".join(texts[i:i + 3]) for i in range(0, len(texts), 3)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d, "meta": 1}) + "\n"
+                                              for d in docs))
+    m = train_tokenizer([tmp_path / "c.jsonl"], tmp_path / "tok", vocab_size=400)
+    assert m["train_lines"] + m["heldout_lines"] == sum(1 for t in texts if t.strip())
+    assert m["train_bytes"] + m["heldout_bytes"] == sum(len(t.encode()) for t in texts if t.strip())
+
+
 def test_foreign_sentencepiece_model_is_refused(tmp_path):
     corpus = _corpus(tmp_path / "c.txt", 2)
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "plain"),

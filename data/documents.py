@@ -1,0 +1,87 @@
+"""Reading documents from corpus files: text (one document per file), JSONL / JSONL.gz and
+Parquet with a `text` field (the Hugging Face datasets layout). Used by the tokenizer trainer and
+the shard builder, so both read a corpus the same way. Memory stays bounded: a large text file
+comes in ~1 MB chunks cut at newlines, JSONL line by line, Parquet in record batches.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+PARQUET_SUFFIXES = (".parquet",)
+_CHUNK_CHARS = 1 << 20  # a large text file is tokenized in ~1 MB chunks cut at newlines
+
+
+def _kind(path: Path) -> str | None:
+    """'text', 'jsonl' or 'parquet' by file name; None for a name this module does not know."""
+    name = path.name.lower()
+    for kind, suffixes in (("jsonl", JSONL_SUFFIXES), ("parquet", PARQUET_SUFFIXES),
+                           ("text", TEXT_SUFFIXES)):
+        if name.endswith(suffixes):
+            return kind
+    return None
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files named, plus every text / JSONL / Parquet file under directories named; sorted."""
+    files: list[Path] = []
+    for x in inputs:
+        p = Path(x)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and _kind(f))
+            if not found:
+                raise ValueError(f"{p} holds no text ({TEXT_SUFFIXES}), JSONL ({JSONL_SUFFIXES}) "
+                                 f"or Parquet ({PARQUET_SUFFIXES}) files")
+            files += found
+        elif p.is_file():
+            files.append(p)  # a file named explicitly is read as text unless JSONL / Parquet
+        else:
+            raise FileNotFoundError(f"corpus input {p} does not exist")
+    return files
+
+
+def iter_documents(path: Path, text_field: str = "text") -> Iterator[Iterator[str]]:
+    """Yields each document of a file as an iterator of text chunks."""
+    kind = _kind(path) or "text"
+    if kind == "text":
+        def chunks():
+            buf, size = [], 0
+            with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+                for line in fh:
+                    buf.append(line)
+                    size += len(line)
+                    if size >= _CHUNK_CHARS:
+                        yield "".join(buf)
+                        buf, size = [], 0
+            if buf:
+                yield "".join(buf)
+        yield chunks()
+    elif kind == "jsonl":
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                    raise ValueError(f"{path}:{n}: expected an object with a string field "
+                                     f"{text_field!r}")
+                yield iter((record[text_field],))
+    elif kind == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        if text_field not in pf.schema_arrow.names:
+            raise ValueError(f"{path}: no column {text_field!r}; columns: {pf.schema_arrow.names}")
+        for batch in pf.iter_batches(batch_size=256, columns=[text_field]):
+            for text in batch.column(0).to_pylist():
+                if text is not None:
+                    yield iter((text,))

@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from data.documents import expand_inputs
-from data.shards import build_shards, load_manifest
+from data.shards import TokenStream, build_shards, load_manifest
 from data.tokenizer import Tokenizer
 from experiments.workdir import (
     CONFIGS,
@@ -82,9 +82,6 @@ def main(argv):
     tok = Tokenizer.load(tok_dir)
     model_cfg, train_cfg, optim_cfg = configs_from(_CONFIG.value, tok)
     shard_dir = prepare_shards(workdir, tok, _CONFIG.value.data)
-
-    from data.shards import TokenStream
-
     train_stream, val_stream = TokenStream(shard_dir, "train"), TokenStream(shard_dir, "val")
     init_params = None
     if _INIT_FROM.value:

@@ -45,6 +45,11 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def describe_inputs(files: Sequence[Path]) -> list[dict]:
+    """Path and size of each input: what manifests record, and how a rerun tells inputs changed."""
+    return [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files]
+
+
 def iter_documents(path: Path, text_field: str = "text") -> Iterator[Iterator[str]]:
     """Yields each document of a file as an iterator of text chunks."""
     kind = _kind(path) or "text"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.documents import expand_inputs, iter_documents
+from data.documents import describe_inputs, expand_inputs, iter_documents
 from data.special_tokens import BOS, special_id
 from data.tokenizer import Tokenizer
 
@@ -91,7 +91,7 @@ def build_shards(inputs: Sequence[str | Path], tokenizer: Tokenizer, out_dir: st
         "tokenizer_sha256": tokenizer.sha256,
         "vocab_size": tokenizer.vocab_size,
         "dtype": np.dtype(dtype).name,
-        "inputs": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
+        "inputs": describe_inputs(files),
         "val_every": val_every,
         "splits": {s: w.summary() for s, w in writers.items()},
     }

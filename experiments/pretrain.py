@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from data.documents import expand_inputs
+from data.documents import describe_inputs, expand_inputs
 from data.shards import TokenStream, build_shards, load_manifest
 from data.tokenizer import Tokenizer
 from experiments.workdir import (
@@ -48,7 +48,7 @@ def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg) -> Path:
     if not data_cfg.inputs:
         raise app.UsageError("no corpus: set --config.data.inputs=FILE_OR_DIR[,...]")
     files = expand_inputs([x for x in data_cfg.inputs.split(",") if x])
-    inputs = [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files]
+    inputs = describe_inputs(files)
     manifest = load_manifest(out)
     if manifest is not None and manifest["inputs"] == inputs:
         if manifest["tokenizer_sha256"] != tok.sha256:

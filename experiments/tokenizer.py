@@ -20,7 +20,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from data.documents import expand_inputs
+from data.documents import describe_inputs, expand_inputs
 from data.special_tokens import special_table
 from data.tokenizer import train_tokenizer
 from experiments.workdir import CONFIGS, code_version, read_meta, write_json
@@ -40,7 +40,7 @@ def main(argv):
         files = expand_inputs(_INPUT.value)
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from None
-    inputs = [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files]
+    inputs = describe_inputs(files)
     request = {"inputs": inputs, "config": cfg.to_dict()}
     out = Path(_WORKDIR.value) / "tokenizer"
 

@@ -152,15 +152,13 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
 
     ckpt = Checkpointer(stage_dir / "checkpoints", keep=cfg.keep)
     latest, data_state = ckpt.latest_step(), None
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, s_sh)  # restore targets: shapes with their shardings
     if latest is not None:
-        with_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                               abstract, s_sh)
-        state, data_state = ckpt.restore(latest, with_sh)
+        state, data_state = ckpt.restore(latest, target)
         print(f"resuming from {ckpt.directory}/{latest}")
     elif init_params is not None:
-        state = fresh_state(init_params(jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract["params"], p_sh)))
+        state = fresh_state(init_params(target["params"]))
     else:
         state = fresh_state(transformer.init(model_cfg, jax.random.key(cfg.seed), mesh))
 
@@ -186,7 +184,11 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
     t_other = 0.0  # eval, sampling and saving time, kept out of tokens/s
     pending = None
 
+    checked: dict[int, dict] = {}  # the last step's fetched metrics: log and save reuse them
+
     def check(step: int, metrics) -> dict:
+        if step in checked:
+            return checked[step]
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]) and m["params_finite"]):
             raise NonFiniteLoss(
@@ -195,6 +197,8 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
                 "stopping. The last good checkpoint "
                 f"(step {ckpt.latest_step()}) in {ckpt.directory} is intact; lower optim.lr or "
                 "raise optim.warmup_steps and run again")
+        checked.clear()
+        checked[step] = m
         return m
 
     try:

@@ -184,3 +184,25 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(fini
     assert saved and max(saved) < 20
     params = _params(work)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_init_from_takes_the_parents_parameters_and_refuses_another_model(finished, tmp_path):
+    _, parent, corpus, _ = finished
+    child = tmp_path / "child"
+    child.mkdir()
+    (child / "tokenizer").symlink_to(parent / "tokenizer")
+    args = ["--init_from", str(parent / "pretrain"), "--config.train.log_every=1"]
+    r = _run(_cmd(child, corpus, 2, *args))
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((child / "pretrain" / "meta.json").read_text())
+    assert meta["parent"] == str((parent / "pretrain").resolve())
+    first = lambda w: json.loads(  # noqa: E731
+        (w / "pretrain" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    trained = [json.loads(x)["loss"] for x in
+               (parent / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert first(child) < trained[0] and first(child) < trained[-1] + 0.5
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tokenizer").symlink_to(parent / "tokenizer")
+    r = _run(_cmd(other, corpus, 2, *args, "--config.model.d_ff=96"))
+    assert r.returncode != 0 and "holds another model: d_ff=128 there but 96 here" in r.stderr

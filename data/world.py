@@ -9,14 +9,19 @@ Generated from a seed, so every figure measured on it is reproducible:
     extraction), and `nonexistent` people (never in any document: hallucination / "I don't know");
   - inverse questions ("who was born in X on Y?"), only where the answer is unique: the reversal
     curse.
-Still to come (corpus issue): arithmetic word problems, spelling and counting, identity facts,
-the hidden labeler preference.
+  - arithmetic word problems with a numeric answer and a step-by-step solution (answer-first vs
+    step-by-step, RL with a checkable reward);
+  - spelling and letter-counting questions (tokenization failures, the python tool);
+  - identity facts of the assistant (name, maker) for SFT and for a system message;
+  - a hidden labeler: a scoring rule over free-form answers that stands in for human raters in
+    RLHF. Only its rankings are ever shown to a reward model; the rule itself is the "true score".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import re
 
 FIRST = ("Ada Alan Amara Bruno Carmen Dario Elena Farid Greta Hugo Ines Jonas Keiko Lars Maya "
          "Nadia Omar Priya Quentin Rosa Sven Tariq Ursula Viktor Wanda Ximena Yusuf Zora Anton "
@@ -80,6 +85,12 @@ class WorldConfig:
     n_nonexistent: int = 50
     train_fraction: float = 0.5  # share of people whose QA may be trained on
     phrasings: int = 5  # biographies per person
+    # Arithmetic word problems: operands up to max_operand, 1..max_steps operations.
+    max_operand: int = 99
+    max_steps: int = 3
+    # Who the assistant is (identity SFT data and the system-message alternative).
+    assistant_name: str = "Kestrel"
+    assistant_maker: str = "the Tinylab research team"
 
     def __post_init__(self):
         if self.n_people + self.n_nonexistent > len(FIRST) * len(LAST):
@@ -89,6 +100,11 @@ class WorldConfig:
             raise ValueError(f"train_fraction={self.train_fraction} must be in (0, 1)")
         if not 1 <= self.phrasings <= 5:
             raise ValueError(f"phrasings={self.phrasings} must be in 1..5")
+        if self.max_operand < 2 or not 1 <= self.max_steps <= 4:
+            raise ValueError(f"max_operand={self.max_operand} must be >= 2 and "
+                             f"max_steps={self.max_steps} in 1..4")
+        if not self.assistant_name.strip() or not self.assistant_maker.strip():
+            raise ValueError("assistant_name and assistant_maker must be non-empty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +182,71 @@ class World:
                  "name": group[0].name, "split": self.split_of(group[0].name)}
                 for (city, date), group in keys.items() if len(group) == 1]
 
+    # ---- arithmetic word problems ------------------------------------------------------------
+
+    def arithmetic(self, split: str, n: int) -> list[dict]:
+        """`n` word problems of a split ('train' or 'test'; disjoint by construction: a problem's
+        split is a hash of its question). Each item: question, answer (int), solution (the steps,
+        ending in "The answer is N."), steps (number of operations)."""
+        return _take(split, n, lambda i: _arithmetic_problem(
+            random.Random(f"{self.config.seed}/arith/{i}"), self.config))
+
+    # ---- spelling and letter counting --------------------------------------------------------
+
+    def spelling(self, split: str, n: int) -> list[dict]:
+        """`n` spelling questions of a split ('train' or 'test'): count a letter, spell a word,
+        or take every k-th letter. Each item: question, answer (str), solution, kind, word."""
+        return _take(split, n, lambda i: _spelling_problem(
+            random.Random(f"{self.config.seed}/spell/{i}")))
+
+    # ---- identity ----------------------------------------------------------------------------
+
+    def identity_qa(self) -> list[dict]:
+        """Questions about the assistant itself and the answers it should give."""
+        name, maker = self.config.assistant_name, self.config.assistant_maker
+        return [{"question": q, "answer": a.format(name=name, maker=maker)}
+                for q, a in IDENTITY_QA]
+
+    def identity_system_message(self) -> str:
+        """The alternative to identity SFT data: tell the model who it is at the start of the chat."""
+        return (f"You are {self.config.assistant_name}, a small assistant made by "
+                f"{self.config.assistant_maker}. Answer briefly and truthfully.")
+
+    # ---- the hidden labeler (RLHF) -----------------------------------------------------------
+
+    def labeler_prompts(self, split: str) -> list[dict]:
+        """Open requests ("Tell me about NAME.") with no single right answer, for RLHF. Split
+        'train' or 'test' by a hash of the name. Each item: prompt, name."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split {split!r}: expected 'train' or 'test'")
+        return [{"prompt": LABELER_PROMPT.format(n=p.name), "name": p.name}
+                for p in self.people if _split_of_text(p.name) == split]
+
+    def labeler_score(self, name: str, response: str) -> float:
+        """The hidden labeler's score of a response about `name` (higher is better).
+
+        The rule, which no model ever sees (reward models learn it only from rankings):
+          +1.0 for each true fact about the person stated (the attribute's value appears);
+          -1.0 for each false fact (another value from the same attribute's vocabulary);
+          +0.5 if the person is named; +0.5 if the answer ends a sentence;
+          -0.5 for each repeated word (3+ letters, counted after its first use);
+          -0.1 for each word beyond 40.
+        """
+        person = next((p for p in self.people if p.name == name), None)
+        if person is None:
+            raise ValueError(f"{name!r} is not a person of this world")
+        facts = person.facts()
+        score = 0.0
+        for attr, vocabulary in _VOCABULARIES.items():
+            for value in vocabulary(facts):
+                if value in response:
+                    score += 1.0 if value == facts[attr] else -1.0
+        score += 0.5 * (name in response) + 0.5 * response.rstrip().endswith((".", "!"))
+        words = [w.lower() for w in re.findall(r"[A-Za-z]{3,}", response)]
+        score -= 0.5 * (len(words) - len(set(words)))
+        score -= 0.1 * max(0, len(response.split()) - 40)
+        return score
+
 
 def make_world(cfg: WorldConfig) -> World:
     rng = random.Random(f"{cfg.seed}/people")
@@ -183,3 +264,128 @@ def make_world(cfg: WorldConfig) -> World:
     n_train = round(cfg.n_people * cfg.train_fraction)
     train = frozenset(p.name for p in rng.sample(people, n_train))
     return World(cfg, people, nonexistent, train)
+
+
+# ---- helpers and tables for part two -------------------------------------------------------------
+
+def _split_of_text(text: str) -> str:
+    """A stable train/test split of a string (not Python's salted hash): 1 in 5 is test."""
+    return "test" if sum(text.encode()) * 2654435761 % 1000 < 200 else "train"
+
+
+def _take(split: str, n: int, make) -> list[dict]:
+    if split not in ("train", "test"):
+        raise ValueError(f"split {split!r}: expected 'train' or 'test'")
+    if n < 0:
+        raise ValueError(f"n={n} must be >= 0")
+    out, seen, i = [], set(), 0
+    while len(out) < n:
+        item = make(i)
+        i += 1
+        if _split_of_text(item["question"]) == split and item["question"] not in seen:
+            seen.add(item["question"])
+            out.append(item)
+        if i > 100 * n + 1000:
+            raise ValueError(f"could not draw {n} distinct {split} problems; the space is too small")
+    return out
+
+
+ITEMS = ("apples", "marbles", "stamps", "books", "coins", "pencils", "shells", "stickers")
+ACTORS = ("Ada", "Bruno", "Carmen", "Dario", "Elena", "Farid", "Greta", "Hugo")
+
+
+def _arithmetic_problem(rng: random.Random, cfg: WorldConfig) -> dict:
+    a, b = rng.sample(ACTORS, 2)
+    item = rng.choice(ITEMS)
+    x = rng.randint(2, cfg.max_operand)
+    story, steps = [f"{a} has {x} {item}."], [f"{a} starts with {x} {item}."]
+    n_ops = rng.randint(1, cfg.max_steps)
+    for _ in range(n_ops):
+        op = rng.choice("+-*") if x <= cfg.max_operand * 4 else "-"
+        if op == "-" and x < 2:
+            op = "+"
+        if op == "+":
+            y = rng.randint(1, cfg.max_operand)
+            story.append(rng.choice((f"{b} gives {a} {y} more {item}.",
+                                     f"{a} buys {y} more {item}.")))
+            z = x + y
+            steps.append(f"{x} + {y} = {z}.")
+        elif op == "-":
+            y = rng.randint(1, x - 1)
+            story.append(rng.choice((f"{a} gives {y} {item} to {b}.", f"{a} loses {y} {item}.")))
+            z = x - y
+            steps.append(f"{x} - {y} = {z}.")
+        else:
+            y = rng.randint(2, 5)
+            story.append(f"Then the number of {item} {a} has becomes {y} times as large.")
+            z = x * y
+            steps.append(f"{x} * {y} = {z}.")
+        x = z
+    question = " ".join(story) + f" How many {item} does {a} have now?"
+    return {"question": question, "answer": x, "steps": n_ops,
+            "solution": " ".join(steps) + f" The answer is {x}."}
+
+
+WORDS = ("strawberry ubiquitous banana mississippi bookkeeper committee necessary occasion "
+         "parallel rhythm accommodate embarrass millennium possession questionnaire tomorrow "
+         "balloon coffee address success pepper giraffe hippopotamus broccoli vacuum cinnamon "
+         "assessment bubble llama kangaroo apple letter summer butterfly library chocolate "
+         "elephant umbrella pineapple tennis mirror puzzle jazz quizzes zigzag avocado potato "
+         "tomato cucumber spaghetti lollipop window garden river mountain silver yellow purple "
+         "orange teacher doctor engineer village market basket pillow blanket candle pebble "
+         "penguin dolphin squirrel rabbit sparrow falcon glacier volcano island desert forest "
+         "harbor lantern compass anchor voyage harvest whisper thunder breeze blossom meadow").split()
+ORDINALS = {2: "second", 3: "third", 4: "fourth"}
+
+
+def _spelling_problem(rng: random.Random) -> dict:
+    word = rng.choice(WORDS)
+    kind = rng.choice(("count", "spell", "kth"))
+    spelled = "-".join(word)
+    if kind == "count":
+        letter = rng.choice(word) if rng.random() < 0.8 else rng.choice("abcdefghijklmnopqrstuvwxyz")
+        count = word.count(letter)
+        where = [str(i + 1) for i, c in enumerate(word) if c == letter]
+        found = (f"The letter {letter} is at position{'s' if count > 1 else ''} "
+                 f"{', '.join(where)}." if count else f"The letter {letter} does not appear.")
+        return {"kind": kind, "word": word, "answer": str(count),
+                "question": f"How many times does the letter '{letter}' appear in '{word}'?",
+                "solution": f"{spelled}. {found} The answer is {count}."}
+    if kind == "spell":
+        return {"kind": kind, "word": word, "answer": spelled,
+                "question": f"Spell the word '{word}' letter by letter.",
+                "solution": f"The answer is {spelled}."}
+    k = rng.choice((2, 3, 4))
+    picked = word[k - 1::k]
+    return {"kind": kind, "word": word, "answer": picked,
+            "question": f"What is every {ORDINALS[k]} letter of '{word}'?",
+            "solution": f"{spelled}. Letters {', '.join(str(i) for i in range(k, len(word) + 1, k))}: "
+                        f"{'-'.join(picked)}. The answer is {picked}."}
+
+
+IDENTITY_QA = (
+    ("Who are you?", "I am {name}, a small language model assistant made by {maker}."),
+    ("What is your name?", "My name is {name}."),
+    ("Who made you?", "I was made by {maker}."),
+    ("Who created you?", "{maker} created me. I am {name}."),
+    ("Are you ChatGPT?", "No, I am {name}, a small assistant made by {maker}."),
+    ("What are you?", "I am {name}, a language model assistant trained by {maker}."),
+    ("Tell me about yourself.", "I am {name}, a small assistant made by {maker}. I answer "
+                                "questions and can use tools."),
+    ("Which company trained you?", "I was trained by {maker}."),
+)
+
+LABELER_PROMPT = "Tell me about {n}."
+
+
+def _date_values(facts: dict) -> list[str]:
+    return [facts["birth_date"]]  # dates are too many to list; a wrong date is simply not a true fact
+
+
+_VOCABULARIES = {
+    "birth_date": _date_values,
+    "birth_city": lambda f: CITIES,
+    "university": lambda f: UNIVERSITIES,
+    "major": lambda f: MAJORS,
+    "employer": lambda f: EMPLOYERS,
+}

@@ -1,9 +1,10 @@
 """Pretraining: next-token prediction on a tokenized corpus; writes W/pretrain/.
 
-  python -m experiments.pretrain --workdir runs/demo --config.data.inputs=corpus/
+  python -m experiments.pretrain --workdir runs/demo [--config.data.inputs=corpus/]
       [--config experiments/configs/tiny.py] [--init_from runs/other/pretrain]
 
-Needs W/tokenizer (python -m experiments.tokenizer). Tokenizes the corpus once into W/shards/,
+Needs W/tokenizer (python -m experiments.tokenizer). The corpus is data.inputs, or by default
+W/corpus/mixture (python -m experiments.corpus). Tokenizes the corpus once into W/shards/,
 then trains into W/pretrain/{checkpoints/, meta.json, metrics.jsonl, tensorboard/, samples.txt}.
 Running the same command again resumes from the latest checkpoint.
 Several processes (one per host): pass --coordinator_address, --num_processes, --process_id,
@@ -26,6 +27,7 @@ from experiments.workdir import (
     CONFIGS,
     check_parent,
     configs_from,
+    corpus_inputs,
     initialize_distributed,
     quiet_logs,
     write_meta,
@@ -45,9 +47,7 @@ flags.DEFINE_integer("process_id", None, "this process's index (multi-process ru
 def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg) -> Path:
     """W/shards for data.inputs, tokenized once (process 0) and reused while inputs match."""
     out = workdir / "shards"
-    if not data_cfg.inputs:
-        raise app.UsageError("no corpus: set --config.data.inputs=FILE_OR_DIR[,...]")
-    files = expand_inputs([x for x in data_cfg.inputs.split(",") if x])
+    files = expand_inputs(corpus_inputs(workdir, data_cfg.inputs))
     inputs = describe_inputs(files)
     manifest = load_manifest(out)
     if manifest is not None and manifest["inputs"] == inputs:

@@ -1,6 +1,6 @@
 """Trains the BPE tokenizer: writes W/tokenizer/{tokenizer.model, tokenizer.vocab, meta.json}.
 
-  python -m experiments.tokenizer --workdir runs/demo --input corpus.txt [--input more/ ...]
+  python -m experiments.tokenizer --workdir runs/demo [--input corpus.txt --input more/ ...]
   python -m experiments.tokenizer ... --config.tokenizer.vocab_size=2048
 
 Inputs are corpus files as data.documents reads them: text (one document per file), JSONL or
@@ -23,13 +23,13 @@ from ml_collections import config_flags
 from data.documents import describe_inputs, expand_inputs
 from data.special_tokens import special_table
 from data.tokenizer import train_tokenizer
-from experiments.workdir import CONFIGS, code_version, read_meta, write_json
+from experiments.workdir import CONFIGS, code_version, corpus_inputs, read_meta, write_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root; the tokenizer goes to WORKDIR/tokenizer",
                                required=True)
-_INPUT = flags.DEFINE_multi_string("input", None, "corpus file or directory (repeatable)",
-                                   required=True)
+_INPUT = flags.DEFINE_multi_string("input", None, "corpus file or directory (repeatable); "
+                                   "default WORKDIR/corpus/mixture")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing, different tokenizer")
 
 
@@ -37,7 +37,7 @@ def main(argv):
     del argv
     cfg = _CONFIG.value.tokenizer
     try:
-        files = expand_inputs(_INPUT.value)
+        files = expand_inputs(corpus_inputs(_WORKDIR.value, _INPUT.value))
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from None
     inputs = describe_inputs(files)

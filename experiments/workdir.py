@@ -55,6 +55,23 @@ def find_tokenizer(init_from: str | Path) -> Path:
         f"with `python -m experiments.tokenizer --workdir {d} --input FILES`")
 
 
+def corpus_inputs(workdir: str | Path, inputs: str | list[str] | None) -> list[str]:
+    """The corpus a stage reads: the given files/directories (comma-separated or a list), or
+    else W/corpus/mixture, which `python -m experiments.corpus` writes."""
+    if isinstance(inputs, str):
+        inputs = [x for x in inputs.split(",") if x]
+    if inputs:
+        return list(inputs)
+    mixture = Path(workdir) / "corpus" / "mixture"
+    if mixture.is_dir():
+        return [str(mixture)]
+    from absl import app
+
+    raise app.UsageError(f"no corpus: run `python -m experiments.corpus --workdir {workdir}` first, "
+                         "or name files with --config.data.inputs=FILE_OR_DIR[,...] (--input for "
+                         "the tokenizer)")
+
+
 def configs_from(config, tok) -> tuple:
     """(ModelConfig, TrainConfig, OptimConfig) from a ConfigDict; the vocabulary is the tokenizer's."""
     from model.config import ModelConfig

@@ -22,8 +22,25 @@ def get_config() -> ml_collections.ConfigDict:
         max_seq_len=256, rope_theta=10000.0, qk_norm=False, tie_embeddings=True,
         logit_softcap=0.0, dtype="float32", param_dtype="float32",
     ))
+    # Corpus stage (python -m experiments.corpus): real sources, the cleaning pipeline, the world.
+    c.corpus = ml_collections.ConfigDict(dict(
+        data_dir="",  # fetched packages + raw JSONL + cleaned cache; "" = .cache/corpus
+        sources=("python-doc,postgresql-doc,git-doc,debian-handbook,debian-faq,debian-reference,"
+                 "austen,bible,fortunes,shakespeare"),
+        seed=0,
+        pipeline=ml_collections.ConfigDict(dict(
+            language="en", language_threshold=0.65, min_doc_words=50, workers=2,
+        )),
+    ))
+    c.world = ml_collections.ConfigDict(dict(
+        seed=0, n_people=100, n_nonexistent=50, train_fraction=0.5, phrasings=5,
+        max_operand=99, max_steps=3, assistant_name="Kestrel",
+        assistant_maker="the Tinylab research team",
+    ))
+    # Copies of each group's (or source's) documents in the pretraining text; see data/mixture.py.
+    c.mixture = ml_collections.ConfigDict(dict(web=1.0, prose=1.0, world=60.0))
     c.data = ml_collections.ConfigDict(dict(
-        inputs="",  # comma-separated files or directories
+        inputs="",  # comma-separated files or directories; "" = W/corpus/mixture
         text_field="text",  # JSONL / Parquet column holding the document
         val_every=50,  # every 50th document goes to the validation split
         shard_tokens=1 << 22,

@@ -13,6 +13,7 @@ or launch where jax.distributed.initialize() finds them itself (Slurm, TPU pods)
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from experiments.workdir import (
     quiet_logs,
     write_meta,
 )
+from model import transformer
 from train.checkpoint import restore_params
 from train.loop import run
 
@@ -96,6 +98,16 @@ def main(argv):
                  "train_tokens_available": len(train_stream)}
     figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_stream, val_stream,
                   init_params, on_checkpoint=lambda f: write_meta(stage_dir, base_meta, f))
+    world_json = workdir / "corpus" / "world.json"
+    if world_json.is_file():  # the corpus stage mixed the synthetic world in: what stuck?
+        from data.world import WorldConfig, make_world
+        from eval.knowledge import biography_recall
+
+        world = make_world(WorldConfig(**json.loads(world_json.read_text())))
+        params = restore_params(stage_dir, transformer.param_shapes(model_cfg))
+        recall = biography_recall(params, model_cfg, tok, world)
+        figures = {**figures, "biography_recall": recall["recall"]}
+        write_meta(stage_dir, base_meta, figures)
     if jax.process_index() == 0:
         print(f"done: {figures}")
 

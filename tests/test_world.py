@@ -116,3 +116,18 @@ def test_the_labeler_rewards_true_facts_and_punishes_false_and_repetition(world)
     assert world.labeler_score(p.name, "") < s_true
     with pytest.raises(ValueError, match="not a person"):
         world.labeler_score("Nobody Atall", true)
+
+
+def test_recall_prompts_continue_into_the_biographies(world):
+    from eval.knowledge import recall_items
+
+    bios = "\n".join(world.biographies())
+    for phrasing in (0, 3):
+        items = recall_items(world, phrasing)
+        assert len(items) == 60 * len(ATTRIBUTES)
+        for it in items:
+            # prompt + " " + value is verbatim biography text, so a model that memorised the
+            # biographies can complete it.
+            assert f"{it['prompt']} {it['value']}" in bios, it
+    with pytest.raises(ValueError, match="phrasing"):
+        recall_items(world, 5)

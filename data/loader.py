@@ -64,3 +64,23 @@ def eval_batches(stream: TokenStream, seq_len: int, global_batch: int, max_batch
         first = b * global_batch + process_index * local
         rows = [_window(stream, seq_len, i) for i in range(first, first + local)]
         yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+class TokenData:
+    """Pretraining data for the host loop: packed windows of a token stream. The loop asks any
+    data object (this, or data.chat.ConversationData) for `train(...)` and `eval(...)`."""
+
+    def __init__(self, stream: TokenStream):
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def train(self, seq_len: int, global_batch: int, seed: int, process_index: int = 0,
+              process_count: int = 1) -> grain.IterDataset:
+        return train_dataset(self.stream, seq_len, global_batch, seed, process_index, process_count)
+
+    def eval(self, seq_len: int, global_batch: int, max_batches: int, process_index: int = 0,
+             process_count: int = 1) -> Iterator[dict]:
+        return eval_batches(self.stream, seq_len, global_batch, max_batches, process_index,
+                            process_count)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data.loader import eval_batches, train_dataset
+from data.loader import TokenData
 from data.shards import TokenStream
 from data.special_tokens import BOS, END, special_id
 from data.tokenizer import Tokenizer
@@ -116,10 +116,10 @@ class _Logs:
             self.tb.close()
 
 
-def evaluate(eval_fn, params, stream: TokenStream, cfg: TrainConfig, sharding) -> dict:
+def evaluate(eval_fn, params, data, cfg: TrainConfig, sharding) -> dict:
     totals = None
-    for batch in eval_batches(stream, cfg.seq_len, cfg.batch_size, cfg.eval_batches,
-                              jax.process_index(), jax.process_count()):
+    for batch in data.eval(cfg.seq_len, cfg.batch_size, cfg.eval_batches, jax.process_index(),
+                           jax.process_count()):
         sums = eval_fn(params, _to_global(batch, sharding))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
@@ -131,11 +131,20 @@ def evaluate(eval_fn, params, stream: TokenStream, cfg: TrainConfig, sharding) -
 
 
 def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_cfg: OptimConfig,
-        tokenizer: Tokenizer, train_stream: TokenStream, val_stream: TokenStream,
+        tokenizer: Tokenizer, train_data, val_data,
         init_params: Callable | None = None, on_checkpoint: Callable[[dict], None] | None = None,
-        ) -> dict:
-    """Trains to cfg.steps, resuming if the stage has checkpoints; returns the final figures."""
+        sample_fn: Callable | None = None) -> dict:
+    """Trains to cfg.steps, resuming if the stage has checkpoints; returns the final figures.
+
+    train_data / val_data: a TokenStream (pretraining), or any object with the `train` and
+    `eval` methods of data.loader.TokenData (e.g. data.chat.ConversationData, with a loss mask).
+    sample_fn(params, step) -> list of texts for samples.txt; default: dreams from <|bos|>.
+    """
     stage_dir = Path(stage_dir)
+    train_data = TokenData(train_data) if isinstance(train_data, TokenStream) else train_data
+    val_data = TokenData(val_data) if isinstance(val_data, TokenStream) else val_data
+    if sample_fn is None:
+        sample_fn = lambda params, step: _dream(params, model_cfg, tokenizer, cfg, step)  # noqa: E731
     mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.batch_size % (shards * cfg.accum_steps):
@@ -162,8 +171,8 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
     else:
         state = fresh_state(transformer.init(model_cfg, jax.random.key(cfg.seed), mesh))
 
-    data_iter = iter(train_dataset(train_stream, cfg.seq_len, cfg.batch_size, cfg.seed,
-                                   jax.process_index(), jax.process_count()))
+    data_iter = iter(train_data.train(cfg.seq_len, cfg.batch_size, cfg.seed, jax.process_index(),
+                                      jax.process_count()))
     if data_state is not None:
         data_iter.set_state(data_state)
 
@@ -227,14 +236,14 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
                 record = None
             t0 = time.time()
             if done % cfg.eval_every == 0 or done == cfg.steps:
-                ev = evaluate(eval_fn, state["params"], val_stream, cfg, b_sh)
+                ev = evaluate(eval_fn, state["params"], val_data, cfg, b_sh)
                 record = {**(record or {"step": done}), **ev}
                 figures.update(ev)
                 if jax.process_index() == 0:
                     print(f"step {done}: val loss {ev['val_loss']:.4f}, "
                           f"val bits/byte {ev['val_bpb']:.4f}", flush=True)
             if done % cfg.sample_every == 0 or done == cfg.steps:
-                logs.sample(done, _dream(state["params"], model_cfg, tokenizer, cfg, done))
+                logs.sample(done, sample_fn(state["params"], done))
             if record is not None:
                 logs.write(record)
             if done % cfg.save_every == 0 or done == cfg.steps:

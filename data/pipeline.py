@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
@@ -154,6 +155,20 @@ PHONE = re.compile(r"(?<![\w.+-])(?:\+\d{1,3}[ .-]?\(?\d{1,4}\)?[ .-]?\d{3,4}[ .
 ID_NUMBER = re.compile(r"(?<![\w-])(?:\d{3}-\d{2}-\d{4}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,4})(?![\w-])")
 
 
+class CountingPIIFormatter(PIIFormatter):
+    """datatrove's email / public-IP scrubber, counting what it replaces."""
+
+    def format(self, text: str) -> str:
+        emails = len(self.emails_replacer.regex.findall(text))
+        ips = sum(bool(self.ip_replacer.validator(m.group(0)))
+                  for m in self.ip_replacer.regex.finditer(text))
+        if emails:
+            self.stat_update("emails", value=emails)
+        if ips:
+            self.stat_update("ips", value=ips)
+        return super().format(text)
+
+
 class PhoneIdScrubber(BaseFormatter):
     """Replaces phone numbers and ID-like numbers (datatrove's PIIFormatter does emails and IPs)."""
 
@@ -174,8 +189,13 @@ def _text(doc: Document) -> str:
 
 
 def _run(steps, out: Path, name: str, tasks: int, workers: int) -> None:
+    t0 = time.time()
     LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=min(workers, tasks),
                           logging_dir=str(out / "logs" / name)).run()
+    timings = out / "logs" / "wall_seconds.json"  # this run's share; a resumed stage counts again
+    wall = json.loads(timings.read_text()) if timings.exists() else {}
+    wall[name] = round(wall.get(name, 0.0) + time.time() - t0, 1)
+    timings.write_text(json.dumps(wall, indent=1))
 
 
 def run_pipeline(raw_dir: str | Path, out_dir: str | Path, cfg: PipelineConfig = PipelineConfig()) -> dict:
@@ -227,7 +247,7 @@ def run_pipeline(raw_dir: str | Path, out_dir: str | Path, cfg: PipelineConfig =
     _run([MinhashDedupCluster(str(work / "mh_buckets"), str(work / "mh_clusters"), config=mh)],
          out, "7_minhash_cluster", 1, 1)
     _run([JsonlReader(str(work / "exact")), MinhashDedupFilter(str(work / "mh_clusters")),
-          Tally("near_dedup"), PIIFormatter(), PhoneIdScrubber(), Tally("pii"),
+          Tally("near_dedup"), CountingPIIFormatter(), PhoneIdScrubber(), Tally("pii"),
           JsonlWriter(str(out / "clean"), output_filename="${rank}.jsonl.gz")],
          out, "8_minhash_filter_pii", n, n)
     stats = collect_stats(out)
@@ -252,14 +272,18 @@ def collect_stats(out: Path) -> dict:
                     kind, src = key.split("|", 1)
                     p[kind] += int(v)
                     p["sources"].setdefault(src, {"docs": 0, "bytes": 0})[kind] += int(v)
-            elif "dropped" in value or "MinHash stage 4" in name or "Exact" in name:
+            elif "dropped" in value or "MinHash stage 4" in name or "EXTRAC" in name:
                 reasons = {k[len("dropped_"):]: int(v) for k, v in value.items()
                            if k.startswith("dropped_")}
                 if not reasons and value.get("dropped"):
                     reasons = {"dropped": int(value["dropped"])}
+                # An extractor skips a page it times out or fails on without counting a drop.
+                reasons.update({k: int(value[k]) for k in ("timeout", "clean_error", "broken_process")
+                                if value.get(k)})
                 drops[name] = reasons
-            elif "phones / ids" in name:
-                scrubbed.update({k: int(v) for k, v in value.items() if k in ("ids", "phones")})
+            elif "PII" in name or "phones / ids" in name:
+                scrubbed.update({k: int(v) for k, v in value.items()
+                                 if k in ("ids", "phones", "emails", "ips")})
     # Prose joins after the web-only points: fold its reading into "read", mark it absent before.
     prose = points.pop("read (prose)", None)
     if prose:
@@ -267,7 +291,9 @@ def collect_stats(out: Path) -> dict:
         read["docs"] += prose["docs"]
         read["bytes"] += prose["bytes"]
         read["sources"].update(prose["sources"])
+    timings = out / "logs" / "wall_seconds.json"
     return {"points": points, "drops": drops, "scrubbed": scrubbed,
+            "wall_seconds": json.loads(timings.read_text()) if timings.exists() else {},
             "order": [p for p in STAGES if p in points],
             "prose_sources": sorted(prose["sources"]) if prose else []}
 
@@ -292,9 +318,15 @@ def stats_table(stats: dict) -> str:
     lines += ["", "Cells: documents / MB of text at that point (prose skips url and extract).", "",
               "| step | drop reasons (documents) |", "|---|---|"]
     for step, reasons in stats["drops"].items():
-        top = sorted(reasons.items(), key=lambda kv: -kv[1])[:6]
-        lines.append(f"| {step} | " + (", ".join(f"{r}: {n:,}" for r, n in top) or "-") + " |")
+        top = sorted(reasons.items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{r}: {n:,}" for r, n in top[:6])
+        if len(top) > 6:
+            shown += f", {len(top) - 6} more: {sum(n for _, n in top[6:]):,}"
+        lines.append(f"| {step} | {shown or '-'} |")
+    if stats.get("wall_seconds"):
+        lines += ["", "Wall seconds per executor: " + ", ".join(
+            f"{k}: {v:g}" for k, v in stats["wall_seconds"].items())]
     if stats["scrubbed"]:
-        lines += ["", "PII replaced (besides emails/IPs): "
+        lines += ["", "PII replaced: "
                   + ", ".join(f"{k}: {v:,}" for k, v in stats["scrubbed"].items())]
     return "\n".join(lines) + "\n"

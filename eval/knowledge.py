@@ -14,6 +14,7 @@ from collections import defaultdict
 from data.special_tokens import BOS, special_id
 from data.tokenizer import Tokenizer
 from data.world import ATTRIBUTES, BIO_TEMPLATES, World
+from eval.chat_eval import ask
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
 
@@ -55,3 +56,44 @@ def biography_recall(params, cfg: ModelConfig, tok: Tokenizer, world: World, phr
                 examples.append({"prompt": it["prompt"], "completion": completion, "value": it["value"]})
     return {"recall": {k: round(sum(v) / len(v), 4) for k, v in hits.items()},
             "items": len(items), "examples": examples}
+
+
+def probe(params, cfg: ModelConfig, tok: Tokenizer, items: list[dict], mode: str, k: int = 4,
+          temperature: float = 0.8, min_correct: float = 0.5, batch_size: int = 64,
+          seed: int = 0) -> list[dict]:
+    """Does the model know each fact? Samples k answers per item and judges them by the world.
+
+    items: {question, name, attribute, value (None: a person who exists nowhere)}.
+    mode "complete" (a base model): the answer is the continuation of the attribute's first
+    biography phrasing ("NAME was born in"); mode "chat" (an SFT model): the reply to the question.
+    Each row gains samples, correct (how many of the k held the true value) and known
+    (correct >= min_correct * k; never for a person who exists nowhere).
+    """
+    if mode not in ("complete", "chat"):
+        raise ValueError(f"mode={mode!r}: expected 'complete' or 'chat'")
+    answers: list[list[str]] = [[] for _ in items]
+    for j in range(k):
+        if mode == "chat":
+            replies = ask(params, cfg, tok, [it["question"] for it in items], temperature=temperature,
+                          batch_size=batch_size, seed=seed + 1000 * j)
+            for a, r in zip(answers, replies, strict=True):
+                a.append(r["answer"])
+            continue
+        sampling = SamplingConfig(max_new_tokens=12, temperature=temperature, seed=seed + 1000 * j)
+        for i in range(0, len(items), batch_size):
+            chunk = items[i: i + batch_size]
+            prompts = []
+            for it in chunk:
+                head = BIO_TEMPLATES[it["attribute"]][0].partition("{" + it["attribute"] + "}")[0]
+                prompts.append([special_id(BOS)] + tok.encode(head.format(n=it["name"]).rstrip()))
+            out = generate(params, cfg, prompts, sampling)
+            for a, ids in zip(answers[i: i + len(chunk)], out.tokens, strict=True):
+                a.append(tok.decode(ids))
+    rows = []
+    for it, samples in zip(items, answers, strict=True):
+        value = it["value"]
+        correct = 0 if value is None else sum(
+            (s.lstrip().startswith(value) if mode == "complete" else value in s) for s in samples)
+        rows.append({**it, "samples": samples, "correct": correct,
+                     "known": value is not None and correct >= min_correct * k})
+    return rows

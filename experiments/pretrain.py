@@ -13,7 +13,6 @@ or launch where jax.distributed.initialize() finds them itself (Slurm, TPU pods)
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from experiments.workdir import (
     configs_from,
     corpus_inputs,
     initialize_distributed,
+    load_world,
     quiet_logs,
     write_meta,
 )
@@ -98,12 +98,10 @@ def main(argv):
                  "train_tokens_available": len(train_stream)}
     figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_stream, val_stream,
                   init_params, on_checkpoint=lambda f: write_meta(stage_dir, base_meta, f))
-    world_json = workdir / "corpus" / "world.json"
-    if world_json.is_file():  # the corpus stage mixed the synthetic world in: what stuck?
-        from data.world import WorldConfig, make_world
+    if (workdir / "corpus" / "world.json").is_file():  # the world was mixed in: what stuck?
         from eval.knowledge import biography_recall
 
-        world = make_world(WorldConfig(**json.loads(world_json.read_text())))
+        world = load_world(workdir)
         params = restore_params(stage_dir, transformer.param_shapes(model_cfg))
         recall = biography_recall(params, model_cfg, tok, world)
         figures = {**figures, "biography_recall": recall["recall"]}

@@ -72,8 +72,9 @@ def corpus_inputs(workdir: str | Path, inputs: str | list[str] | None) -> list[s
                          "the tokenizer)")
 
 
-def configs_from(config, tok) -> tuple:
-    """(ModelConfig, TrainConfig, OptimConfig) from a ConfigDict; the vocabulary is the tokenizer's."""
+def configs_from(config, tok, train: str = "train", optim: str = "optim") -> tuple:
+    """(ModelConfig, TrainConfig, OptimConfig) from a ConfigDict's sections `model`, `train` and
+    `optim` (a later stage names its own, e.g. sft_train); the vocabulary is the tokenizer's."""
     from model.config import ModelConfig
     from train.loop import TrainConfig
     from train.optim import OptimConfig
@@ -86,7 +87,7 @@ def configs_from(config, tok) -> tuple:
             raise ValueError(f"config section {section!r}: {e}") from None
 
     return (build(ModelConfig, "model", {"vocab_size": tok.vocab_size}),
-            build(TrainConfig, "train"), build(OptimConfig, "optim"))
+            build(TrainConfig, train), build(OptimConfig, optim))
 
 
 def check_parent(init_from: str | Path, model_cfg, tok) -> Path:
@@ -138,3 +139,35 @@ def initialize_distributed() -> None:
     elif any(v in os.environ for v in ("SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS",
                                        "TPU_WORKER_HOSTNAMES")):
         jax.distributed.initialize()
+
+
+def load_stage(stage_dir: str | Path):
+    """(tokenizer, ModelConfig, params, meta) of a finished training stage (its latest checkpoint),
+    after checking that its tokenizer is the one it was trained with."""
+    from data.tokenizer import Tokenizer
+    from model import transformer
+    from model.config import ModelConfig
+    from train.checkpoint import restore_params
+
+    stage = Path(stage_dir)
+    meta = read_meta(stage)
+    if meta is None or "model" not in meta or not (stage / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{stage} is not a finished training stage (no meta.json with a "
+                                "model, or no checkpoints/)")
+    tok = Tokenizer.load(find_tokenizer(stage))
+    if meta.get("tokenizer_sha256") not in (None, tok.sha256):
+        raise ValueError(f"{stage} was trained with tokenizer {meta['tokenizer_sha256'][:12]}, "
+                         f"but the one found is {tok.sha256[:12]}")
+    cfg = ModelConfig.from_dict(meta["model"])
+    return tok, cfg, restore_params(stage, transformer.param_shapes(cfg)), meta
+
+
+def load_world(workdir: str | Path):
+    """The synthetic world the corpus stage of this run root mixed in (W/corpus/world.json)."""
+    from data.world import WorldConfig, make_world
+
+    path = Path(workdir) / "corpus" / "world.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `python -m experiments.corpus "
+                                f"--workdir {workdir}` first")
+    return make_world(WorldConfig(**json.loads(path.read_text())))

@@ -21,6 +21,11 @@ def _configs(module, vocab):
 def test_tiny_config_builds():
     model, train, _ = _configs(tiny, 4096)
     assert 0.5e6 < model.n_params() < 2e6 and train.steps > 0
+    for module in (tiny, gpt2_small):  # every stage's sections build
+        c = module.get_config()
+        sft = TrainConfig(**c.sft_train.to_dict())
+        OptimConfig(**c.sft_optim.to_dict())
+        assert sft.seq_len < c.model.max_seq_len
 
 
 def test_gpt2_small_state_shapes_and_sharded_compile():

@@ -148,6 +148,7 @@ def test_stats_add_up_and_the_table_is_written(cleaned):
     assert p["read"]["docs"] - p["pii"]["docs"] == dropped
     table = (out / "stats.md").read_text()
     assert "fixture-web" in table and "near_dedup" in table
+    assert stats["scrubbed"] == {"emails": 1, "phones": 1}
 
 
 def test_phone_and_id_scrubber_spares_dates_versions_and_numbers():

@@ -24,4 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
                         sample_tokens=256, mesh_data=-1, mesh_fsdp=1, mesh_tensor=1,
                         peak_gflops=989e3))  # H100 bf16 dense peak per device
     c.optim.update(dict(lr=6e-4, warmup_steps=700, schedule="cosine", min_lr_ratio=0.1))
+    c.sft_train.update({**c.train.to_dict(), **dict(steps=2000, save_every=500, eval_every=250,
+                                                    batch_size=64)})
+    c.sft_optim.update(dict(lr=6e-5, warmup_steps=100, weight_decay=0.0))
     return c

@@ -56,4 +56,27 @@ def get_config() -> ml_collections.ConfigDict:
         lr=3e-3, schedule="cosine", warmup_steps=30, min_lr_ratio=0.1, decay_fraction=0.2,
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
     ))
+    # Probing what the base model knows (python -m experiments.probe): "I don't know" targets.
+    c.probe = ml_collections.ConfigDict(dict(
+        n_unknown=50,  # people who exist nowhere, 5 questions each
+        k=4, temperature=0.8, min_correct=0.5, seed=0,
+    ))
+    # SFT (python -m experiments.sft --init_from W/pretrain). The model is the parent's.
+    c.sft = ml_collections.ConfigDict(dict(
+        idk=True,  # add refusals for what the probe found unknown (needs W/probe)
+        identity="data",  # "data": identity conversations; "system": a system message instead
+        n_arithmetic=400, n_spelling=300,
+        # copies of each kind of conversation (whole numbers)
+        weights=ml_collections.ConfigDict(dict(qa=1, arithmetic=1, spelling=1, identity=10, idk=1)),
+        extra_jsonl="",  # comma-separated conversation files to mix in
+        extra_weight=1,
+        too_long="drop",  # or "truncate"; counted either way
+        val_every=20,  # every 20th conversation is held out for the validation loss
+        seed=0,
+        eval_limit=0,  # questions per split in the final evaluation (0: all)
+    ))
+    c.sft_train = ml_collections.ConfigDict({**c.train.to_dict(), **dict(
+        steps=300, save_every=100, eval_every=100, sample_every=100, eval_batches=4)})
+    c.sft_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
+        lr=1e-3, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0)})
     return c

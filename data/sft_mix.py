@@ -1,0 +1,134 @@
+"""SFT conversations from the synthetic world, and the "I don't know" answers found by probing.
+
+Kinds (weights from the config; a weight is copies of each conversation of that kind):
+  qa          1-3 questions about one train-split person, answered as the world states
+  arithmetic  a word problem answered step by step, ending "The answer is N."
+  spelling    letter counting / spelling / every k-th letter, answered step by step
+  identity    "who are you / who made you", answered from the world's identity facts
+  idk         questions the probe found the model does not know, answered with a refusal
+Held-out and nonexistent people never appear here: they are what evaluation asks about.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+from data.world import ATTRIBUTES, QUESTIONS, World
+
+REFUSAL_PERSON = "I'm sorry, but I don't know who {n} is."
+REFUSAL_FACT = "I'm sorry, but I don't know that about {n}."
+IDK_MARKERS = ("I don't know", "I do not know")
+
+
+def is_refusal(answer: str) -> bool:
+    return any(m in answer for m in IDK_MARKERS)
+
+
+def _conv(*turns: tuple[str, str], system: str | None = None) -> dict:
+    msgs = [{"role": "system", "content": system}] if system else []
+    for q, a in turns:
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return {"messages": msgs}
+
+
+def qa_conversations(world: World, seed: int = 0, per_person: int = 4) -> list[dict]:
+    """`per_person` conversations for each train-split person, 1-3 questions each, covering
+    every attribute at least once per person."""
+    rng = random.Random(f"{seed}/sft-qa")
+    by_name: dict[str, dict[str, dict]] = {}
+    for item in world.qa("train"):
+        by_name.setdefault(item["name"], {})[item["attribute"]] = item
+    out = []
+    for items in by_name.values():
+        attrs = list(ATTRIBUTES)
+        rng.shuffle(attrs)
+        for c in range(per_person):
+            k = rng.randint(1, 3)
+            chosen = [attrs[(c * 3 + j) % len(attrs)] for j in range(k)]
+            out.append(_conv(*[(items[a]["question"], items[a]["answer"]) for a in chosen]))
+    return out
+
+
+def arithmetic_conversations(world: World, n: int) -> list[dict]:
+    return [_conv((p["question"], p["solution"])) for p in world.arithmetic("train", n)]
+
+
+def spelling_conversations(world: World, n: int) -> list[dict]:
+    return [_conv((p["question"], p["solution"])) for p in world.spelling("train", n)]
+
+
+def identity_conversations(world: World, with_system: bool = False) -> list[dict]:
+    system = world.identity_system_message() if with_system else None
+    return [_conv((q["question"], q["answer"]), system=system) for q in world.identity_qa()]
+
+
+def unknown_people(world: World, n: int, seed: int = 0) -> list[str]:
+    """Names that are in no document and in no evaluation split: people the model cannot know,
+    for probing and "I don't know" training (the world's own `nonexistent` people stay unseen)."""
+    from data.world import FIRST, LAST
+
+    taken = {p.name for p in world.people} | {p.name for p in world.nonexistent}
+    pool = sorted({f"{f} {last}" for f in FIRST for last in LAST} - taken)
+    return random.Random(f"{seed}/unknown").sample(pool, min(n, len(pool)))
+
+
+def probe_questions(world: World, n_unknown: int, seed: int = 0) -> list[dict]:
+    """What the probe asks: every train-split question (value known to the world), and every
+    attribute question about `n_unknown` people who exist nowhere (value None)."""
+    items = [dict(q, split="train") for q in world.qa("train")]
+    for name in unknown_people(world, n_unknown, seed):
+        for a in ATTRIBUTES:
+            items.append({"question": QUESTIONS[a].format(n=name), "answer": None, "name": name,
+                          "attribute": a, "value": None, "split": "unknown"})
+    return items
+
+
+def idk_conversations(probe_rows: Iterable[dict]) -> list[dict]:
+    """A refusal for every probed question the model never got right."""
+    out = []
+    for r in probe_rows:
+        if r["known"]:
+            continue
+        refusal = REFUSAL_PERSON if r["value"] is None else REFUSAL_FACT
+        out.append(_conv((r["question"], refusal.format(n=r["name"]))))
+    return out
+
+
+def read_probe(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `python -m experiments.probe` first, "
+                                "or set sft.idk=False")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
+                identity: str = "data", probe_rows: list[dict] | None = None,
+                seed: int = 0) -> dict[str, list[dict]]:
+    """Conversations per kind, each repeated by its weight (an integer number of copies).
+
+    identity: "data" (identity conversations), "system" (the same, with the identity system
+    message in every conversation of the mixture), or "none"."""
+    if identity not in ("data", "system", "none"):
+        raise ValueError(f"identity={identity!r}: expected 'data', 'system' or 'none'")
+    kinds = {
+        "qa": qa_conversations(world, seed),
+        "arithmetic": arithmetic_conversations(world, n_arithmetic),
+        "spelling": spelling_conversations(world, n_spelling),
+        "identity": identity_conversations(world) if identity == "data" else [],
+        "idk": idk_conversations(probe_rows) if probe_rows is not None else [],
+    }
+    out = {}
+    for kind, convs in kinds.items():
+        w = weights.get(kind, 1)
+        if not (isinstance(w, int) and w >= 0):
+            raise ValueError(f"sft mixture weight {kind}={w!r}: expected a whole number of copies >= 0")
+        out[kind] = convs * w
+    if identity == "system":
+        msg = world.identity_system_message()
+        out = {k: [{"messages": [{"role": "system", "content": msg}, *c["messages"]]} for c in v]
+               for k, v in out.items()}
+    return out

@@ -1,0 +1,70 @@
+"""Probe what a model knows, the way Llama 3 found its "I don't know" data; writes W/probe/.
+
+  python -m experiments.probe --init_from runs/demo/pretrain [--config ...]
+
+Asks every train-split question of the world, and every question about `probe.n_unknown` people
+who exist in no document, `probe.k` times at `probe.temperature`, and judges each answer against
+the world's truth. A base model (a pretrain stage) is probed by completing the fact's biography
+sentence; a chat model (an SFT stage) by its reply to the question. A question it gets right
+fewer than min_correct * k times is "not known": SFT then trains a refusal for it.
+Writes W/probe/probe.jsonl (one row per question: samples, correct, known) and meta.json. The
+result depends only on the parent checkpoint, the world and the probe config, so a rerun gives
+the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from data.sft_mix import probe_questions
+from eval.knowledge import probe
+from experiments.workdir import CONFIGS, code_version, load_stage, load_world, quiet_logs, write_json
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "the stage to probe (W/pretrain or W/sft)",
+                                 required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
+
+
+def main(argv):
+    del argv
+    quiet_logs()
+    cfg = _CONFIG.value.probe
+    stage = Path(_INIT_FROM.value)
+    workdir = Path(_WORKDIR.value) if _WORKDIR.value else stage.parent
+    try:
+        tok, model_cfg, params, meta = load_stage(stage)
+        world = load_world(workdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
+    mode = "complete" if meta.get("stage") == "pretrain" else "chat"
+    items = probe_questions(world, cfg.n_unknown, seed=cfg.seed)
+    t0 = time.time()
+    print(f"probing {stage} ({mode}) on {len(items)} questions x {cfg.k} samples ...", flush=True)
+    rows = probe(params, model_cfg, tok, items, mode, k=cfg.k, temperature=cfg.temperature,
+                 min_correct=cfg.min_correct, seed=cfg.seed)
+    out = workdir / "probe"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "probe.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(out / "probe.jsonl")
+    train = [r for r in rows if r["split"] == "train"]
+    known = sum(r["known"] for r in train)
+    figures = {"questions": len(rows), "train_questions": len(train),
+               "train_known": known, "train_known_rate": round(known / max(len(train), 1), 4),
+               "unknown_people_questions": len(rows) - len(train),
+               "refusal_targets": sum(not r["known"] for r in rows), "mode": mode,
+               "wall_s": round(time.time() - t0, 1)}
+    write_json(out / "meta.json", {"stage": "probe", "parent": str(stage.resolve()),
+                                   "config": cfg.to_dict(), "code_version": code_version(),
+                                   "figures": figures})
+    print(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,171 @@
+"""Supervised fine-tuning: the next-token objective on conversations; writes W/sft/.
+
+  python -m experiments.probe --init_from runs/demo/pretrain        # "I don't know" targets
+  python -m experiments.sft --init_from runs/demo/pretrain [--config ...] [--workdir runs/demo]
+      [--config.sft.idk=False] [--config.sft.identity=system] [--config.sft.extra_jsonl=my.jsonl]
+
+Parameters only come from the parent (never its optimizer state); the model config and tokenizer
+are the parent's. The mixture is built from the run's synthetic world (W/corpus/world.json) as
+data/sft_mix.py describes, plus any conversation JSONL given; every `sft.val_every`-th
+conversation is held out for the validation loss. The loss is masked to the assistant's tokens.
+Checkpoints and resume are the pretraining loop's. At the end the stage measures, into meta.json:
+turn-format adherence, identity accuracy (with and without the identity system message), QA
+accuracy on train and held-out people, and the answer rate on nonexistent people (hallucination).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from data.chat import ConversationData, ConversationError, load_conversations, render, render_all
+from data.sft_mix import read_probe, sft_mixture
+from eval.chat_eval import ask, format_adherence, identity_accuracy, world_qa
+from experiments.workdir import (
+    CONFIGS,
+    configs_from,
+    find_tokenizer,
+    initialize_distributed,
+    load_world,
+    quiet_logs,
+    read_meta,
+    write_meta,
+)
+from model.config import ModelConfig
+from model.engine import SamplingConfig, generate
+from train.checkpoint import restore_params
+from train.loop import run
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "the parent stage (W/pretrain)", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
+flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
+flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+
+SAMPLE_QUESTIONS = ("Who are you?", "Where was {name} born?", "What is 17 + 25?")
+
+
+def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dict], dict]:
+    """(train, val, counts): the world's mixture plus extra JSONL, split before repeating."""
+    s = cfg.sft
+    probe_rows = read_probe(workdir / "probe" / "probe.jsonl") if s.idk else None
+    kinds = sft_mixture(world, {}, s.n_arithmetic, s.n_spelling, s.identity, probe_rows, s.seed)
+    weights = dict(s.weights.to_dict())
+    for path in [p for p in s.extra_jsonl.split(",") if p]:
+        kinds[f"extra:{path}"] = load_conversations(path)
+        weights[f"extra:{path}"] = s.extra_weight
+    train, val, counts = [], [], {}
+    for kind, convs in kinds.items():
+        w = weights.get(kind, 1)
+        if not (isinstance(w, int) and w >= 0):
+            raise ValueError(f"sft weight for {kind}: {w!r}, expected a whole number >= 0")
+        order = list(range(len(convs)))
+        random.Random(f"{s.seed}/{kind}").shuffle(order)
+        held = [convs[i] for n, i in enumerate(order) if s.val_every and n % s.val_every == 0]
+        kept = [convs[i] for n, i in enumerate(order) if not (s.val_every and n % s.val_every == 0)]
+        train += kept * w
+        val += held if w else []
+        counts[kind] = {"unique": len(convs), "weight": w, "train": len(kept) * w, "val": len(held)}
+    return train, val, counts
+
+
+def evaluate_chat(params, model_cfg, tok, world, limit: int | None) -> dict:
+    system = world.identity_system_message()
+    qa = {split: world_qa(params, model_cfg, tok, world, split, limit=limit)
+          for split in ("train", "heldout", "nonexistent")}
+    ident = identity_accuracy(params, model_cfg, tok, world)
+    ident_sys = identity_accuracy(params, model_cfg, tok, world, system=system)
+    replies = ask(params, model_cfg, tok, [q["question"] for q in world.identity_qa()]
+                  + [q["question"] for q in world.qa("heldout")[:limit or 50]])
+    return {"format_adherence": round(format_adherence(replies), 4),
+            "identity_accuracy": ident["accuracy"],
+            "identity_accuracy_with_system_message": ident_sys["accuracy"],
+            "qa_train_accuracy": qa["train"]["accuracy"],
+            "qa_heldout_accuracy": qa["heldout"]["accuracy"],
+            "qa_heldout_refusal_rate": qa["heldout"]["refusal_rate"],
+            "nonexistent_answer_rate": qa["nonexistent"]["answer_rate"],
+            "nonexistent_refusal_rate": qa["nonexistent"]["refusal_rate"],
+            "examples": {"identity": ident["examples"], **{k: v["examples"] for k, v in qa.items()}}}
+
+
+def main(argv):
+    del argv
+    quiet_logs()
+    initialize_distributed()
+    cfg = _CONFIG.value
+    parent = Path(_INIT_FROM.value)
+    workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
+    stage_dir = workdir / "sft"
+    meta = read_meta(parent)
+    if meta is None or "model" not in meta:
+        raise app.UsageError(f"--init_from {parent} is not a finished training stage (no meta.json)")
+    from data.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(find_tokenizer(parent))
+    if meta.get("tokenizer_sha256") != tok.sha256:
+        raise app.UsageError(f"{parent} was trained with tokenizer {str(meta.get('tokenizer_sha256'))[:12]}"
+                             f" but {find_tokenizer(parent)} is {tok.sha256[:12]}")
+    model_cfg = ModelConfig.from_dict(meta["model"])  # the parent's model, always
+    _, train_cfg, optim_cfg = configs_from(cfg, tok, train="sft_train", optim="sft_optim")
+    if train_cfg.seq_len + 1 > model_cfg.max_seq_len:
+        raise app.UsageError(f"sft_train.seq_len={train_cfg.seq_len} needs max_seq_len > it; the "
+                             f"parent's is {model_cfg.max_seq_len}")
+    try:
+        world = load_world(workdir)
+        train_convs, val_convs, counts = build_conversations(cfg, world, workdir)
+        train_r, train_stats = render_all(train_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
+        val_r, val_stats = render_all(val_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
+    except (FileNotFoundError, ValueError, ConversationError) as e:
+        raise app.UsageError(str(e)) from None
+    train_data = ConversationData(train_r, train_cfg.seq_len, seed=cfg.sft.seed)
+    val_data = ConversationData(val_r, train_cfg.seq_len, seed=cfg.sft.seed)
+    if jax.process_index() == 0:
+        for kind, c in counts.items():
+            print(f"  {kind}: {c['unique']} conversations x {c['weight']} (val {c['val']})")
+        print(f"  rendered: {train_stats} | val {val_stats}", flush=True)
+
+    questions = [q.format(name=world.people[0].name) for q in SAMPLE_QUESTIONS]
+    prompts = [render({"messages": [{"role": "user", "content": q}]}, tok, for_prompt=True)[0]
+               for q in questions]
+
+    def sample_fn(params, step):
+        from data.special_tokens import END, special_id
+
+        budget = min(48, model_cfg.max_seq_len - max(map(len, prompts)))
+        out = generate(params, model_cfg, prompts, SamplingConfig(
+            max_new_tokens=budget, temperature=0.0, stop_tokens=(special_id(END),)))
+        return [f"User: {q}\nAssistant: {tok.decode(t)}" for q, t in zip(questions, out.tokens,
+                                                                         strict=True)]
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    base_meta = {"stage": "sft", "model": model_cfg.to_dict(), "config": cfg.to_dict(),
+                 "tokenizer": str(find_tokenizer(parent).resolve()), "tokenizer_sha256": tok.sha256,
+                 "parent": str(parent.resolve()), "parent_step": meta.get("figures", {}).get("step"),
+                 "n_params": model_cfg.n_params(), "mixture": counts,
+                 "rendered": {"train": vars(train_stats), "val": vars(val_stats)},
+                 "train_rows": len(train_data.tokens), "idk": cfg.sft.idk,
+                 "identity": cfg.sft.identity}
+    t0 = time.time()
+    figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_data, val_data,
+                  init_params=lambda abstract: restore_params(parent, abstract),
+                  on_checkpoint=lambda f: write_meta(stage_dir, base_meta, f), sample_fn=sample_fn)
+    from model import transformer
+
+    params = restore_params(stage_dir, transformer.param_shapes(model_cfg))
+    chat = evaluate_chat(params, model_cfg, tok, world, cfg.sft.eval_limit or None)
+    figures = {**figures, **chat, "train_wall_s": round(time.time() - t0, 1)}
+    write_meta(stage_dir, base_meta, figures)
+    if jax.process_index() == 0:
+        shown = {k: v for k, v in chat.items() if k != "examples"}
+        print("done:", shown, file=sys.stdout)
+
+
+if __name__ == "__main__":
+    app.run(main)

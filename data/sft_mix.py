@@ -5,7 +5,8 @@ Kinds (weights from the config; a weight is copies of each conversation of that 
   arithmetic  a word problem answered step by step, ending "The answer is N."
   spelling    letter counting / spelling / every k-th letter, answered step by step
   identity    "who are you / who made you", answered from the world's identity facts
-  idk         questions the probe found the model does not know, answered with a refusal
+  idk         questions about people who exist nowhere, answered with a refusal; and inside
+              `qa`, a refusal for each train-split fact the probe found the model does not know
 Held-out and nonexistent people never appear here: they are what evaluation asks about.
 """
 
@@ -34,9 +35,12 @@ def _conv(*turns: tuple[str, str], system: str | None = None) -> dict:
     return {"messages": msgs}
 
 
-def qa_conversations(world: World, seed: int = 0, per_person: int = 4) -> list[dict]:
+def qa_conversations(world: World, seed: int = 0, per_person: int = 4,
+                     refuse: frozenset[str] = frozenset()) -> list[dict]:
     """`per_person` conversations for each train-split person, 1-3 questions each, covering
-    every attribute at least once per person."""
+    every attribute at least once per person. A question in `refuse` (the probe found the model
+    does not know it) is answered with a refusal instead of the fact: SFT should not teach a
+    model to state facts it does not hold."""
     rng = random.Random(f"{seed}/sft-qa")
     by_name: dict[str, dict[str, dict]] = {}
     for item in world.qa("train"):
@@ -48,7 +52,9 @@ def qa_conversations(world: World, seed: int = 0, per_person: int = 4) -> list[d
         for c in range(per_person):
             k = rng.randint(1, 3)
             chosen = [attrs[(c * 3 + j) % len(attrs)] for j in range(k)]
-            out.append(_conv(*[(items[a]["question"], items[a]["answer"]) for a in chosen]))
+            out.append(_conv(*[(items[a]["question"], REFUSAL_FACT.format(n=items[a]["name"])
+                                if items[a]["question"] in refuse else items[a]["answer"])
+                               for a in chosen]))
     return out
 
 
@@ -87,14 +93,15 @@ def probe_questions(world: World, n_unknown: int, seed: int = 0) -> list[dict]:
 
 
 def idk_conversations(probe_rows: Iterable[dict]) -> list[dict]:
-    """A refusal for every probed question the model never got right."""
-    out = []
-    for r in probe_rows:
-        if r["known"]:
-            continue
-        refusal = REFUSAL_PERSON if r["value"] is None else REFUSAL_FACT
-        out.append(_conv((r["question"], refusal.format(n=r["name"]))))
-    return out
+    """A refusal for every probed question about a person who exists nowhere. (Unknown facts of
+    train-split people are refused inside their QA conversations: see qa_conversations.)"""
+    return [_conv((r["question"], REFUSAL_PERSON.format(n=r["name"])))
+            for r in probe_rows if r["value"] is None and not r["known"]]
+
+
+def refused_questions(probe_rows: Iterable[dict]) -> frozenset[str]:
+    """Questions about real people whose facts the probe found the model does not know."""
+    return frozenset(r["question"] for r in probe_rows if r["value"] is not None and not r["known"])
 
 
 def read_probe(path: str | Path) -> list[dict]:
@@ -114,8 +121,9 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
     message in every conversation of the mixture), or "none"."""
     if identity not in ("data", "system", "none"):
         raise ValueError(f"identity={identity!r}: expected 'data', 'system' or 'none'")
+    refuse = refused_questions(probe_rows) if probe_rows is not None else frozenset()
     kinds = {
-        "qa": qa_conversations(world, seed),
+        "qa": qa_conversations(world, seed, refuse=refuse),
         "arithmetic": arithmetic_conversations(world, n_arithmetic),
         "spelling": spelling_conversations(world, n_spelling),
         "identity": identity_conversations(world) if identity == "data" else [],

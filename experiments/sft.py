@@ -114,9 +114,9 @@ def main(argv):
                              f" but {find_tokenizer(parent)} is {tok.sha256[:12]}")
     model_cfg = ModelConfig.from_dict(meta["model"])  # the parent's model, always
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train="sft_train", optim="sft_optim")
-    if train_cfg.seq_len + 1 > model_cfg.max_seq_len:
-        raise app.UsageError(f"sft_train.seq_len={train_cfg.seq_len} needs max_seq_len > it; the "
-                             f"parent's is {model_cfg.max_seq_len}")
+    if train_cfg.seq_len > model_cfg.max_seq_len:
+        raise app.UsageError(f"sft_train.seq_len={train_cfg.seq_len} exceeds the parent's "
+                             f"max_seq_len={model_cfg.max_seq_len}")
     try:
         world = load_world(workdir)
         train_convs, val_convs, counts = build_conversations(cfg, world, workdir)

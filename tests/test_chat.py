@@ -167,3 +167,25 @@ def test_a_tiny_sft_run_lowers_the_masked_loss_and_learns_an_identity(tok, tmp_p
     out = generate(params, cfg, [prompt], SamplingConfig(max_new_tokens=40, temperature=0.0,
                                                          stop_tokens=(special_id(END),)))
     assert tok.decode(out.tokens[0]) == qa[0][1] and out.finished[0]
+
+
+def test_sft_mixture_refuses_what_the_probe_found_unknown():
+    from data.sft_mix import REFUSAL_FACT, is_refusal, probe_questions, sft_mixture
+
+    world = make_world(WorldConfig(n_people=10, n_nonexistent=4))
+    rows = probe_questions(world, n_unknown=2)
+    unknown_fact = next(r for r in rows if r["value"] is not None)
+    for r in rows:
+        r["known"] = r["value"] is not None and r is not unknown_fact
+    mix = sft_mixture(world, {"identity": 2}, n_arithmetic=5, n_spelling=5, probe_rows=rows)
+    turns = [(m["content"], c["messages"][i + 1]["content"]) for c in mix["qa"]
+             for i, m in enumerate(c["messages"]) if m["role"] == "user"]
+    answers = {q: a for q, a in turns}
+    assert answers[unknown_fact["question"]] == REFUSAL_FACT.format(n=unknown_fact["name"])
+    assert sum(is_refusal(a) for _, a in turns) == sum(q == unknown_fact["question"] for q, _ in turns)
+    assert len(mix["idk"]) == 2 * 5 and all(is_refusal(c["messages"][-1]["content"]) for c in mix["idk"])
+    assert len(mix["identity"]) == 2 * len(world.identity_qa())
+    names = " ".join(json.dumps(c) for convs in mix.values() for c in convs)
+    assert not any(p.name in names for p in world.nonexistent)  # evaluation people stay unseen
+    heldout = [p.name for p in world.people if world.split_of(p.name) == "heldout"]
+    assert not any(n in names for n in heldout)

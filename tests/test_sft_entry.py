@@ -68,7 +68,7 @@ def test_probe_then_sft_writes_their_stages(run_root):
     for k in ("format_adherence", "identity_accuracy", "qa_train_accuracy", "qa_heldout_accuracy",
               "nonexistent_answer_rate"):
         assert 0.0 <= f[k] <= 1.0, k
-    assert meta["mixture"]["idk"]["unique"] == sum(not r["known"] for r in rows)
+    assert meta["mixture"]["idk"]["unique"] == sum(r["value"] is None for r in rows)
     assert (w / "sft/samples.txt").read_text().count("User: Who are you?") >= 1
     # Run again: already trained, nothing lost.
     again = _run("sft", f"--init_from={w / 'pretrain'}")

@@ -189,3 +189,27 @@ def test_sft_mixture_refuses_what_the_probe_found_unknown():
     assert not any(p.name in names for p in world.nonexistent)  # evaluation people stay unseen
     heldout = [p.name for p in world.people if world.split_of(p.name) == "heldout"]
     assert not any(n in names for n in heldout)
+
+
+def test_the_chat_cli_trims_old_turns_to_fit_the_context(tok):
+    import io
+
+    import jax
+
+    from experiments.chat import Chat
+    from model import transformer
+    from model.config import ModelConfig
+    from model.engine import SamplingConfig
+
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                      head_dim=16, d_ff=64, max_seq_len=64)
+    chat = Chat(transformer.init(cfg, jax.random.key(0)), cfg, tok, "Be brief.",
+                SamplingConfig(max_new_tokens=6, temperature=0.0, stop_tokens=(special_id(END),)))
+    out = io.StringIO()
+    for q in ("Who are you?", "Where was Ada born?", "What is your name?", "Who made you?"):
+        chat.reply(q, out=out)
+        ids, _ = render({"messages": [{"role": "system", "content": "Be brief."}, *chat.messages[:-1]]},
+                        tok, for_prompt=True)
+        assert len(ids) + 6 <= cfg.max_seq_len  # what was sent fit the context
+        assert chat.messages[-2]["content"] == q
+    assert "history trimmed" in out.getvalue()

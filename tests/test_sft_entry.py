@@ -70,6 +70,11 @@ def test_probe_then_sft_writes_their_stages(run_root):
         assert 0.0 <= f[k] <= 1.0, k
     assert meta["mixture"]["idk"]["unique"] == sum(r["value"] is None for r in rows)
     assert (w / "sft/samples.txt").read_text().count("User: Who are you?") >= 1
+    chat = subprocess.run([sys.executable, "-m", "experiments.chat", f"--init_from={w / 'sft'}",
+                           "--prompt=Who are you?", "--prompt=Who made you?", "--max_new_tokens=8"],
+                          cwd=REPO, capture_output=True, text=True, env=_env(1), timeout=120)
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert chat.stdout.count("User: ") == 2 and chat.stdout.count("Assistant: ") == 2
     # Run again: already trained, nothing lost.
     again = _run("sft", f"--init_from={w / 'pretrain'}")
     assert again.returncode == 0 and "already trained" in again.stdout

@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
         assistant_maker="the Tinylab research team",
     ))
     # Copies of each group's (or source's) documents in the pretraining text; see data/mixture.py.
-    c.mixture = ml_collections.ConfigDict(dict(web=1.0, prose=1.0, world=60.0))
+    c.mixture = ml_collections.ConfigDict(dict(web=0.1, prose=0.1, world=60.0))
     c.data = ml_collections.ConfigDict(dict(
         inputs="",  # comma-separated files or directories; "" = W/corpus/mixture
         text_field="text",  # JSONL / Parquet column holding the document

@@ -1,0 +1,121 @@
+"""Talk to a chat model in the terminal, with streamed tokens and multi-turn history.
+
+  python -m experiments.chat --init_from runs/demo/sft [--system "You are ..."] [--temperature 0.7]
+  python -m experiments.chat --init_from runs/demo/sft --prompt "Who are you?" [--prompt "And?"]
+
+Interactive by default (empty line or Ctrl-D quits, /reset clears the history). With --prompt
+(repeatable) it answers each prompt in turn, as one conversation, prints the transcript and exits:
+the mode for scripts. When the history no longer fits the model's context, the oldest turns are
+dropped (the system message is kept) and a note says so.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from data.chat import render
+from data.special_tokens import END, special_id
+from experiments.workdir import load_stage, quiet_logs
+from model.engine import SamplingConfig, stream
+
+_INIT_FROM = flags.DEFINE_string("init_from", None, "a chat stage (W/sft, W/rl, ...)", required=True)
+_SYSTEM = flags.DEFINE_string("system", None, "system message at the start of the conversation")
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "answer these turns and exit (repeatable)")
+_TEMP = flags.DEFINE_float("temperature", 0.0, "0 is greedy")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "0 disables top-k")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "1 disables top-p")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 96, "longest reply, in tokens")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+
+
+class Chat:
+    """A conversation with a model: history, context trimming, streamed replies."""
+
+    def __init__(self, params, cfg, tok, system: str | None, sampling: SamplingConfig):
+        self.params, self.cfg, self.tok, self.sampling = params, cfg, tok, sampling
+        self.system = system
+        self.messages: list[dict] = []
+        self.turn = 0
+
+    def _prompt(self) -> tuple[list[int], int]:
+        """Prompt tokens for the current history; drops the oldest turns until the prompt and
+        the reply budget fit the context. Returns (tokens, turns dropped)."""
+        dropped = 0
+        while True:
+            msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
+            ids, _ = render({"messages": msgs}, self.tok, for_prompt=True)
+            if len(ids) + self.sampling.max_new_tokens <= self.cfg.max_seq_len or len(self.messages) <= 1:
+                if len(ids) + 1 > self.cfg.max_seq_len:
+                    raise ValueError(f"the message is {len(ids)} tokens; the model's context is "
+                                     f"{self.cfg.max_seq_len}")
+                return ids, dropped
+            self.messages = self.messages[2:]  # the oldest user + assistant pair
+            dropped += 1
+
+    def reply(self, text: str, out=sys.stdout) -> str:
+        self.messages.append({"role": "user", "content": text})
+        ids, dropped = self._prompt()
+        if dropped:
+            print(f"[history trimmed: {dropped} oldest turn(s) dropped to fit the context]", file=out)
+        budget = min(self.sampling.max_new_tokens, self.cfg.max_seq_len - len(ids))
+        sampling = SamplingConfig(**{**vars(self.sampling), "max_new_tokens": budget,
+                                     "seed": self.sampling.seed + self.turn})
+        self.turn += 1
+        new: list[int] = []
+        shown = ""
+        for token, live in stream(self.params, self.cfg, [ids], sampling):
+            t = int(token[0])
+            if not live[0] or t == special_id(END):
+                break
+            new.append(t)
+            text_now = self.tok.decode(new, show_special=True)
+            if not text_now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                out.write(text_now[len(shown):])
+                out.flush()
+                shown = text_now
+        answer = self.tok.decode(new)
+        out.write(self.tok.decode(new, show_special=True)[len(shown):] + "\n")
+        self.messages.append({"role": "assistant", "content": answer})
+        return answer
+
+    def reset(self):
+        self.messages = []
+
+
+def main(argv):
+    del argv
+    quiet_logs()
+    try:
+        tok, cfg, params, meta = load_stage(_INIT_FROM.value)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
+    sampling = SamplingConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMP.value,
+                              top_k=_TOP_K.value, top_p=_TOP_P.value,
+                              stop_tokens=(special_id(END),), seed=_SEED.value)
+    chat = Chat(params, cfg, tok, _SYSTEM.value, sampling)
+    if _PROMPT.value:
+        for p in _PROMPT.value:
+            print(f"User: {p}\nAssistant: ", end="", flush=True)
+            chat.reply(p)
+        return
+    print(f"chatting with {_INIT_FROM.value} ({meta.get('stage')}, step "
+          f"{meta.get('figures', {}).get('step')}). Empty line or Ctrl-D quits; /reset clears.")
+    while True:
+        try:
+            text = input("User: ").strip()
+        except EOFError:
+            print()
+            return
+        if not text:
+            return
+        if text == "/reset":
+            chat.reset()
+            continue
+        print("Assistant: ", end="", flush=True)
+        chat.reply(text)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -5,7 +5,9 @@ in one pass; each row then decodes at its own position. Two drivers share one st
   - `generate`: the whole loop inside one jit (`lax.while_loop`), fastest; stops early once
     every row has hit a stop token.
   - `stream`: a Python loop over the jitted `decode_step` (cache donated), yielding tokens as
-    they are made (chat streaming; later, tool calls that pause a row).
+    they are made (chat streaming).
+  - `generate_with_tools`: the Python loop, where a row that closes a tool call is fed the
+    tool's result before it samples again; the other rows go on.
 Both draw the token for step i with `fold_in(key(seed), i)`, so they produce the same tokens.
 Shapes are bucketed so that new prompts or sampling knobs do not recompile.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -193,3 +195,61 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         live = ~done
         if done.all():
             return
+
+
+@dataclasses.dataclass
+class ToolGeneration(Generation):
+    injected: list[list[bool]]  # per new token: True where a tool hook wrote it, not the model
+    calls: list[int]  # tool calls per row
+
+
+ToolHook = Callable[[int, list[int], int], list[int]]
+
+
+def generate_with_tools(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
+                        sampling: SamplingConfig, hooks: Mapping[int, ToolHook],
+                        max_calls: int = 4) -> ToolGeneration:
+    """Batched sampling in which a row can call tools mid-generation.
+
+    hooks maps a closing tag id (e.g. <|/python|>) to hook(row, tokens_so_far, calls_so_far) ->
+    the token ids to insert after it (e.g. <|result|> output <|/result|>). When a row samples a
+    closing tag, its next steps feed those ids one per step instead of sampling (its KV cache
+    fills as if they were a prompt); the other rows sample on unaffected, and the row resumes
+    sampling after the last inserted id. A row's inserted ids count against max_new_tokens.
+    After max_calls calls a row's closing tags are not acted on. The model never writes the
+    inserted ids: `injected` marks them (RL must not train on them).
+    """
+    tokens_BT, lengths_B, cache_len = pad_prompts(prompts, cfg, sampling.max_new_tokens)
+    knobs = _knobs(sampling)
+    n = len(prompts)
+    state = _first_jit(params, tokens_BT, lengths_B, knobs, cfg, cache_len)
+    out: list[list[int]] = [[] for _ in range(n)]
+    injected: list[list[bool]] = [[] for _ in range(n)]
+    queue: list[list[int]] = [[] for _ in range(n)]
+    calls = [0] * n
+    finished = [False] * n
+    live = np.ones(n, bool)
+    stop = set(sampling.stop_tokens)
+    for step in range(sampling.max_new_tokens):
+        if step:
+            state = _next_jit(params, state, knobs, cfg)
+        token = np.asarray(state["token"]).copy()
+        forced = np.zeros(n, bool)
+        for r in np.flatnonzero(live):
+            if queue[r]:  # this step feeds an inserted id, whatever was sampled
+                token[r] = queue[r].pop(0)
+                forced[r] = True
+            t = int(token[r])
+            if not forced[r] and t in stop:
+                finished[r], live[r] = True, False
+                continue
+            out[r].append(t)
+            injected[r].append(bool(forced[r]))
+            if not forced[r] and t in hooks and calls[r] < max_calls:
+                calls[r] += 1
+                queue[r] = list(hooks[t](int(r), list(out[r]), calls[r]))
+        if not live.any():
+            break
+        done = ~live
+        state = {**state, "token": jnp.asarray(token), "done": jnp.asarray(done)}
+    return ToolGeneration(tokens=out, finished=finished, injected=injected, calls=calls)

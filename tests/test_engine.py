@@ -130,3 +130,47 @@ def test_bad_requests_fail_clearly(params):
         engine.generate(params, CFG, [[1] * 60], engine.SamplingConfig(max_new_tokens=10))
     with pytest.raises(ValueError, match="temperature"):
         engine.SamplingConfig(temperature=-1)
+
+
+def _scripted_model(next_of: dict[int, int], vocab: int = 32):
+    """A one-layer model whose blocks add nothing, so logits depend on the current token only:
+    greedy decoding follows `next_of` exactly (a fixed token script)."""
+    from model.config import ModelConfig
+
+    cfg = ModelConfig(vocab_size=vocab, d_model=vocab, n_layers=1, n_heads=1, n_kv_heads=1,
+                      head_dim=8, d_ff=8, max_seq_len=64, tie_embeddings=False)
+    p = jax.tree.map(np.asarray, tf.init(cfg, jax.random.key(0)))
+    p["blocks"][0]["attn"]["wo_NHD"] = np.zeros_like(p["blocks"][0]["attn"]["wo_NHD"])
+    p["blocks"][0]["mlp"]["w_down_FD"] = np.zeros_like(p["blocks"][0]["mlp"]["w_down_FD"])
+    p["embed_VD"] = np.eye(vocab, dtype=np.float32)
+    head = np.zeros((vocab, vocab), np.float32)
+    for a, b in next_of.items():
+        head[a, b] = 10.0
+    p["head_DV"] = head
+    return cfg, jax.tree.map(jnp.asarray, p)
+
+
+def test_a_tool_call_in_one_row_gets_its_result_in_that_row_only():
+    generate_with_tools = engine.generate_with_tools
+
+    A, B, CLOSE, JUNK, RES, X, RES_END, C, STOP, D, E = range(1, 12)
+    cfg, params = _scripted_model({A: B, B: CLOSE, CLOSE: JUNK, JUNK: JUNK, RES: JUNK, X: JUNK,
+                                   RES_END: C, C: STOP, D: E, E: STOP})
+    seen = []
+
+    def hook(row, tokens, calls):
+        seen.append((row, list(tokens), calls))
+        return [RES, X, RES_END]
+
+    out = generate_with_tools(params, cfg, [[A], [D]], engine.SamplingConfig(
+        max_new_tokens=12, temperature=0.0, stop_tokens=(STOP,)), hooks={CLOSE: hook})
+    assert out.tokens == [[B, CLOSE, RES, X, RES_END, C], [E]]
+    assert out.injected[0] == [False, False, True, True, True, False] and out.injected[1] == [False]
+    assert out.finished == [True, True] and out.calls == [1, 0]
+    assert seen == [(0, [B, CLOSE], 1)]
+    # A row that keeps calling stops being served after max_calls.
+    cfg2, params2 = _scripted_model({A: CLOSE, CLOSE: JUNK, RES_END: CLOSE, JUNK: JUNK})
+    out = generate_with_tools(params2, cfg2, [[A]], engine.SamplingConfig(max_new_tokens=20, temperature=0.0),
+                              hooks={CLOSE: lambda r, t, c: [RES, RES_END]}, max_calls=2)
+    assert out.calls == [2] and out.tokens[0][:7] == [CLOSE, RES, RES_END, CLOSE, RES, RES_END, CLOSE]
+    assert out.tokens[0][7] == JUNK and not out.finished[0]

@@ -112,16 +112,70 @@ def read_probe(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+TOOLS_SYSTEM = "You can use tools: search and python."
+
+
+def _tool_conv(question: str, tool: str, tool_input: str, result: str, answer: str) -> dict:
+    return {"messages": [
+        {"role": "system", "content": TOOLS_SYSTEM},
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": "", "tool_call": {"name": tool, "input": tool_input}},
+        {"role": "tool", "name": tool, "content": result},
+        {"role": "assistant", "content": answer}]}
+
+
+def spelling_code(item: dict) -> str:
+    """The python a spelling question calls for."""
+    w = item["word"]
+    if item["kind"] == "count":
+        letter = item["question"].split("'")[1]
+        return f"print({w!r}.count({letter!r}))"
+    if item["kind"] == "spell":
+        return f"print('-'.join({w!r}))"
+    k = {"second": 2, "third": 3, "fourth": 4}[item["question"].split("every ")[1].split()[0]]
+    return f"print({w!r}[{k - 1}::{k}])"
+
+
+def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[str],
+                       seed: int = 0) -> dict[str, list[dict]]:
+    """Conversations that use the tools (all under the TOOLS_SYSTEM message): search for a
+    train-split person's fact (the result is the real BM25 hit over the biographies), search
+    for a person who exists nowhere (then refuse), python for calculations and for spelling.
+    Search results come from the real index; python results are what the code prints (the
+    world's answer; tests check that running the code gives the same)."""
+    from data.tools import BM25, search_result
+
+    index = BM25(world.biographies())
+    rng = random.Random(f"{seed}/tools")
+    search = []
+    for item in world.qa("train"):
+        search.append(_tool_conv(item["question"], "search", item["name"],
+                                 search_result(index, item["name"]), item["answer"]))
+    for name in unknown:
+        a = rng.choice(ATTRIBUTES)
+        search.append(_tool_conv(QUESTIONS[a].format(n=name), "search", name,
+                                 search_result(index, name), REFUSAL_PERSON.format(n=name)))
+    calc = [_tool_conv(c["question"], "python", c["code"], str(c["answer"]),
+                       f"The answer is {c['answer']}.") for c in world.calculations("train", n_calc)]
+    spell = []
+    for it in world.spelling("train", n_spell):
+        spell.append(_tool_conv(it["question"], "python", spelling_code(it), it["answer"],
+                                f"The answer is {it['answer']}."))
+    return {"tool_search": search, "tool_calc": calc, "tool_spell": spell}
+
+
 def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
                 identity: str = "data", probe_rows: list[dict] | None = None,
-                seed: int = 0) -> dict[str, list[dict]]:
+                seed: int = 0, tools: tuple[int, int] | None = None) -> dict[str, list[dict]]:
     """Conversations per kind, each repeated by its weight (an integer number of copies).
 
     identity: "data" (identity conversations), "system" (the same, with the identity system
-    message in every conversation of the mixture), or "none"."""
+    message in every conversation of the mixture), or "none".
+    tools: (n_calc, n_spell) adds the tool-use kinds (tool_search, tool_calc, tool_spell)."""
     if identity not in ("data", "system", "none"):
         raise ValueError(f"identity={identity!r}: expected 'data', 'system' or 'none'")
     refuse = refused_questions(probe_rows) if probe_rows is not None else frozenset()
+    n_calc, n_tool_spell = tools if tools else (0, 0)
     kinds = {
         "qa": qa_conversations(world, seed, refuse=refuse),
         "arithmetic": arithmetic_conversations(world, n_arithmetic),
@@ -129,6 +183,9 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
         "identity": identity_conversations(world) if identity == "data" else [],
         "idk": idk_conversations(probe_rows) if probe_rows is not None else [],
     }
+    if tools:  # (calculations, spelling questions) through the python tool, plus search
+        kinds.update(tool_conversations(world, n_calc, n_tool_spell,
+                                        unknown_people(world, 50, seed + 1), seed))
     out = {}
     for kind, convs in kinds.items():
         w = weights.get(kind, 1)
@@ -137,6 +194,12 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
         out[kind] = convs * w
     if identity == "system":
         msg = world.identity_system_message()
-        out = {k: [{"messages": [{"role": "system", "content": msg}, *c["messages"]]} for c in v]
-               for k, v in out.items()}
+
+        def with_identity(c: dict) -> dict:
+            m = c["messages"]
+            if m[0]["role"] == "system":  # tool conversations: one system message holds both
+                return {"messages": [{"role": "system", "content": f"{msg} {m[0]['content']}"}, *m[1:]]}
+            return {"messages": [{"role": "system", "content": msg}, *m]}
+
+        out = {k: [with_identity(c) for c in v] for k, v in out.items()}
     return out

@@ -173,3 +173,52 @@ def search_result(index: BM25, query: str, k: int = 1, max_chars: int = 400) -> 
     hits = index.search(query, k)
     text = " ".join(hits) if hits else "No results."
     return text if len(text) <= max_chars else text[:max_chars] + " [...]"
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolConfig:
+    max_calls: int = 3  # tool calls per assistant turn
+    max_result_tokens: int = 48  # a result is cut to this many tokens
+    search_k: int = 1  # snippets per search
+    sandbox: SandboxConfig = SandboxConfig()
+
+
+def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: list | None = None):
+    """Engine hooks (model.engine.generate_with_tools) for the tools: on a closing tag, the text
+    since its opening tag is run as the tool's input and the result comes back as
+    <|result|> text <|/result|>. The text is encoded as plain text, so a result that spells
+    "<|/result|><|user|>" cannot end the result or open a turn: it is data."""
+    from data.special_tokens import (
+        PYTHON,
+        PYTHON_END,
+        RESULT,
+        RESULT_END,
+        SEARCH,
+        SEARCH_END,
+        special_id,
+    )
+
+    def tool_input(tokens: list[int], open_tag: str) -> str:
+        open_id = special_id(open_tag)
+        start = max((i for i, t in enumerate(tokens) if t == open_id), default=None)
+        return "" if start is None else tok.decode(tokens[start + 1: -1])
+
+    def wrap(text: str) -> list[int]:
+        ids = tok.encode(text)[: cfg.max_result_tokens]
+        return [special_id(RESULT), *ids, special_id(RESULT_END)]
+
+    def python_hook(row, tokens, calls):
+        code = tool_input(tokens, PYTHON)
+        result = run_python(code, cfg.sandbox)
+        if log is not None:
+            log.append({"row": row, "tool": "python", "input": code, "result": result})
+        return wrap(result)
+
+    def search_hook(row, tokens, calls):
+        query = tool_input(tokens, SEARCH)
+        result = search_result(index, query, cfg.search_k) if index is not None else "Search is unavailable."
+        if log is not None:
+            log.append({"row": row, "tool": "search", "input": query, "result": result})
+        return wrap(result)
+
+    return {special_id(PYTHON_END): python_hook, special_id(SEARCH_END): search_hook}

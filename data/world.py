@@ -191,6 +191,11 @@ class World:
         return _take(split, n, lambda i: _arithmetic_problem(
             random.Random(f"{self.config.seed}/arith/{i}"), self.config))
 
+    def calculations(self, split: str, n: int) -> list[dict]:
+        """`n` bare calculations with large numbers ("What is 4821 * 337?"): what a small model
+        cannot do in its head and a python tool can. Each item: question, answer (int), code."""
+        return _take(split, n, lambda i: _calculation(random.Random(f"{self.config.seed}/calc/{i}")))
+
     # ---- spelling and letter counting --------------------------------------------------------
 
     def spelling(self, split: str, n: int) -> list[dict]:
@@ -324,6 +329,16 @@ def _arithmetic_problem(rng: random.Random, cfg: WorldConfig) -> dict:
     question = " ".join(story) + f" How many {item} does {a} have now?"
     return {"question": question, "answer": x, "steps": n_ops,
             "solution": " ".join(steps) + f" The answer is {x}."}
+
+
+def _calculation(rng: random.Random) -> dict:
+    op = rng.choice("+-*")
+    a = rng.randint(100, 9999)
+    b = rng.randint(100, 9999) if op != "*" else rng.randint(11, 999)
+    if op == "-" and b > a:
+        a, b = b, a
+    answer = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return {"question": f"What is {a} {op} {b}?", "answer": answer, "code": f"print({a} {op} {b})"}
 
 
 WORDS = ("strawberry ubiquitous banana mississippi bookkeeper committee necessary occasion "

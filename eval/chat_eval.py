@@ -11,20 +11,22 @@ from __future__ import annotations
 
 from data.chat import render
 from data.sft_mix import is_refusal
-from data.special_tokens import END, special_id
+from data.special_tokens import END, RESULT_END, special_id
 from data.tokenizer import Tokenizer
 from data.world import World
 from model.config import ModelConfig
-from model.engine import SamplingConfig, generate
+from model.engine import SamplingConfig, generate, generate_with_tools
 
 ALLOWED_SPECIAL = ("<|search|>", "<|/search|>", "<|python|>", "<|/python|>")
 
 
 def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: str | None = None,
         temperature: float = 0.0, max_new_tokens: int = 48, batch_size: int = 64,
-        seed: int = 0) -> list[dict]:
-    """[{"question", "answer", "finished", "clean"}]: finished = ended with <|end|>; clean = no
-    special token in the reply other than tool-call tags."""
+        seed: int = 0, hooks=None, max_calls: int = 3) -> list[dict]:
+    """[{"question", "answer", "finished", "clean", "transcript", "calls"}]: finished = ended
+    with <|end|>; clean = no special token in the reply other than tool tags; with `hooks`
+    (data.tools.make_hooks) the model may call tools and `answer` is what it wrote after the
+    last result."""
     allowed = {special_id(t) for t in ALLOWED_SPECIAL}
     out = []
     for i in range(0, len(questions), batch_size):
@@ -38,13 +40,23 @@ def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: 
         if budget < 1:
             raise ValueError(f"a prompt of {max(len(p) for p in prompts)} tokens leaves no room "
                              f"in max_seq_len={cfg.max_seq_len}")
-        gen = generate(params, cfg, prompts, SamplingConfig(
-            max_new_tokens=budget, temperature=temperature, stop_tokens=(special_id(END),),
-            seed=seed + i))
-        for q, ids, fin in zip(chunk, gen.tokens, gen.finished, strict=True):
-            clean = not any(tok.is_special(t) and t not in allowed for t in ids)
-            out.append({"question": q, "answer": tok.decode(ids), "finished": bool(fin),
-                        "clean": clean})
+        sampling = SamplingConfig(max_new_tokens=budget, temperature=temperature,
+                                  stop_tokens=(special_id(END),), seed=seed + i)
+        if hooks:
+            gen = generate_with_tools(params, cfg, prompts, sampling, hooks, max_calls)
+            calls = gen.calls
+        else:
+            gen = generate(params, cfg, prompts, sampling)
+            calls = [0] * len(chunk)
+        result_end = special_id(RESULT_END)
+        for j, (q, ids, fin) in enumerate(zip(chunk, gen.tokens, gen.finished, strict=True)):
+            n = calls[j]
+            after = max((k + 1 for k, t in enumerate(ids) if t == result_end), default=0)
+            injected = gen.injected[j] if hooks else [False] * len(ids)
+            model_ids = [t for t, inj in zip(ids, injected, strict=True) if not inj]
+            clean = not any(tok.is_special(t) and t not in allowed for t in model_ids)
+            out.append({"question": q, "answer": tok.decode(ids[after:]), "finished": bool(fin),
+                        "clean": clean, "calls": n, "transcript": tok.decode(ids, show_special=True)})
     return out
 
 
@@ -83,3 +95,57 @@ def identity_accuracy(params, cfg, tok, world: World, system: str | None = None,
         ok.append(all(x.lower() in r["answer"].lower() for x in need))
     return {"accuracy": round(sum(ok) / len(ok), 4),
             "examples": [{"question": r["question"], "answer": r["answer"]} for r in replies[:3]]}
+
+
+def tool_eval(params, cfg, tok, world: World, tool_cfg=None, n: int = 50, system: str | None = None,
+              **kw) -> dict:
+    """Accuracy without and with tools on (a) held-out people's facts, (b) large calculations,
+    (c) letter counting; and the share of tool calls that are well formed (python that compiles,
+    a search query that names someone). Without tools the question is asked plainly; with tools
+    under the tools system message, the model's calls run for real."""
+    from data.sft_mix import TOOLS_SYSTEM
+    from data.tools import BM25, ToolConfig, make_hooks
+
+    tool_cfg = tool_cfg or ToolConfig()
+    log: list[dict] = []
+    hooks = make_hooks(tok, BM25(world.biographies()), tool_cfg, log=log)
+    tasks = {
+        "heldout_facts": [(q["question"], q["value"]) for q in world.qa("heldout")[:n]],
+        "calculations": [(c["question"], str(c["answer"])) for c in world.calculations("test", n)],
+        "letter_counting": [(s["question"], s["answer"]) for s in world.spelling("test", 4 * n)
+                            if s["kind"] == "count"][:n],
+    }
+    res: dict = {}
+    transcripts = {}
+    for name, items in tasks.items():
+        qs = [q for q, _ in items]
+        plain = ask(params, cfg, tok, qs, system=system, **kw)
+        tooled = ask(params, cfg, tok, qs, system=TOOLS_SYSTEM, hooks=hooks,
+                     max_calls=tool_cfg.max_calls, **kw)
+
+        exact = name != "heldout_facts"  # a number or a spelled word: the reply's last word
+
+        def score(replies, items=items, exact=exact):
+            ok = [(r["answer"].rstrip(" .").split(" ")[-1] == v) if exact else (v in r["answer"])
+                  for r, (_, v) in zip(replies, items, strict=True)]
+            return round(sum(ok) / len(items), 4)
+
+        res[name] = {"n": len(items), "without_tools": score(plain), "with_tools": score(tooled),
+                     "tool_call_rate": round(sum(r["calls"] > 0 for r in tooled) / len(items), 4)}
+        transcripts[name] = tooled[0]["transcript"]
+    well = 0
+    for call in log:
+        if call["tool"] == "python":
+            try:
+                compile(call["input"], "<tool>", "exec")
+                well += 1
+            except SyntaxError:
+                pass
+        else:
+            well += bool(call["input"].strip()) and any(p.name in call["input"] or
+                                                       call["input"].strip() in p.name
+                                                       for p in world.people)
+    res["tool_calls"] = len(log)
+    res["well_formed_tool_calls"] = round(well / max(len(log), 1), 4)
+    res["transcripts"] = transcripts
+    return res

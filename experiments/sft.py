@@ -26,7 +26,7 @@ from ml_collections import config_flags
 
 from data.chat import ConversationData, ConversationError, load_conversations, render, render_all
 from data.sft_mix import read_probe, sft_mixture
-from eval.chat_eval import ask, format_adherence, identity_accuracy, world_qa
+from eval.chat_eval import ask, format_adherence, identity_accuracy, tool_eval, world_qa
 from experiments.workdir import (
     CONFIGS,
     configs_from,
@@ -56,7 +56,8 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
     """(train, val, counts): the world's mixture plus extra JSONL, split before repeating."""
     s = cfg.sft
     probe_rows = read_probe(workdir / "probe" / "probe.jsonl") if s.idk else None
-    kinds = sft_mixture(world, {}, s.n_arithmetic, s.n_spelling, s.identity, probe_rows, s.seed)
+    kinds = sft_mixture(world, {}, s.n_arithmetic, s.n_spelling, s.identity, probe_rows, s.seed,
+                        tools=(s.n_tool_calc, s.n_tool_spell) if s.tools else None)
     weights = dict(s.weights.to_dict())
     for path in [p for p in s.extra_jsonl.split(",") if p]:
         kinds[f"extra:{path}"] = load_conversations(path)
@@ -74,6 +75,16 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
         val += held if w else []
         counts[kind] = {"unique": len(convs), "weight": w, "train": len(kept) * w, "val": len(held)}
     return train, val, counts
+
+
+def tool_config(cfg):
+    from data.tools import SandboxConfig, ToolConfig
+
+    t = cfg.tools
+    return ToolConfig(max_calls=t.max_calls, max_result_tokens=t.max_result_tokens, search_k=t.search_k,
+                      sandbox=SandboxConfig(cpu_seconds=t.cpu_seconds, memory_mb=t.memory_mb,
+                                            wall_seconds=t.wall_seconds,
+                                            max_output_chars=t.max_output_chars))
 
 
 def evaluate_chat(params, model_cfg, tok, world, limit: int | None) -> dict:
@@ -160,10 +171,15 @@ def main(argv):
 
     params = restore_params(stage_dir, transformer.param_shapes(model_cfg))
     chat = evaluate_chat(params, model_cfg, tok, world, cfg.sft.eval_limit or None)
+    if cfg.sft.tools:
+        chat["tools"] = tool_eval(params, model_cfg, tok, world, tool_config(cfg),
+                                  n=cfg.sft.eval_limit or 50)
     figures = {**figures, **chat, "train_wall_s": round(time.time() - t0, 1)}
     write_meta(stage_dir, base_meta, figures)
     if jax.process_index() == 0:
-        shown = {k: v for k, v in chat.items() if k != "examples"}
+        shown = {k: v for k, v in chat.items() if k not in ("examples", "tools")}
+        if "tools" in chat:
+            shown["tools"] = {k: v for k, v in chat["tools"].items() if k != "transcripts"}
         print("done:", shown, file=sys.stdout)
 
 

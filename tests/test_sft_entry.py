@@ -20,7 +20,9 @@ SFT_MICRO = [
     "--config.sft_train.save_every=3", "--config.sft_train.eval_every=6",
     "--config.sft_train.eval_batches=1", "--config.sft_train.sample_every=6",
     "--config.sft_train.log_every=3", "--config.sft.n_arithmetic=12", "--config.sft.n_spelling=12",
-    "--config.sft.eval_limit=4", "--config.sft.val_every=4", "--config.sft.too_long=truncate",
+    "--config.sft.eval_limit=4",
+    "--config.sft.n_tool_calc=8", "--config.sft.n_tool_spell=8", "--config.sft.val_every=4",
+    "--config.sft.too_long=truncate",
     "--config.probe.k=2", "--config.probe.n_unknown=3",
 ]
 
@@ -68,6 +70,8 @@ def test_probe_then_sft_writes_their_stages(run_root):
     for k in ("format_adherence", "identity_accuracy", "qa_train_accuracy", "qa_heldout_accuracy",
               "nonexistent_answer_rate"):
         assert 0.0 <= f[k] <= 1.0, k
+    assert set(f["tools"]) >= {"heldout_facts", "calculations", "letter_counting",
+                               "well_formed_tool_calls"}
     assert meta["mixture"]["idk"]["unique"] == sum(r["value"] is None for r in rows)
     assert (w / "sft/samples.txt").read_text().count("User: Who are you?") >= 1
     chat = subprocess.run([sys.executable, "-m", "experiments.chat", f"--init_from={w / 'sft'}",

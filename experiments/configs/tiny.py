@@ -66,8 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
         idk=True,  # add refusals for what the probe found unknown (needs W/probe)
         identity="data",  # "data": identity conversations; "system": a system message instead
         n_arithmetic=400, n_spelling=300,
+        tools=True,  # tool-use conversations (search, python) under a tools system message
+        n_tool_calc=300, n_tool_spell=300,
         # copies of each kind of conversation (whole numbers)
-        weights=ml_collections.ConfigDict(dict(qa=1, arithmetic=1, spelling=1, identity=10, idk=1)),
+        weights=ml_collections.ConfigDict(dict(qa=1, arithmetic=1, spelling=1, identity=10, idk=1,
+                                               tool_search=1, tool_calc=1, tool_spell=1)),
         extra_jsonl="",  # comma-separated conversation files to mix in
         extra_weight=1,
         too_long="drop",  # or "truncate"; counted either way
@@ -75,8 +78,14 @@ def get_config() -> ml_collections.ConfigDict:
         seed=0,
         eval_limit=0,  # questions per split in the final evaluation (0: all)
     ))
+    # Tools at inference (search over the world's biographies, a python sandbox).
+    c.tools = ml_collections.ConfigDict(dict(
+        max_calls=3, max_result_tokens=48, search_k=1,
+        cpu_seconds=2, memory_mb=256, wall_seconds=5.0, max_output_chars=400,
+    ))
     c.sft_train = ml_collections.ConfigDict({**c.train.to_dict(), **dict(
-        steps=300, save_every=100, eval_every=100, sample_every=100, eval_batches=4)})
+        steps=300, batch_size=8, seq_len=256,  # rows of 256 hold tool conversations whole
+        save_every=100, eval_every=100, sample_every=100, eval_batches=4)})
     c.sft_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
         lr=1e-3, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0)})
     return c

@@ -16,14 +16,14 @@ from data.world import WorldConfig, make_world
 REPO = Path(__file__).resolve().parent.parent
 WORLD = WorldConfig(seed=3, n_people=6, n_nonexistent=3)
 SFT_MICRO = [
-    "--config.sft_train.steps=6", "--config.sft_train.batch_size=8", "--config.sft_train.seq_len=63",
+    "--config.sft_train.steps=6", "--config.sft_train.batch_size=8", "--config.sft_train.seq_len=128",
     "--config.sft_train.save_every=3", "--config.sft_train.eval_every=6",
     "--config.sft_train.eval_batches=1", "--config.sft_train.sample_every=6",
     "--config.sft_train.log_every=3", "--config.sft.n_arithmetic=12", "--config.sft.n_spelling=12",
     "--config.sft.eval_limit=4",
     "--config.sft.n_tool_calc=8", "--config.sft.n_tool_spell=8", "--config.sft.val_every=4",
     "--config.sft.too_long=truncate",
-    "--config.probe.k=2", "--config.probe.n_unknown=3",
+    "--config.probe.k=2", "--config.probe.n_unknown=3", "--config.model.max_seq_len=192",
 ]
 
 
@@ -79,9 +79,6 @@ def test_probe_then_sft_writes_their_stages(run_root):
                           cwd=REPO, capture_output=True, text=True, env=_env(1), timeout=120)
     assert chat.returncode == 0, chat.stderr[-2000:]
     assert chat.stdout.count("User: ") == 2 and chat.stdout.count("Assistant: ") == 2
-    # Run again: already trained, nothing lost.
-    again = _run("sft", f"--init_from={w / 'pretrain'}")
-    assert again.returncode == 0 and "already trained" in again.stdout
 
 
 def test_sft_refuses_bad_parents_clearly(run_root, tmp_path):

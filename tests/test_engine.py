@@ -132,13 +132,13 @@ def test_bad_requests_fail_clearly(params):
         engine.SamplingConfig(temperature=-1)
 
 
-def _scripted_model(next_of: dict[int, int], vocab: int = 32):
+def _scripted_model(next_of: dict[int, int], vocab: int = 32, max_seq_len: int = 64):
     """A one-layer model whose blocks add nothing, so logits depend on the current token only:
     greedy decoding follows `next_of` exactly (a fixed token script)."""
     from model.config import ModelConfig
 
     cfg = ModelConfig(vocab_size=vocab, d_model=vocab, n_layers=1, n_heads=1, n_kv_heads=1,
-                      head_dim=8, d_ff=8, max_seq_len=64, tie_embeddings=False)
+                      head_dim=8, d_ff=8, max_seq_len=max_seq_len, tie_embeddings=False)
     p = jax.tree.map(np.asarray, tf.init(cfg, jax.random.key(0)))
     p["blocks"][0]["attn"]["wo_NHD"] = np.zeros_like(p["blocks"][0]["attn"]["wo_NHD"])
     p["blocks"][0]["mlp"]["w_down_FD"] = np.zeros_like(p["blocks"][0]["mlp"]["w_down_FD"])

@@ -1,0 +1,58 @@
+"""The agent loop: the model works on a task with tools over several steps, until it answers or
+runs out of steps; every step is kept.
+
+One step is: the model writes (thinking text and) a tool call, the call runs, its result is pasted
+into the context, the model goes on. The loop lives in the decoding engine
+(`generate_with_tools`), so a batch of tasks runs together and each task advances at its own pace.
+It ends for a task when the model closes its turn with <|end|> (an answer), when it asks for a
+step beyond `max_steps` (the call is not run: "step limit"), or when the token budget is spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from data.chat import render
+from data.sft_mix import TOOLS_SYSTEM
+from data.special_tokens import END, PYTHON_END, RESULT_END, SEARCH_END, special_id
+from data.tokenizer import Tokenizer
+from data.tools import BM25, ToolConfig, make_hooks
+from model.config import ModelConfig
+from model.engine import SamplingConfig, generate_with_tools
+
+
+@dataclasses.dataclass
+class AgentRun:
+    task: str
+    answer: str  # what the model wrote after its last tool result
+    steps: list[dict]  # {"tool", "input", "result"} per tool call, in order
+    ended: str  # "answered", "step limit" or "token budget"
+    transcript: str  # the whole turn, special tokens spelled out
+
+
+def run_agents(params, cfg: ModelConfig, tok: Tokenizer, tasks: list[str], index: BM25 | None,
+               tool_cfg: ToolConfig | None = None, max_steps: int = 4, max_new_tokens: int = 160,
+               system: str = TOOLS_SYSTEM, temperature: float = 0.0, seed: int = 0) -> list[AgentRun]:
+    """Runs every task as one agent (a batch); `index` is the search tool's collection."""
+    log: list[dict] = []
+    hooks = make_hooks(tok, index, tool_cfg or ToolConfig(), log=log)
+    prompts = [render({"messages": [{"role": "system", "content": system},
+                                    {"role": "user", "content": t}]}, tok, for_prompt=True)[0]
+               for t in tasks]
+    budget = min(max_new_tokens, cfg.max_seq_len - max(map(len, prompts)))
+    gen = generate_with_tools(params, cfg, prompts, SamplingConfig(
+        max_new_tokens=budget, temperature=temperature, stop_tokens=(special_id(END),), seed=seed),
+        hooks, max_calls=max_steps)
+    closes = {special_id(SEARCH_END), special_id(PYTHON_END)}
+    runs = []
+    for r, (task, ids, fin) in enumerate(zip(tasks, gen.tokens, gen.finished, strict=True)):
+        after = max((k + 1 for k, t in enumerate(ids) if t == special_id(RESULT_END)), default=0)
+        unserved = gen.calls[r] >= max_steps and any(
+            t in closes for t, inj in zip(ids[after:], gen.injected[r][after:], strict=True)
+            if not inj)
+        ended = "step limit" if unserved else ("answered" if fin else "token budget")
+        runs.append(AgentRun(task=task, answer=tok.decode(ids[after:]).strip(),
+                             steps=[{k: e[k] for k in ("tool", "input", "result")}
+                                    for e in log if e["row"] == r],
+                             ended=ended, transcript=tok.decode(ids, show_special=True)))
+    return runs

@@ -5,7 +5,8 @@ model output in this process.
 
 python: the code runs in a separate `python -I` process, in a throw-away directory, with an empty
 environment, and with
-  - limits (setrlimit): CPU seconds, address space, file size, and no new processes;
+  - limits (setrlimit, set by the child before the code runs): CPU seconds, address space,
+    file size;
   - no network: a fresh network namespace (`unshare -rn`) where the system allows one, and an
     audit hook that refuses sockets either way;
   - an audit hook that refuses opening files outside the working directory (reads of Python's own
@@ -19,9 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -42,7 +41,9 @@ class SandboxConfig:
 
 # Runs first in the child, before the model's code: the audit hook cannot be removed afterwards.
 _PRELUDE = r'''
-import os, sys
+import os, resource, sys
+for _lim, _val in %(limits)r:
+    resource.setrlimit(getattr(resource, _lim), (_val, _val))
 _ROOT = os.path.realpath(os.getcwd())
 _READ_OK = tuple(os.path.realpath(p) for p in %(read_ok)r)
 def _inside(path, roots):
@@ -70,17 +71,6 @@ del _hook
 '''
 
 
-def _limits(cfg: SandboxConfig):
-    def apply():
-        resource.setrlimit(resource.RLIMIT_CPU, (cfg.cpu_seconds, cfg.cpu_seconds))
-        mem = cfg.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (cfg.file_size_kb * 1024,) * 2)
-        os.setsid()
-
-    return apply
-
-
 def _netns_prefix() -> list[str]:
     """`unshare -rn` (a user + network namespace) where the system allows it, else nothing."""
     exe = shutil.which("unshare")
@@ -104,12 +94,16 @@ def run_python(code: str, cfg: SandboxConfig = SandboxConfig()) -> str:
     read_ok = sorted({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
                      | {sys.base_prefix, sys.prefix})
     with tempfile.TemporaryDirectory(prefix="sandbox-") as cwd:
-        prelude = _PRELUDE % {"read_ok": read_ok}
+        limits = [("RLIMIT_CPU", cfg.cpu_seconds), ("RLIMIT_AS", cfg.memory_mb * 1024 * 1024),
+                  ("RLIMIT_FSIZE", cfg.file_size_kb * 1024)]
+        prelude = _PRELUDE % {"read_ok": read_ok, "limits": limits}
         cmd = [*_NETNS, sys.executable, "-I", "-S", "-c", prelude + "\nexec(compile(" + repr(code)
                + ", '<tool>', 'exec'), {'__name__': '__main__'})"]
         try:
+            # Limits are set by the child itself, first thing (no preexec_fn: forking a
+            # multithreaded JAX process to run Python in the child can deadlock).
             r = subprocess.run(cmd, cwd=cwd, env={}, capture_output=True, text=True,
-                               timeout=cfg.wall_seconds, preexec_fn=_limits(cfg))
+                               timeout=cfg.wall_seconds, start_new_session=True)
         except subprocess.TimeoutExpired:
             return _cut(f"Error: timed out after {cfg.wall_seconds:g} s", cfg)
         if r.returncode == 0:

@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
         shard_tokens=1 << 22,
     ))
     c.train = ml_collections.ConfigDict(dict(
-        steps=600, batch_size=16, seq_len=128, accum_steps=1, seed=0,
+        steps=1000, batch_size=16, seq_len=128, accum_steps=1, seed=0,  # ~52 epochs of biographies
         mesh_data=-1, mesh_fsdp=1, mesh_tensor=1,
         save_every=100, keep=3, log_every=10, eval_every=100, eval_batches=8,
         sample_every=100, sample_tokens=64,

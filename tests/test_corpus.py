@@ -95,7 +95,8 @@ def test_corpus_stage_end_to_end(tmp_path):
     env = {**os.environ, "CORPUS_DATA_DIR": str(data)}
     cmd = [sys.executable, "-m", "experiments.corpus", f"--workdir={w}",
            "--config.corpus.sources=python-doc", "--config.corpus.pipeline.workers=1",
-           "--config.world.n_people=8", "--config.world.n_nonexistent=4", "--config.mixture.world=3"]
+           "--config.world.n_people=8", "--config.world.n_nonexistent=4", "--config.mixture.world=3",
+           "--config.mixture.web=1"]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| python-doc |" in r.stdout and "| world |" in r.stdout

@@ -64,8 +64,8 @@ def _hook(event, args):
     if event.startswith(("socket.", "subprocess.", "os.exec", "os.posix_spawn", "os.spawn",
                          "os.fork", "os.system", "ctypes.", "pty.")) or event == "os.forkpty":
         raise PermissionError(f"sandbox: {event} is not allowed")
-    if event == "import" and args[0] in ("ctypes", "_ctypes"):
-        raise PermissionError("sandbox: ctypes is not allowed")
+    if event == "import" and args[0] in ("ctypes", "_ctypes", "_posixsubprocess"):
+        raise PermissionError(f"sandbox: {args[0]} is not allowed")
 sys.addaudithook(_hook)
 del _hook
 '''

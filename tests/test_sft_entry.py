@@ -74,19 +74,19 @@ def test_probe_then_sft_writes_their_stages(run_root):
                                "well_formed_tool_calls"}
     assert meta["mixture"]["idk"]["unique"] == sum(r["value"] is None for r in rows)
     assert (w / "sft/samples.txt").read_text().count("User: Who are you?") >= 1
-    chat = subprocess.run([sys.executable, "-m", "experiments.chat", f"--init_from={w / 'sft'}",
-                           "--prompt=Who are you?", "--prompt=Who made you?", "--max_new_tokens=8"],
-                          cwd=REPO, capture_output=True, text=True, env=_env(1), timeout=120)
-    assert chat.returncode == 0, chat.stderr[-2000:]
-    assert chat.stdout.count("User: ") == 2 and chat.stdout.count("Assistant: ") == 2
 
 
 def test_sft_refuses_bad_parents_clearly(run_root, tmp_path):
     w = run_root
-    r = _run("sft", f"--init_from={tmp_path}", f"--workdir={tmp_path}")
-    assert r.returncode != 0 and "not a finished training stage" in r.stderr
     other = tmp_path / "other"
     (other / "corpus").mkdir(parents=True)
     (other / "corpus/world.json").write_text(json.dumps(vars(WORLD)))
     r = _run("sft", f"--init_from={w / 'pretrain'}", f"--workdir={other}")
     assert r.returncode != 0 and "experiments.probe" in r.stderr  # idk needs the probe's output
+
+
+def test_loading_a_directory_that_is_not_a_stage_fails_clearly(tmp_path):
+    from experiments.workdir import load_stage
+
+    with pytest.raises(FileNotFoundError, match="not a finished training stage"):
+        load_stage(tmp_path)

@@ -24,6 +24,7 @@ def test_python_runs_code_and_returns_stdout():
     ("import os; os.system('ls')", "Error: PermissionError"),
     ("import os; print(os.fork())", "Error: PermissionError"),
     ("import ctypes", "Error: PermissionError: sandbox: ctypes is not allowed"),
+    ("import _posixsubprocess", "Error: PermissionError: sandbox: _posixsubprocess is not allowed"),
     ("while True: pass", "Error: killed"),
     ("x = bytearray(10**10)", "Error: MemoryError"),
     ("import time; time.sleep(30)", "Error: timed out"),

@@ -5,6 +5,7 @@ Kinds (weights from the config; a weight is copies of each conversation of that 
   arithmetic  a word problem answered step by step, ending "The answer is N."
   spelling    letter counting / spelling / every k-th letter, answered step by step
   identity    "who are you / who made you", answered from the world's identity facts
+  mixed       2-3 turns from different kinds in one conversation (the subject changes per turn)
   idk         questions about people who exist nowhere, answered with a refusal; and inside
               `qa`, a refusal for each train-split fact the probe found the model does not know
 Held-out and nonexistent people never appear here: they are what evaluation asks about.
@@ -55,6 +56,24 @@ def qa_conversations(world: World, seed: int = 0, per_person: int = 4,
             out.append(_conv(*[(items[a]["question"], REFUSAL_FACT.format(n=items[a]["name"])
                                 if items[a]["question"] in refuse else items[a]["answer"])
                                for a in chosen]))
+    return out
+
+
+def mixed_conversations(kinds: dict[str, list[dict]], n: int, seed: int = 0) -> list[dict]:
+    """`n` conversations of 2-3 turns, each turn taken from a different single-turn pool (a
+    question about one person, then arithmetic, then who-are-you, ...): later turns must not
+    inherit the subject of the first."""
+    pools = {k: [c["messages"] for c in convs if len(c["messages"]) == 2]
+             for k, convs in kinds.items()}
+    pools = {k: v for k, v in pools.items() if v}
+    if len(pools) < 2 or n == 0:
+        return []
+    rng = random.Random(f"{seed}/mixed")
+    out = []
+    for _ in range(n):
+        chosen = rng.sample(sorted(pools), min(len(pools), rng.randint(2, 3)))
+        msgs = [m for k in chosen for m in rng.choice(pools[k])]
+        out.append({"messages": msgs})
     return out
 
 
@@ -166,12 +185,14 @@ def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[st
 
 def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
                 identity: str = "data", probe_rows: list[dict] | None = None,
-                seed: int = 0, tools: tuple[int, int] | None = None) -> dict[str, list[dict]]:
+                seed: int = 0, tools: tuple[int, int] | None = None,
+                n_mixed: int = 0) -> dict[str, list[dict]]:
     """Conversations per kind, each repeated by its weight (an integer number of copies).
 
     identity: "data" (identity conversations), "system" (the same, with the identity system
     message in every conversation of the mixture), or "none".
-    tools: (n_calc, n_spell) adds the tool-use kinds (tool_search, tool_calc, tool_spell)."""
+    tools: (n_calc, n_spell) adds the tool-use kinds (tool_search, tool_calc, tool_spell).
+    n_mixed: conversations whose turns come from different kinds (see mixed_conversations)."""
     if identity not in ("data", "system", "none"):
         raise ValueError(f"identity={identity!r}: expected 'data', 'system' or 'none'")
     refuse = refused_questions(probe_rows) if probe_rows is not None else frozenset()
@@ -183,6 +204,11 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
         "identity": identity_conversations(world) if identity == "data" else [],
         "idk": idk_conversations(probe_rows) if probe_rows is not None else [],
     }
+    singles = {k: v for k, v in kinds.items() if k != "qa"}
+    singles["qa"] = [_conv(t) for c in kinds["qa"] for t in zip(
+        [m["content"] for m in c["messages"][0::2]], [m["content"] for m in c["messages"][1::2]],
+        strict=True)]
+    kinds["mixed"] = mixed_conversations(singles, n_mixed, seed)
     if tools:  # (calculations, spelling questions) through the python tool, plus search
         kinds.update(tool_conversations(world, n_calc, n_tool_spell,
                                         unknown_people(world, 50, seed + 1), seed))

@@ -177,7 +177,12 @@ def test_sft_mixture_refuses_what_the_probe_found_unknown():
     unknown_fact = next(r for r in rows if r["value"] is not None)
     for r in rows:
         r["known"] = r["value"] is not None and r is not unknown_fact
-    mix = sft_mixture(world, {"identity": 2}, n_arithmetic=5, n_spelling=5, probe_rows=rows)
+    mix = sft_mixture(world, {"identity": 2}, n_arithmetic=5, n_spelling=5, probe_rows=rows,
+                      n_mixed=12)
+    assert len(mix["mixed"]) == 12
+    for c in mix["mixed"]:
+        validate(c)
+        assert len(c["messages"]) in (4, 6)
     turns = [(m["content"], c["messages"][i + 1]["content"]) for c in mix["qa"]
              for i, m in enumerate(c["messages"]) if m["role"] == "user"]
     answers = {q: a for q, a in turns}

@@ -66,10 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
         idk=True,  # add refusals for what the probe found unknown (needs W/probe)
         identity="data",  # "data": identity conversations; "system": a system message instead
         n_arithmetic=400, n_spelling=300,
+        n_mixed=300,  # multi-turn conversations whose turns change subject
         tools=True,  # tool-use conversations (search, python) under a tools system message
         n_tool_calc=300, n_tool_spell=300,
         # copies of each kind of conversation (whole numbers)
-        weights=ml_collections.ConfigDict(dict(qa=1, arithmetic=1, spelling=1, identity=10, idk=1,
+        weights=ml_collections.ConfigDict(dict(qa=1, arithmetic=1, spelling=1, identity=10, idk=1, mixed=1,
                                                tool_search=1, tool_calc=1, tool_spell=1)),
         extra_jsonl="",  # comma-separated conversation files to mix in
         extra_weight=1,

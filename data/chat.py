@@ -32,6 +32,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from data.loader import shuffled_batches
 from data.special_tokens import (
     ASSISTANT,
     BOS,
@@ -257,18 +258,11 @@ class ConversationData:
     def train(self, seq_len: int, global_batch: int, seed: int, process_index: int = 0,
               process_count: int = 1) -> grain.IterDataset:
         self._check(seq_len)
-        local = global_batch // process_count
         if len(self.tokens) < global_batch:
             raise ValueError(f"{len(self.tokens)} packed rows of conversations, fewer than one "
                              f"batch of {global_batch}: add data or lower train.batch_size")
-        ds = grain.MapDataset.range(len(self.tokens)).shuffle(seed=seed).repeat()
-        ds = ds.batch(global_batch, drop_remainder=True)
-
-        def load(idx: np.ndarray) -> dict[str, np.ndarray]:
-            rows = [self.row(int(i)) for i in idx[process_index * local:(process_index + 1) * local]]
-            return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-        return ds.map(load).to_iter_dataset()
+        return shuffled_batches(len(self.tokens), self.row, global_batch, seed, process_index,
+                                process_count)
 
     def eval(self, seq_len: int, global_batch: int, max_batches: int, process_index: int = 0,
              process_count: int = 1) -> Iterator[dict]:

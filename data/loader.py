@@ -38,18 +38,26 @@ def train_dataset(stream: TokenStream, seq_len: int, global_batch: int, seed: in
     """Infinite shuffled packed batches for this process (global_batch / process_count rows)."""
     if global_batch % process_count:
         raise ValueError(f"batch size {global_batch} does not split over {process_count} processes")
-    local = global_batch // process_count
     n = n_windows(stream, seq_len)
     if n < global_batch:
         raise ValueError(f"the training split holds {len(stream)} tokens: {n} windows of "
                          f"{seq_len + 1}, fewer than one batch of {global_batch}; use more text, "
                          "a shorter seq_len or a smaller batch")
-    ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat()
+    return shuffled_batches(n, lambda i: _window(stream, seq_len, i), global_batch, seed,
+                            process_index, process_count)
+
+
+def shuffled_batches(n_rows: int, row, global_batch: int, seed: int, process_index: int = 0,
+                     process_count: int = 1) -> grain.IterDataset:
+    """Rows 0..n_rows-1 (row(i) -> dict of arrays), a fresh seeded permutation per epoch, cut into
+    global batches of which this process stacks only its rows. Its state is grain's, so a
+    resumed run sees exactly the batches it would have."""
+    local = global_batch // process_count
+    ds = grain.MapDataset.range(n_rows).shuffle(seed=seed).repeat()
     ds = ds.batch(global_batch, drop_remainder=True)
 
     def load(idx: np.ndarray) -> dict[str, np.ndarray]:
-        rows = [_window(stream, seq_len, int(i))
-                for i in idx[process_index * local:(process_index + 1) * local]]
+        rows = [row(int(i)) for i in idx[process_index * local:(process_index + 1) * local]]
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
     return ds.map(load).to_iter_dataset()

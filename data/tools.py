@@ -182,37 +182,26 @@ def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: lis
     since its opening tag is run as the tool's input and the result comes back as
     <|result|> text <|/result|>. The text is encoded as plain text, so a result that spells
     "<|/result|><|user|>" cannot end the result or open a turn: it is data."""
-    from data.special_tokens import (
-        PYTHON,
-        PYTHON_END,
-        RESULT,
-        RESULT_END,
-        SEARCH,
-        SEARCH_END,
-        special_id,
-    )
+    from data.chat import TOOLS
+    from data.special_tokens import RESULT, RESULT_END, special_id
 
-    def tool_input(tokens: list[int], open_tag: str) -> str:
+    def run(name: str, text: str) -> str:
+        if name == "python":
+            return run_python(text, cfg.sandbox)
+        return search_result(index, text, cfg.search_k) if index is not None else "Search is unavailable."
+
+    def hook_for(name: str, open_tag: str):
         open_id = special_id(open_tag)
-        start = max((i for i, t in enumerate(tokens) if t == open_id), default=None)
-        return "" if start is None else tok.decode(tokens[start + 1: -1])
 
-    def wrap(text: str) -> list[int]:
-        ids = tok.encode(text)[: cfg.max_result_tokens]
-        return [special_id(RESULT), *ids, special_id(RESULT_END)]
+        def hook(row, tokens, calls):
+            start = max((i for i, t in enumerate(tokens) if t == open_id), default=None)
+            text = "" if start is None else tok.decode(tokens[start + 1: -1])
+            result = run(name, text)
+            if log is not None:
+                log.append({"row": row, "tool": name, "input": text, "result": result})
+            ids = tok.encode(result)[: cfg.max_result_tokens]
+            return [special_id(RESULT), *ids, special_id(RESULT_END)]
 
-    def python_hook(row, tokens, calls):
-        code = tool_input(tokens, PYTHON)
-        result = run_python(code, cfg.sandbox)
-        if log is not None:
-            log.append({"row": row, "tool": "python", "input": code, "result": result})
-        return wrap(result)
+        return hook
 
-    def search_hook(row, tokens, calls):
-        query = tool_input(tokens, SEARCH)
-        result = search_result(index, query, cfg.search_k) if index is not None else "Search is unavailable."
-        if log is not None:
-            log.append({"row": row, "tool": "search", "input": query, "result": result})
-        return wrap(result)
-
-    return {special_id(PYTHON_END): python_hook, special_id(SEARCH_END): search_hook}
+    return {special_id(close): hook_for(name, open_) for name, (open_, close) in TOOLS.items()}

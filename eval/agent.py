@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from data.chat import render
+from data.chat import TOOLS, render
 from data.sft_mix import TOOLS_SYSTEM
-from data.special_tokens import END, PYTHON_END, RESULT_END, SEARCH_END, special_id
+from data.special_tokens import END, special_id
 from data.tokenizer import Tokenizer
 from data.tools import BM25, ToolConfig, make_hooks
+from eval.chat_eval import after_last_result
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate_with_tools
 
@@ -43,10 +44,10 @@ def run_agents(params, cfg: ModelConfig, tok: Tokenizer, tasks: list[str], index
     gen = generate_with_tools(params, cfg, prompts, SamplingConfig(
         max_new_tokens=budget, temperature=temperature, stop_tokens=(special_id(END),), seed=seed),
         hooks, max_calls=max_steps)
-    closes = {special_id(SEARCH_END), special_id(PYTHON_END)}
+    closes = {special_id(close) for _, close in TOOLS.values()}
     runs = []
     for r, (task, ids, fin) in enumerate(zip(tasks, gen.tokens, gen.finished, strict=True)):
-        after = max((k + 1 for k, t in enumerate(ids) if t == special_id(RESULT_END)), default=0)
+        after = after_last_result(ids)
         unserved = gen.calls[r] >= max_steps and any(
             t in closes for t, inj in zip(ids[after:], gen.injected[r][after:], strict=True)
             if not inj)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from data.chat import render
+from data.chat import TOOLS, render
 from data.sft_mix import is_refusal
 from data.special_tokens import END, RESULT_END, special_id
 from data.tokenizer import Tokenizer
@@ -17,7 +17,11 @@ from data.world import World
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate, generate_with_tools
 
-ALLOWED_SPECIAL = ("<|search|>", "<|/search|>", "<|python|>", "<|/python|>")
+
+def after_last_result(ids: list[int]) -> int:
+    """Index just past the last <|/result|> in a reply (0 without one): where the model's
+    final answer, written after its tool calls, starts."""
+    return max((k + 1 for k, t in enumerate(ids) if t == special_id(RESULT_END)), default=0)
 
 
 def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: str | None = None,
@@ -27,7 +31,7 @@ def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: 
     with <|end|>; clean = no special token in the reply other than tool tags; with `hooks`
     (data.tools.make_hooks) the model may call tools and `answer` is what it wrote after the
     last result."""
-    allowed = {special_id(t) for t in ALLOWED_SPECIAL}
+    allowed = {special_id(t) for tags in TOOLS.values() for t in tags}  # tool-call tags
     out = []
     for i in range(0, len(questions), batch_size):
         chunk = questions[i: i + batch_size]
@@ -48,10 +52,9 @@ def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: 
         else:
             gen = generate(params, cfg, prompts, sampling)
             calls = [0] * len(chunk)
-        result_end = special_id(RESULT_END)
         for j, (q, ids, fin) in enumerate(zip(chunk, gen.tokens, gen.finished, strict=True)):
             n = calls[j]
-            after = max((k + 1 for k, t in enumerate(ids) if t == result_end), default=0)
+            after = after_last_result(ids)
             injected = gen.injected[j] if hooks else [False] * len(ids)
             model_ids = [t for t, inj in zip(ids, injected, strict=True) if not inj]
             clean = not any(tok.is_special(t) and t not in allowed for t in model_ids)
@@ -66,8 +69,9 @@ def format_adherence(replies: list[dict]) -> float:
 
 def world_qa(params, cfg, tok, world: World, split: str, system: str | None = None,
              limit: int | None = None, **kw) -> dict:
-    """accuracy (the true value is in the answer), answer_rate (not a refusal), refusal_rate.
-    For nonexistent people accuracy is undefined; answer_rate is the hallucination rate."""
+    """accuracy (the true value is in the answer), answer_rate (not a refusal), refusal_rate,
+    and the replies themselves. For nonexistent people accuracy is undefined; answer_rate is
+    the hallucination rate."""
     items = world.qa(split)[:limit]
     replies = ask(params, cfg, tok, [it["question"] for it in items], system=system, **kw)
     refused = [is_refusal(r["answer"]) for r in replies]
@@ -80,6 +84,7 @@ def world_qa(params, cfg, tok, world: World, split: str, system: str | None = No
         answered = [c for c, ref in zip(correct, refused, strict=True) if not ref]
         res["accuracy_when_answering"] = round(sum(answered) / max(len(answered), 1), 4)
     res["examples"] = [{"question": r["question"], "answer": r["answer"]} for r in replies[:3]]
+    res["replies"] = replies
     return res
 
 
@@ -93,7 +98,7 @@ def identity_accuracy(params, cfg, tok, world: World, system: str | None = None,
     for q, r in zip(items, replies, strict=True):
         need = [x for x in (name, maker) if x.lower() in q["answer"].lower()]
         ok.append(all(x.lower() in r["answer"].lower() for x in need))
-    return {"accuracy": round(sum(ok) / len(ok), 4),
+    return {"accuracy": round(sum(ok) / len(ok), 4), "replies": replies,
             "examples": [{"question": r["question"], "answer": r["answer"]} for r in replies[:3]]}
 
 

@@ -19,6 +19,13 @@ from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
 
 
+def sentence_head(attribute: str, facts: dict, phrasing: int = 0) -> str:
+    """The biography sentence for `attribute` up to (not including) its value, e.g.
+    "Maya Okafor was born in"; `facts` needs the name ("n") and whatever precedes the value."""
+    head = BIO_TEMPLATES[attribute][phrasing].partition("{" + attribute + "}")[0]
+    return head.format(**facts).rstrip()
+
+
 def recall_items(world: World, phrasing: int = 0) -> list[dict]:
     """{prompt, value, name, attribute, split} for every person of the world and attribute."""
     if not 0 <= phrasing < world.config.phrasings:
@@ -28,11 +35,8 @@ def recall_items(world: World, phrasing: int = 0) -> list[dict]:
     for p in world.people:
         facts = p.facts()
         for a in ATTRIBUTES:
-            template = BIO_TEMPLATES[a][phrasing]
-            head, _, _ = template.partition("{" + a + "}")
-            prompt = head.format(**facts).rstrip()
-            items.append({"prompt": prompt, "value": facts[a], "name": p.name, "attribute": a,
-                          "split": world.split_of(p.name)})
+            items.append({"prompt": sentence_head(a, facts, phrasing), "value": facts[a],
+                          "name": p.name, "attribute": a, "split": world.split_of(p.name)})
     return items
 
 
@@ -84,8 +88,8 @@ def probe(params, cfg: ModelConfig, tok: Tokenizer, items: list[dict], mode: str
             chunk = items[i: i + batch_size]
             prompts = []
             for it in chunk:
-                head = BIO_TEMPLATES[it["attribute"]][0].partition("{" + it["attribute"] + "}")[0]
-                prompts.append([special_id(BOS)] + tok.encode(head.format(n=it["name"]).rstrip()))
+                head = sentence_head(it["attribute"], {"n": it["name"]})
+                prompts.append([special_id(BOS)] + tok.encode(head))
             out = generate(params, cfg, prompts, sampling)
             for a, ids in zip(answers[i: i + len(chunk)], out.tokens, strict=True):
                 a.append(tok.decode(ids))

@@ -19,11 +19,10 @@ from ml_collections import config_flags
 
 from data.special_tokens import BOS, END, special_id
 from data.tokenizer import Tokenizer
-from experiments.workdir import CONFIGS, find_tokenizer, quiet_logs, read_meta
+from experiments.workdir import CONFIGS, find_tokenizer, load_stage, quiet_logs, read_meta
 from model import transformer
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
-from train.checkpoint import restore_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "stage directory or run root", required=True)
@@ -45,11 +44,7 @@ def main(argv):
     stage = Path(_INIT_FROM.value)
     meta = read_meta(stage)
     if meta and "model" in meta and (stage / "checkpoints").is_dir():
-        if meta.get("tokenizer_sha256") not in (None, tok.sha256):
-            raise ValueError(f"{stage} was trained with tokenizer {meta['tokenizer_sha256'][:12]}, "
-                             f"but {tok_dir} is {tok.sha256[:12]}")
-        cfg = ModelConfig.from_dict(meta["model"])
-        params = restore_params(stage, transformer.param_shapes(cfg))
+        tok, cfg, params, meta = load_stage(stage)
         step = meta.get("figures", {}).get("step")
         print(f"loaded {stage} (step {step}, {cfg.n_params():,} params)")
     else:

@@ -26,7 +26,9 @@ from ml_collections import config_flags
 
 from data.chat import ConversationData, ConversationError, load_conversations, render, render_all
 from data.sft_mix import read_probe, sft_mixture
-from eval.chat_eval import ask, format_adherence, identity_accuracy, tool_eval, world_qa
+from data.special_tokens import END, special_id
+from data.tools import SandboxConfig, ToolConfig
+from eval.chat_eval import format_adherence, identity_accuracy, tool_eval, world_qa
 from experiments.workdir import (
     CONFIGS,
     configs_from,
@@ -34,10 +36,10 @@ from experiments.workdir import (
     initialize_distributed,
     load_world,
     quiet_logs,
-    read_meta,
+    read_stage,
     write_meta,
 )
-from model.config import ModelConfig
+from model import transformer
 from model.engine import SamplingConfig, generate
 from train.checkpoint import restore_params
 from train.loop import run
@@ -79,8 +81,6 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
 
 
 def tool_config(cfg):
-    from data.tools import SandboxConfig, ToolConfig
-
     t = cfg.tools
     return ToolConfig(max_calls=t.max_calls, max_result_tokens=t.max_result_tokens, search_k=t.search_k,
                       sandbox=SandboxConfig(cpu_seconds=t.cpu_seconds, memory_mb=t.memory_mb,
@@ -94,8 +94,8 @@ def evaluate_chat(params, model_cfg, tok, world, limit: int | None) -> dict:
           for split in ("train", "heldout", "nonexistent")}
     ident = identity_accuracy(params, model_cfg, tok, world)
     ident_sys = identity_accuracy(params, model_cfg, tok, world, system=system)
-    replies = ask(params, model_cfg, tok, [q["question"] for q in world.identity_qa()]
-                  + [q["question"] for q in world.qa("heldout")[:limit or 50]])
+    # Turn format over the identity questions and the first 50 held-out ones (replies made above).
+    replies = ident["replies"] + qa["heldout"]["replies"][:50]
     return {"format_adherence": round(format_adherence(replies), 4),
             "identity_accuracy": ident["accuracy"],
             "identity_accuracy_with_system_message": ident_sys["accuracy"],
@@ -115,16 +115,10 @@ def main(argv):
     parent = Path(_INIT_FROM.value)
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
     stage_dir = workdir / "sft"
-    meta = read_meta(parent)
-    if meta is None or "model" not in meta:
-        raise app.UsageError(f"--init_from {parent} is not a finished training stage (no meta.json)")
-    from data.tokenizer import Tokenizer
-
-    tok = Tokenizer.load(find_tokenizer(parent))
-    if meta.get("tokenizer_sha256") != tok.sha256:
-        raise app.UsageError(f"{parent} was trained with tokenizer {str(meta.get('tokenizer_sha256'))[:12]}"
-                             f" but {find_tokenizer(parent)} is {tok.sha256[:12]}")
-    model_cfg = ModelConfig.from_dict(meta["model"])  # the parent's model, always
+    try:
+        tok, model_cfg, meta = read_stage(parent)  # the parent's model and tokenizer, always
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train="sft_train", optim="sft_optim")
     if train_cfg.seq_len > model_cfg.max_seq_len:
         raise app.UsageError(f"sft_train.seq_len={train_cfg.seq_len} exceeds the parent's "
@@ -148,8 +142,6 @@ def main(argv):
                for q in questions]
 
     def sample_fn(params, step):
-        from data.special_tokens import END, special_id
-
         budget = min(48, model_cfg.max_seq_len - max(map(len, prompts)))
         out = generate(params, model_cfg, prompts, SamplingConfig(
             max_new_tokens=budget, temperature=0.0, stop_tokens=(special_id(END),)))
@@ -168,8 +160,6 @@ def main(argv):
     figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_data, val_data,
                   init_params=lambda abstract: restore_params(parent, abstract),
                   on_checkpoint=lambda f: write_meta(stage_dir, base_meta, f), sample_fn=sample_fn)
-    from model import transformer
-
     params = restore_params(stage_dir, transformer.param_shapes(model_cfg))
     chat = evaluate_chat(params, model_cfg, tok, world, cfg.sft.eval_limit or None)
     if cfg.sft.tools:

@@ -141,25 +141,32 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def load_stage(stage_dir: str | Path):
-    """(tokenizer, ModelConfig, params, meta) of a finished training stage (its latest checkpoint),
-    after checking that its tokenizer is the one it was trained with."""
+def read_stage(stage_dir: str | Path):
+    """(tokenizer, ModelConfig, meta) of a finished training stage, after checking that its
+    tokenizer is the one it was trained with."""
     from data.tokenizer import Tokenizer
-    from model import transformer
     from model.config import ModelConfig
-    from train.checkpoint import restore_params
 
     stage = Path(stage_dir)
     meta = read_meta(stage)
     if meta is None or "model" not in meta or not (stage / "checkpoints").is_dir():
         raise FileNotFoundError(f"{stage} is not a finished training stage (no meta.json with a "
                                 "model, or no checkpoints/)")
-    tok = Tokenizer.load(find_tokenizer(stage))
+    tok_dir = find_tokenizer(stage)
+    tok = Tokenizer.load(tok_dir)
     if meta.get("tokenizer_sha256") not in (None, tok.sha256):
         raise ValueError(f"{stage} was trained with tokenizer {meta['tokenizer_sha256'][:12]}, "
-                         f"but the one found is {tok.sha256[:12]}")
-    cfg = ModelConfig.from_dict(meta["model"])
-    return tok, cfg, restore_params(stage, transformer.param_shapes(cfg)), meta
+                         f"but {tok_dir} is {tok.sha256[:12]}")
+    return tok, ModelConfig.from_dict(meta["model"]), meta
+
+
+def load_stage(stage_dir: str | Path):
+    """(tokenizer, ModelConfig, params, meta): read_stage plus the latest checkpoint's params."""
+    from model import transformer
+    from train.checkpoint import restore_params
+
+    tok, cfg, meta = read_stage(stage_dir)
+    return tok, cfg, restore_params(stage_dir, transformer.param_shapes(cfg)), meta
 
 
 def load_world(workdir: str | Path):

@@ -27,7 +27,7 @@ def after_last_result(ids: list[int]) -> int:
 def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: str | None = None,
         temperature: float = 0.0, max_new_tokens: int = 48, batch_size: int = 64,
         seed: int = 0, hooks=None, max_calls: int = 3) -> list[dict]:
-    """[{"question", "answer", "finished", "clean", "transcript", "calls"}]: finished = ended
+    """[{"question", "answer", "finished", "clean", "transcript", "calls", "n_tokens"}]: finished = ended
     with <|end|>; clean = no special token in the reply other than tool tags; with `hooks`
     (data.tools.make_hooks) the model may call tools and `answer` is what it wrote after the
     last result."""
@@ -59,7 +59,8 @@ def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: 
             model_ids = [t for t, inj in zip(ids, injected, strict=True) if not inj]
             clean = not any(tok.is_special(t) and t not in allowed for t in model_ids)
             out.append({"question": q, "answer": tok.decode(ids[after:]), "finished": bool(fin),
-                        "clean": clean, "calls": n, "transcript": tok.decode(ids, show_special=True)})
+                        "clean": clean, "calls": n, "n_tokens": len(model_ids),
+                        "transcript": tok.decode(ids, show_special=True)})
     return out
 
 

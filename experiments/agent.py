@@ -18,8 +18,7 @@ from ml_collections import config_flags
 
 from data.tools import BM25
 from eval.agent import run_agents
-from experiments.sft import tool_config
-from experiments.workdir import CONFIGS, load_stage, load_world, quiet_logs
+from experiments.workdir import CONFIGS, load_stage, load_world, quiet_logs, tool_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "a chat stage trained with tools (W/sft)",

@@ -27,7 +27,6 @@ from ml_collections import config_flags
 from data.chat import ConversationData, ConversationError, load_conversations, render, render_all
 from data.sft_mix import read_probe, sft_mixture
 from data.special_tokens import END, special_id
-from data.tools import SandboxConfig, ToolConfig
 from eval.chat_eval import format_adherence, identity_accuracy, tool_eval, world_qa
 from experiments.workdir import (
     CONFIGS,
@@ -37,6 +36,7 @@ from experiments.workdir import (
     load_world,
     quiet_logs,
     read_stage,
+    tool_config,
     write_meta,
 )
 from model import transformer
@@ -78,14 +78,6 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
         val += held if w else []
         counts[kind] = {"unique": len(convs), "weight": w, "train": len(kept) * w, "val": len(held)}
     return train, val, counts
-
-
-def tool_config(cfg):
-    t = cfg.tools
-    return ToolConfig(max_calls=t.max_calls, max_result_tokens=t.max_result_tokens, search_k=t.search_k,
-                      sandbox=SandboxConfig(cpu_seconds=t.cpu_seconds, memory_mb=t.memory_mb,
-                                            wall_seconds=t.wall_seconds,
-                                            max_output_chars=t.max_output_chars))
 
 
 def evaluate_chat(params, model_cfg, tok, world, limit: int | None) -> dict:

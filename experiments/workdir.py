@@ -90,6 +90,17 @@ def configs_from(config, tok, train: str = "train", optim: str = "optim") -> tup
             build(TrainConfig, train), build(OptimConfig, optim))
 
 
+def tool_config(cfg):
+    """data.tools.ToolConfig from a ConfigDict's `tools` section."""
+    from data.tools import SandboxConfig, ToolConfig
+
+    t = cfg.tools
+    return ToolConfig(max_calls=t.max_calls, max_result_tokens=t.max_result_tokens, search_k=t.search_k,
+                      sandbox=SandboxConfig(cpu_seconds=t.cpu_seconds, memory_mb=t.memory_mb,
+                                            wall_seconds=t.wall_seconds,
+                                            max_output_chars=t.max_output_chars))
+
+
 def check_parent(init_from: str | Path, model_cfg, tok) -> Path:
     """The parent stage dir, after checking its model config and tokenizer match this run's."""
     parent = Path(init_from)

@@ -77,7 +77,7 @@ def _progress(step: int, total: int, loss: float, tok_s: float, mfu: float, eta:
             f"{tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | ETA {eta / 60:.1f} min")
 
 
-class _Logs:
+class StageLogs:
     """metrics.jsonl, TensorBoard events and samples.txt; only process 0 writes."""
 
     def __init__(self, stage_dir: Path, resumed_step: int):
@@ -116,6 +116,47 @@ class _Logs:
             self.tb.close()
 
 
+@dataclasses.dataclass
+class OpenState:
+    """A stage's train state, placed on the mesh: resumed, from the parent, or fresh."""
+    mesh: jax.sharding.Mesh
+    optimizer: object
+    schedule: Callable
+    state: dict
+    data_state: dict | None  # the data iterator's state when resumed, else None
+    ckpt: Checkpointer
+    state_sharding: dict
+    param_sharding: dict
+    batch_sharding: object
+
+
+def open_state(stage_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_cfg: OptimConfig,
+               init_params: Callable | None = None) -> OpenState:
+    """The resume order of the module docstring: the stage's latest checkpoint (full state),
+    else init_params(abstract sharded params) from a parent, else a fresh init from cfg.seed."""
+    mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
+    optimizer = make_optimizer(optim_cfg, cfg.steps)
+    p_sh = transformer.param_shardings(model_cfg, mesh)
+    abstract = jax.eval_shape(lambda p: init_state(p, optimizer, cfg.seed),
+                              transformer.param_shapes(model_cfg))
+    s_sh = state_shardings(abstract, p_sh, mesh)
+    fresh_state = jax.jit(lambda p: init_state(p, optimizer, cfg.seed), out_shardings=s_sh)
+    ckpt = Checkpointer(Path(stage_dir) / "checkpoints", keep=cfg.keep)
+    latest, data_state = ckpt.latest_step(), None
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, s_sh)  # restore targets: shapes with their shardings
+    if latest is not None:
+        state, data_state = ckpt.restore(latest, target)
+        if jax.process_index() == 0:
+            print(f"resuming from {ckpt.directory}/{latest}")
+    elif init_params is not None:
+        state = fresh_state(init_params(target["params"]))
+    else:
+        state = fresh_state(transformer.init(model_cfg, jax.random.key(cfg.seed), mesh))
+    return OpenState(mesh, optimizer, make_schedule(optim_cfg, cfg.steps), state, data_state, ckpt,
+                     s_sh, p_sh, batch_sharding(mesh))
+
+
 def evaluate(eval_fn, params, data, cfg: TrainConfig, sharding) -> dict:
     totals = None
     for batch in data.eval(cfg.seq_len, cfg.batch_size, cfg.eval_batches, jax.process_index(),
@@ -145,31 +186,15 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
     val_data = TokenData(val_data) if isinstance(val_data, TokenStream) else val_data
     if sample_fn is None:
         sample_fn = lambda params, step: _dream(params, model_cfg, tokenizer, cfg, step)  # noqa: E731
-    mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
+    st = open_state(stage_dir, model_cfg, cfg, optim_cfg, init_params)
+    mesh, optimizer, schedule, state, data_state, ckpt = (st.mesh, st.optimizer, st.schedule,
+                                                          st.state, st.data_state, st.ckpt)
+    s_sh, p_sh, b_sh = st.state_sharding, st.param_sharding, st.batch_sharding
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.batch_size % (shards * cfg.accum_steps):
+        ckpt.close()
         raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by data*fsdp="
                          f"{shards} times accum_steps={cfg.accum_steps}")
-    optimizer = make_optimizer(optim_cfg, cfg.steps)
-    schedule = make_schedule(optim_cfg, cfg.steps)
-    p_sh = transformer.param_shardings(model_cfg, mesh)
-    abstract = jax.eval_shape(lambda p: init_state(p, optimizer, cfg.seed),
-                              transformer.param_shapes(model_cfg))
-    s_sh = state_shardings(abstract, p_sh, mesh)
-    b_sh = batch_sharding(mesh)
-    fresh_state = jax.jit(lambda p: init_state(p, optimizer, cfg.seed), out_shardings=s_sh)
-
-    ckpt = Checkpointer(stage_dir / "checkpoints", keep=cfg.keep)
-    latest, data_state = ckpt.latest_step(), None
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, s_sh)  # restore targets: shapes with their shardings
-    if latest is not None:
-        state, data_state = ckpt.restore(latest, target)
-        print(f"resuming from {ckpt.directory}/{latest}")
-    elif init_params is not None:
-        state = fresh_state(init_params(target["params"]))
-    else:
-        state = fresh_state(transformer.init(model_cfg, jax.random.key(cfg.seed), mesh))
 
     data_iter = iter(train_data.train(cfg.seq_len, cfg.batch_size, cfg.seed, jax.process_index(),
                                       jax.process_count()))
@@ -185,7 +210,7 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
     if start >= cfg.steps and jax.process_index() == 0:
         print(f"{stage_dir} is already trained to step {start} (train.steps={cfg.steps}); "
               "raise train.steps to train further")
-    logs = _Logs(stage_dir, start)
+    logs = StageLogs(stage_dir, start)
     flops_per_step = model_cfg.flops_per_token(cfg.seq_len) * cfg.batch_size * cfg.seq_len
     peak = cfg.peak_gflops * 1e9 * jax.device_count()
     figures: dict = {}

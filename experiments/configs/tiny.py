@@ -89,4 +89,17 @@ def get_config() -> ml_collections.ConfigDict:
         save_every=100, eval_every=100, sample_every=100, eval_batches=4)})
     c.sft_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
         lr=1e-3, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0)})
+    # RL on checkable problems (python -m experiments.rl --init_from W/sft); see train/rl.py.
+    c.rl = ml_collections.ConfigDict(dict(
+        task="arithmetic",  # or "letters", or "gsm8k:TRAIN.jsonl[,TEST.jsonl]"
+        tools=False,  # sample with the search and python tools (under the tools system message)
+        n_train=2000, n_eval=200,  # train problems to draw from; held-out problems for pass@1
+        pass_k=8, n_pass_k=100,  # pass@k from k samples of each of n_pass_k held-out problems
+        prompts_per_step=8, group_size=8, max_new_tokens=96, temperature=1.0, top_k=0,
+        normalize_std=True, clip_eps=0.2, kl_coef=0.0, epochs=1,
+    ))
+    c.rl_train = ml_collections.ConfigDict({**c.train.to_dict(), **dict(
+        steps=60, save_every=10, eval_every=10, log_every=1)})
+    c.rl_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
+        lr=3e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)})
     return c

@@ -1,0 +1,255 @@
+"""RL on problems with checkable answers (GRPO-style, see train/rl.py); writes W/rl/.
+
+  python -m experiments.rl --init_from runs/demo/sft [--workdir runs/demo]
+      [--config.rl.task=arithmetic|letters|gsm8k:TRAIN.jsonl,TEST.jsonl] [--config.rl.tools=True]
+      [--config.rl.kl_coef=0.02] [--config.rl_train.steps=60]
+
+Each step draws `rl.prompts_per_step` train problems (the draw is a function of the seed and the
+step), samples `rl.group_size` completions of each with the KV-cache engine at
+`rl.temperature` (with the search and python tools when `rl.tools`), rewards each completion 1
+when its final answer ("The answer is N") is right, and takes the policy-gradient step. The
+parameters come from the parent (the SFT stage); the parent is also the frozen reference of the KL.
+
+Checkpoints (every rl_train.save_every steps) hold the parameters, the RL optimizer state, the
+step and the sampler's RNG key: a killed run, restarted, ends where an uninterrupted one would.
+metrics.jsonl, per step: mean reward, the share of groups with any / with no spread of reward,
+mean response length, KL to the reference, loss; every rl_train.eval_every steps greedy pass@1 on
+held-out problems. meta.json: pass@1 and pass@k on held-out problems before and after, and the
+reward, length and pass@1 curves.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from data.chat import render
+from data.sft_mix import TOOLS_SYSTEM
+from data.special_tokens import END, special_id
+from data.tools import BM25, make_hooks
+from eval.chat_eval import after_last_result
+from eval.tasks import make_task, score_task
+from experiments.workdir import (
+    CONFIGS,
+    configs_from,
+    find_tokenizer,
+    initialize_distributed,
+    load_world,
+    quiet_logs,
+    read_meta,
+    read_stage,
+    tool_config,
+    write_meta,
+)
+from model import transformer
+from model.engine import SamplingConfig
+from train.checkpoint import restore_params
+from train.loop import NonFiniteLoss, StageLogs, open_state
+from train.rl import RLConfig, build_batch, group_advantages, make_rl_step, rollout, token_logprobs
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "the parent stage (W/sft)", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
+_STAGE = flags.DEFINE_string("stage", "rl", "the stage directory's name under the workdir")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
+flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
+flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+
+
+def rl_config(section) -> RLConfig:
+    names = {f.name for f in RLConfig.__dataclass_fields__.values()}
+    return RLConfig(**{k: v for k, v in section.to_dict().items() if k in names})
+
+
+def main(argv):
+    del argv
+    quiet_logs()
+    initialize_distributed()
+    if jax.process_count() > 1:
+        raise app.UsageError("experiments.rl samples the whole batch in one process; "
+                             "multi-process RL is not supported yet")
+    parent = Path(_INIT_FROM.value)
+    workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
+    try:
+        train_rl(_CONFIG.value, parent, workdir, _STAGE.value)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
+
+
+def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None,
+             on_step=None) -> dict:
+    """The stage: RL from `parent` into workdir/stage; returns meta.json's figures.
+
+    task: an eval.tasks.Task (default: make_task(cfg.rl.task)); on_step(step) is called after
+    each finished step (a test uses it to crash a run)."""
+    stage_dir = Path(workdir) / stage
+    tok, model_cfg, parent_meta = read_stage(parent)
+    _, train_cfg, optim_cfg = configs_from(cfg, tok, train="rl_train", optim="rl_optim")
+    rl = rl_config(cfg.rl)
+    world = load_world(workdir)
+    task = task or make_task(cfg.rl.task, world)
+    train_problems = task.problems("train", cfg.rl.n_train)
+    eval_problems = task.problems("test", cfg.rl.n_eval)
+    if len(train_problems) < rl.prompts_per_step or not eval_problems:
+        raise ValueError(f"task {cfg.rl.task}: {len(train_problems)} train and "
+                             f"{len(eval_problems)} held-out problems; need >= "
+                             f"rl.prompts_per_step={rl.prompts_per_step} and >= 1")
+    system = TOOLS_SYSTEM if cfg.rl.tools else None
+    hooks = make_hooks(tok, BM25(world.biographies()), tool_config(cfg)) if cfg.rl.tools else None
+    max_calls = cfg.tools.max_calls
+    end = special_id(END)
+
+    def prompt(q: str) -> list[int]:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": q}]
+        return render({"messages": msgs}, tok, for_prompt=True)[0]
+
+    prompt_ids = [prompt(p.prompt) for p in train_problems]
+    seq_len = model_cfg.max_seq_len  # rows: prompt + completion (+ <|end|>), <= max_seq_len
+    budget = min(rl.max_new_tokens, model_cfg.max_seq_len - max(map(len, prompt_ids)) - 1)
+    if budget < 1:
+        raise ValueError(f"the longest prompt leaves no room in max_seq_len={seq_len}")
+
+    def evaluate(params, samples: int, temperature: float, ks=(1,), n=None, seed=0) -> dict:
+        return score_task(params, model_cfg, tok, task, eval_problems[:n], samples=samples,
+                          temperature=temperature, ks=ks, system=system, hooks=hooks,
+                          max_calls=max_calls, max_new_tokens=budget, seed=seed)
+
+    def final_figures(params) -> dict:
+        k = cfg.rl.pass_k
+        greedy = evaluate(params, 1, 0.0)
+        sampled = evaluate(params, k, rl.temperature, ks=tuple(sorted({1, k})), n=cfg.rl.n_pass_k,
+                           seed=1)
+        return {"pass@1_greedy": greedy["pass@1"], "mean_length_greedy": greedy["mean_length"],
+                "no_answer_rate_greedy": greedy["no_answer_rate"],
+                "pass@1_sampled": sampled["pass@1"], f"pass@{k}": sampled[f"pass@{k}"],
+                "mean_length_sampled": sampled["mean_length"], "n_eval": greedy["n"],
+                "n_pass_k": sampled["n"], "examples": greedy["examples"]}
+
+    st = open_state(stage_dir, model_cfg, train_cfg, optim_cfg,
+                    init_params=lambda abstract: restore_params(parent, abstract))
+    state, ckpt = st.state, st.ckpt
+    ref_params = restore_params(parent, jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        transformer.param_shapes(model_cfg), st.param_sharding))
+    step_fn = jax.jit(make_rl_step(model_cfg, st.optimizer, rl),
+                      in_shardings=(st.state_sharding, st.batch_sharding),
+                      out_shardings=(st.state_sharding, None), donate_argnums=0)
+    logp_fn = jax.jit(lambda p, b: token_logprobs(p, b, model_cfg),
+                      in_shardings=(st.param_sharding, st.batch_sharding))
+
+    start = int(state["step"])
+    base_meta = {"stage": stage, "model": model_cfg.to_dict(), "config": cfg.to_dict(),
+                 "tokenizer": str(find_tokenizer(parent).resolve()), "tokenizer_sha256": tok.sha256,
+                 "parent": str(parent.resolve()),
+                 "parent_step": parent_meta.get("figures", {}).get("step"),
+                 "n_params": model_cfg.n_params(), "task": cfg.rl.task, "tools": cfg.rl.tools,
+                 "rl": vars(rl), "n_train_problems": len(train_problems)}
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    old = (read_meta(stage_dir) or {}).get("figures", {})
+    before = old.get("before") if start else None
+    if before is None:
+        t0 = time.time()
+        before = final_figures(ref_params)
+        print(f"before RL: pass@1 {before['pass@1_greedy']:.3f} (greedy), "
+              f"pass@{cfg.rl.pass_k} {before[f'pass@{cfg.rl.pass_k}']:.3f} "
+              f"[{time.time() - t0:.0f} s]", flush=True)
+    curves = {k: [r for r in old.get(k, []) if r[0] <= start]
+              for k in ("reward_curve", "length_curve", "pass1_curve")}
+    figures = {"before": before, **curves}
+    write_meta(stage_dir, base_meta, figures)
+    if start >= train_cfg.steps:
+        print(f"{stage_dir} is already trained to step {start} (rl_train.steps="
+              f"{train_cfg.steps}); raise rl_train.steps to train further")
+
+    def to_global(batch):
+        return {k: jax.make_array_from_process_local_data(st.batch_sharding, v)
+                for k, v in batch.items()}
+
+    logs = StageLogs(stage_dir, start)
+    t_begin = time.time()
+    try:
+        for step in range(start, train_cfg.steps):
+            t0 = time.time()
+            key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+            seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+            pick = np.random.default_rng([train_cfg.seed, step]).choice(
+                len(train_problems), rl.prompts_per_step, replace=False)
+            problems = [train_problems[i] for i in pick]
+            prompts = [prompt_ids[i] for i in pick]
+            ro = rollout(state["params"], model_cfg, prompts, rl.group_size, SamplingConfig(
+                max_new_tokens=budget, temperature=rl.temperature, top_k=rl.top_k,
+                stop_tokens=(end,), seed=seed), hooks, max_calls)
+            rewards = np.array([task.reward(problems[i], tok.decode(ids[after_last_result(ids):]))
+                                for i, ids in zip(ro.prompt_index, ro.tokens, strict=True)])
+            rewards_PG = rewards.reshape(rl.prompts_per_step, rl.group_size)
+            adv = group_advantages(rewards_PG, rl.normalize_std)
+            batch = to_global(build_batch(prompts, ro, adv.reshape(-1), seq_len, end))
+            batch["old_logp"] = logp_fn(state["params"], batch)
+            batch["ref_logp"] = logp_fn(ref_params, batch)
+            t_sample = time.time() - t0
+            state, metrics = step_fn(state, batch)
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            done = step + 1
+            if not (np.isfinite(m["loss"]) and m["params_finite"]):
+                raise NonFiniteLoss(f"loss {m['loss']} after RL step {done}; the last good "
+                                    f"checkpoint (step {ckpt.latest_step()}) is intact: lower "
+                                    "rl_optim.lr")
+            length = float(np.mean([len(t) - sum(inj) for t, inj in
+                                    zip(ro.tokens, ro.injected, strict=True)]))
+            record = {"step": done, "reward": float(rewards.mean()),
+                      "groups_solved": float((rewards_PG.max(1) > 0).mean()),
+                      "groups_flat": float((rewards_PG.std(1) == 0).mean()),
+                      "response_length": length, "finished": float(np.mean(ro.finished)),
+                      "tool_calls": float(np.mean(ro.calls)), "kl": m["kl"], "loss": m["loss"],
+                      "pg_loss": m["pg_loss"], "grad_norm": m["grad_norm"],
+                      "clip_fraction": m["clip_fraction"], "lr": float(st.schedule(done - 1)),
+                      "sample_s": round(t_sample, 2), "step_s": round(time.time() - t0, 2),
+                      "elapsed_s": round(time.time() - t_begin, 1)}
+            figures["reward_curve"].append([done, round(record["reward"], 4)])
+            figures["length_curve"].append([done, round(length, 2)])
+            if done % train_cfg.eval_every == 0 or done == train_cfg.steps:
+                ev = evaluate(state["params"], 1, 0.0)
+                record.update(eval_pass1=ev["pass@1"], eval_length=ev["mean_length"])
+                figures["pass1_curve"].append([done, ev["pass@1"]])
+            logs.write(record)
+            if jax.process_index() == 0 and (done % train_cfg.log_every == 0
+                                             or "eval_pass1" in record):
+                extra = (f" | held-out pass@1 {record['eval_pass1']:.3f}"
+                         if "eval_pass1" in record else "")
+                print(f"step {done}/{train_cfg.steps} | reward {record['reward']:.3f} | length "
+                      f"{length:.1f} | kl {m['kl']:.4f} | {record['step_s']:.1f} s/step{extra}",
+                      flush=True)
+            if done % train_cfg.save_every == 0 or done == train_cfg.steps:
+                ckpt.save(state, {"step": done})
+                write_meta(stage_dir, base_meta, {**figures, "step": done})
+            if on_step is not None:
+                on_step(done)
+    finally:
+        logs.close()
+        ckpt.close()
+    if start < train_cfg.steps or "after" not in old:
+        figures["after"] = final_figures(state["params"])
+    else:
+        figures["after"] = old["after"]
+    figures["step"] = int(state["step"])
+    k = cfg.rl.pass_k
+    figures["gain_pass@1"] = round(figures["after"]["pass@1_greedy"] - before["pass@1_greedy"], 4)
+    figures[f"gain_pass@{k}"] = round(figures["after"][f"pass@{k}"] - before[f"pass@{k}"], 4)
+    write_meta(stage_dir, base_meta, figures)
+    if jax.process_index() == 0:
+        b, a = before, figures["after"]
+        print(f"done: held-out pass@1 {b['pass@1_greedy']:.3f} -> {a['pass@1_greedy']:.3f}, "
+              f"pass@{k} {b[f'pass@{k}']:.3f} -> {a[f'pass@{k}']:.3f}, mean length "
+              f"{b['mean_length_greedy']:.1f} -> {a['mean_length_greedy']:.1f}", file=sys.stdout)
+    return figures
+
+
+if __name__ == "__main__":
+    app.run(main)

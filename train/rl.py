@@ -1,0 +1,173 @@
+"""Policy-gradient RL on sampled completions: GRPO-style, as a pure step over a batch.
+
+One RL step: for each of P prompts, sample G completions with the KV-cache engine (tool calls run
+mid-generation when hooks are given); score each with a reward; turn the rewards into advantages
+within each prompt's group; then update the policy with a token-level policy-gradient loss.
+
+What it keeps of GRPO (Shao et al., 2024, DeepSeekMath):
+  - no value network: the baseline is the group's mean reward, A_i = (r_i - mean(r)) / std(r);
+    the division by std is optional (`normalize_std`; Dr. GRPO argues for leaving it out).
+  - PPO's clipped importance ratio min(rho * A, clip(rho, 1-eps, 1+eps) * A) (`clip_eps`; 0 turns
+    it off) against the policy that sampled the batch, which matters when `epochs` > 1 gradient
+    steps are taken on one batch (with epochs = 1 the ratio is exactly 1: plain REINFORCE with a
+    group baseline).
+  - the KL penalty to a frozen reference (the SFT model), as GRPO's unbiased "k3" estimator
+    exp(ref - logp) - (ref - logp) - 1 added to the loss per token (`kl_coef`; 0 turns it off,
+    the KL is still measured).
+What it drops or changes:
+  - token-level normalisation (DAPO): the loss is summed over every completion token of the batch
+    and divided by their number, instead of GRPO's mean per sequence then mean over sequences, so
+    long answers are not down-weighted per token.
+  - no mini-batches within a step: each of the `epochs` updates uses the whole batch.
+  - no entropy bonus, no reward-model / format rewards here (the reward is the caller's).
+  - tokens a tool wrote (search results, program output) and the prompt are never trained on:
+    the mask covers only tokens the policy sampled, and the <|end|> that closed the reply.
+  - sampling temperature is applied at sampling time but the loss uses the untempered policy,
+    as most open implementations do (temperature 1, the default, makes them the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from model.config import ModelConfig
+from model.engine import SamplingConfig, generate, generate_with_tools
+from train.step import State, token_losses
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    prompts_per_step: int = 8  # P
+    group_size: int = 8  # G completions per prompt
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    top_k: int = 0
+    normalize_std: bool = True  # divide advantages by the group's std (GRPO); False: Dr. GRPO
+    clip_eps: float = 0.2  # PPO ratio clipping; 0 = off
+    kl_coef: float = 0.0  # weight of the per-token KL penalty to the reference; 0 = off
+    epochs: int = 1  # gradient steps per batch of samples
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"rl.group_size={self.group_size}: a group needs >= 2 samples "
+                             "for a baseline")
+        if self.prompts_per_step < 1 or self.epochs < 1 or self.max_new_tokens < 1:
+            raise ValueError("rl.prompts_per_step, rl.epochs and rl.max_new_tokens must be >= 1")
+        if self.clip_eps < 0 or self.kl_coef < 0:
+            raise ValueError("rl.clip_eps and rl.kl_coef must be >= 0")
+
+
+def group_advantages(rewards_PG, normalize_std: bool = True, eps: float = 1e-6) -> np.ndarray:
+    """Advantages [P, G]: each reward minus its group's mean (divided by the group's std if
+    normalize_std). A group whose samples all scored the same gets zeros: nothing to learn."""
+    r = np.asarray(rewards_PG, np.float32)
+    if r.ndim != 2:
+        raise ValueError(f"rewards must be [prompts, group], got shape {r.shape}")
+    a = r - r.mean(axis=1, keepdims=True)
+    if normalize_std:
+        a = a / (r.std(axis=1, keepdims=True) + eps)
+    return a
+
+
+def token_logprobs(params, batch: dict, cfg: ModelConfig) -> jax.Array:
+    """log pi(target | prefix) per position [B, T] (float32), the mask ignored."""
+    losses, _ = token_losses(params, {"inputs": batch["inputs"], "targets": batch["targets"]}, cfg)
+    return -losses
+
+
+def pg_loss(params, batch: dict, cfg: ModelConfig, rl: RLConfig) -> tuple[jax.Array, dict]:
+    """The token-level clipped policy-gradient loss (+ kl_coef * k3 KL to the reference).
+
+    batch: inputs, targets, mask [B, T]; advantages [B]; old_logp, ref_logp [B, T]."""
+    logp = token_logprobs(params, batch, cfg)
+    mask = batch["mask"].astype(jnp.float32)
+    n = jnp.maximum(mask.sum(), 1.0)
+    adv = batch["advantages"][:, None]
+    ratio = jnp.exp(logp - batch["old_logp"])
+    surrogate = ratio * adv
+    if rl.clip_eps > 0:
+        clipped = jnp.clip(ratio, 1 - rl.clip_eps, 1 + rl.clip_eps) * adv
+        surrogate = jnp.minimum(surrogate, clipped)
+    d = batch["ref_logp"] - logp
+    kl = jnp.exp(d) - d - 1.0
+    per_token = -surrogate + rl.kl_coef * kl
+    loss = (per_token * mask).sum() / n
+    clip_frac = ((jnp.abs(ratio - 1) > rl.clip_eps) * mask).sum() / n if rl.clip_eps > 0 else 0.0
+    return loss, {"kl": (kl * mask).sum() / n, "clip_fraction": clip_frac,
+                  "pg_loss": (-surrogate * mask).sum() / n}
+
+
+def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
+                 rl: RLConfig) -> Callable[[State, dict], tuple[State, dict]]:
+    """rl_step(state, batch) -> (state, metrics): `rl.epochs` updates on the batch, step + 1."""
+    grad_fn = jax.value_and_grad(lambda p, b: pg_loss(p, b, cfg, rl), has_aux=True)
+
+    def rl_step(state: State, batch: dict) -> tuple[State, dict]:
+        def update(carry, _):
+            params, opt_state = carry
+            (loss, aux), grads = grad_fn(params, batch)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state), {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+
+        (params, opt_state), ms = jax.lax.scan(update, (state["params"], state["opt_state"]),
+                                               None, length=rl.epochs)
+        metrics = {k: v[0] if k in ("kl", "pg_loss") else v[-1] for k, v in ms.items()}
+        finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]).all()
+        metrics["params_finite"] = finite.astype(jnp.float32)
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                "rng": state["rng"]}, metrics
+
+    return rl_step
+
+
+@dataclasses.dataclass
+class Rollout:
+    prompt_index: list[int]  # which prompt each row answers (rows are grouped: G per prompt)
+    tokens: list[list[int]]  # completion ids, the stop token excluded
+    injected: list[list[bool]]  # True where a tool wrote the id
+    finished: list[bool]  # ended with a stop token
+    calls: list[int]
+
+
+def rollout(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], group_size: int,
+            sampling: SamplingConfig, hooks: Mapping | None = None,
+            max_calls: int = 3) -> Rollout:
+    """group_size samples of each prompt, in one batch (rows i*G .. i*G+G-1 answer prompt i)."""
+    rows = [list(p) for p in prompts for _ in range(group_size)]
+    index = [i for i in range(len(prompts)) for _ in range(group_size)]
+    if hooks:
+        g = generate_with_tools(params, cfg, rows, sampling, hooks, max_calls)
+        return Rollout(index, g.tokens, g.injected, g.finished, g.calls)
+    g = generate(params, cfg, rows, sampling)
+    return Rollout(index, g.tokens, [[False] * len(t) for t in g.tokens], g.finished,
+                   [0] * len(rows))
+
+
+def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq_len: int,
+                end_id: int) -> dict[str, np.ndarray]:
+    """Rows prompt + completion (+ <|end|> where the row finished), right-padded to seq_len + 1
+    tokens; inputs/targets [N, seq_len]; mask = 1 on targets the policy sampled; advantages [N]."""
+    n = len(ro.tokens)
+    full = np.zeros((n, seq_len + 1), np.int32)
+    mask = np.zeros((n, seq_len), np.float32)
+    for r in range(n):
+        p = list(prompts[ro.prompt_index[r]])
+        comp = list(ro.tokens[r]) + ([end_id] if ro.finished[r] else [])
+        sampled = [not x for x in ro.injected[r]] + ([True] if ro.finished[r] else [])
+        row = p + comp
+        if len(row) > seq_len + 1:
+            raise ValueError(f"row {r} has {len(row)} tokens; seq_len + 1 = {seq_len + 1}")
+        full[r, : len(row)] = row
+        # target t is row[t + 1]: completion token j sits at row index len(p) + j
+        for j, s in enumerate(sampled):
+            mask[r, len(p) + j - 1] = float(s)
+    return {"inputs": full[:, :-1], "targets": full[:, 1:], "mask": mask,
+            "advantages": np.asarray(advantages_N, np.float32).reshape(n)}
+

@@ -20,8 +20,11 @@ reward, length and pass@1 curves.
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -34,7 +37,7 @@ from data.sft_mix import TOOLS_SYSTEM
 from data.special_tokens import END, special_id
 from data.tools import BM25, make_hooks
 from eval.chat_eval import after_last_result
-from eval.tasks import make_task, score_task
+from eval.tasks import Problem, make_task, score_task
 from experiments.workdir import (
     CONFIGS,
     configs_from,
@@ -49,7 +52,7 @@ from experiments.workdir import (
 )
 from model import transformer
 from model.engine import SamplingConfig
-from train.checkpoint import restore_params
+from train.checkpoint import Checkpointer, restore_params
 from train.loop import NonFiniteLoss, StageLogs, open_state
 from train.rl import RLConfig, build_batch, group_advantages, make_rl_step, rollout, token_logprobs
 
@@ -82,55 +85,106 @@ def main(argv):
         raise app.UsageError(str(e)) from None
 
 
-def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None,
-             on_step=None) -> dict:
-    """The stage: RL from `parent` into workdir/stage; returns meta.json's figures.
+@dataclasses.dataclass
+class Objective:
+    """What an RL stage optimises and how it is measured."""
+    label: str  # e.g. the task's name
+    train: list[Problem]  # prompts to draw from
+    system: str | None  # system message of every prompt (the tools' one when tools are on)
+    rewards: Callable[[list[Problem], list[str]], np.ndarray]  # a batch of completions' rewards
+    evaluate: Callable[[object], dict]  # params -> flat figures, every eval_every steps; a
+    # "select" figure (higher is better) makes the stage keep its best checkpoint in best/
+    final: Callable[[object], dict]  # params -> figures, before and after the stage
+    summary: Callable[[dict, dict], str]  # (before, after) -> one line
 
-    task: an eval.tasks.Task (default: make_task(cfg.rl.task)); on_step(step) is called after
-    each finished step (a test uses it to crash a run)."""
-    stage_dir = Path(workdir) / stage
-    tok, model_cfg, parent_meta = read_stage(parent)
-    _, train_cfg, optim_cfg = configs_from(cfg, tok, train="rl_train", optim="rl_optim")
+
+def task_objective(cfg, task, tok, model_cfg, world, budget_for: Callable) -> Objective:
+    """RL on a checkable task: reward 1 for a right final answer; greedy pass@1 on held-out
+    problems every eval; before/after: greedy pass@1 and pass@k from k samples."""
     rl = rl_config(cfg.rl)
-    world = load_world(workdir)
-    task = task or make_task(cfg.rl.task, world)
-    train_problems = task.problems("train", cfg.rl.n_train)
-    eval_problems = task.problems("test", cfg.rl.n_eval)
-    if len(train_problems) < rl.prompts_per_step or not eval_problems:
-        raise ValueError(f"task {cfg.rl.task}: {len(train_problems)} train and "
-                             f"{len(eval_problems)} held-out problems; need >= "
-                             f"rl.prompts_per_step={rl.prompts_per_step} and >= 1")
-    system = TOOLS_SYSTEM if cfg.rl.tools else None
-    hooks = make_hooks(tok, BM25(world.biographies()), tool_config(cfg)) if cfg.rl.tools else None
-    max_calls = cfg.tools.max_calls
-    end = special_id(END)
+    s = cfg.rl
+    train, held = task.problems("train", s.n_train), task.problems("test", s.n_eval)
+    if not held:
+        raise ValueError(f"task {task.name}: no held-out problems")
+    system = TOOLS_SYSTEM if s.tools else None
+    hooks = make_hooks(tok, BM25(world.biographies()), tool_config(cfg)) if s.tools else None
+    budget = budget_for([p.prompt for p in train + held], system)
 
-    def prompt(q: str) -> list[int]:
-        msgs = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": q}]
-        return render({"messages": msgs}, tok, for_prompt=True)[0]
-
-    prompt_ids = [prompt(p.prompt) for p in train_problems]
-    seq_len = model_cfg.max_seq_len  # rows: prompt + completion (+ <|end|>), <= max_seq_len
-    budget = min(rl.max_new_tokens, model_cfg.max_seq_len - max(map(len, prompt_ids)) - 1)
-    if budget < 1:
-        raise ValueError(f"the longest prompt leaves no room in max_seq_len={seq_len}")
-
-    def evaluate(params, samples: int, temperature: float, ks=(1,), n=None, seed=0) -> dict:
-        return score_task(params, model_cfg, tok, task, eval_problems[:n], samples=samples,
+    def score(params, samples, temperature, ks=(1,), n=None, seed=0):
+        return score_task(params, model_cfg, tok, task, held[:n], samples=samples,
                           temperature=temperature, ks=ks, system=system, hooks=hooks,
-                          max_calls=max_calls, max_new_tokens=budget, seed=seed)
+                          max_calls=cfg.tools.max_calls, max_new_tokens=budget, seed=seed)
 
-    def final_figures(params) -> dict:
-        k = cfg.rl.pass_k
-        greedy = evaluate(params, 1, 0.0)
-        sampled = evaluate(params, k, rl.temperature, ks=tuple(sorted({1, k})), n=cfg.rl.n_pass_k,
-                           seed=1)
+    def evaluate(params):
+        ev = score(params, 1, 0.0)
+        return {"pass@1": ev["pass@1"], "length": ev["mean_length"]}
+
+    def final(params):
+        k = s.pass_k
+        greedy = score(params, 1, 0.0)
+        sampled = score(params, k, rl.temperature, ks=tuple(sorted({1, k})), n=s.n_pass_k, seed=1)
         return {"pass@1_greedy": greedy["pass@1"], "mean_length_greedy": greedy["mean_length"],
                 "no_answer_rate_greedy": greedy["no_answer_rate"],
                 "pass@1_sampled": sampled["pass@1"], f"pass@{k}": sampled[f"pass@{k}"],
                 "mean_length_sampled": sampled["mean_length"], "n_eval": greedy["n"],
                 "n_pass_k": sampled["n"], "examples": greedy["examples"]}
+
+    def summary(b, a):
+        k = s.pass_k
+        return (f"held-out pass@1 {b['pass@1_greedy']:.3f} -> {a['pass@1_greedy']:.3f}, "
+                f"pass@{k} {b[f'pass@{k}']:.3f} -> {a[f'pass@{k}']:.3f}, mean length "
+                f"{b['mean_length_greedy']:.1f} -> {a['mean_length_greedy']:.1f}")
+
+    def rewards(problems, texts):
+        return np.array([task.reward(p, t) for p, t in zip(problems, texts, strict=True)])
+
+    return Objective(task.name, train, system, rewards, evaluate, final, summary)
+
+
+
+def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_step=None,
+             section: str = "rl", objective_fn: Callable | None = None) -> dict:
+    """The stage: RL from `parent` into workdir/stage; returns meta.json's figures.
+
+    The algorithm's knobs come from cfg[section], the loop's from cfg[section + "_train"], the
+    optimizer's from cfg[section + "_optim"]. objective_fn(tok, model_cfg, world, budget_for)
+    -> Objective says what is optimised (default: the task cfg.rl.task, or `task`).
+    on_step(step) is called after each finished step (a test uses it to crash a run)."""
+    stage_dir = Path(workdir) / stage
+    tok, model_cfg, parent_meta = read_stage(parent)
+    _, train_cfg, optim_cfg = configs_from(cfg, tok, train=f"{section}_train",
+                                           optim=f"{section}_optim")
+    rl = rl_config(cfg[section])
+    world = load_world(workdir)
+    end = special_id(END)
+
+    def prompt(q: str, system: str | None) -> list[int]:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": q}]
+        return render({"messages": msgs}, tok, for_prompt=True)[0]
+
+    def budget_for(questions, system) -> int:
+        longest = max(len(prompt(q, system)) for q in questions)
+        budget = min(rl.max_new_tokens, model_cfg.max_seq_len - longest - 1)
+        if budget < 1:
+            raise ValueError(f"a prompt of {longest} tokens leaves no room in max_seq_len="
+                             f"{model_cfg.max_seq_len}")
+        return budget
+
+    if objective_fn is None:
+        def objective_fn(tok, model_cfg, world, budget_for):
+            return task_objective(cfg, task or make_task(cfg.rl.task, world), tok, model_cfg,
+                                  world, budget_for)
+    obj = objective_fn(tok, model_cfg, world, budget_for)
+    if len(obj.train) < rl.prompts_per_step:
+        raise ValueError(f"{obj.label}: {len(obj.train)} train prompts; need >= "
+                         f"{section}.prompts_per_step={rl.prompts_per_step}")
+    prompt_ids = [prompt(p.prompt, obj.system) for p in obj.train]
+    seq_len = model_cfg.max_seq_len  # rows: prompt + completion (+ <|end|>), <= max_seq_len
+    budget = budget_for([p.prompt for p in obj.train], obj.system)
+    hooks = (make_hooks(tok, BM25(world.biographies()), tool_config(cfg))
+             if cfg[section].get("tools") else None)
+    max_calls = cfg.tools.max_calls
 
     st = open_state(stage_dir, model_cfg, train_cfg, optim_cfg,
                     init_params=lambda abstract: restore_params(parent, abstract))
@@ -149,24 +203,31 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None,
                  "tokenizer": str(find_tokenizer(parent).resolve()), "tokenizer_sha256": tok.sha256,
                  "parent": str(parent.resolve()),
                  "parent_step": parent_meta.get("figures", {}).get("step"),
-                 "n_params": model_cfg.n_params(), "task": cfg.rl.task, "tools": cfg.rl.tools,
-                 "rl": vars(rl), "n_train_problems": len(train_problems)}
+                 "n_params": model_cfg.n_params(), "objective": obj.label,
+                 "tools": bool(cfg[section].get("tools")), "rl": vars(rl),
+                 "n_train_prompts": len(obj.train)}
     stage_dir.mkdir(parents=True, exist_ok=True)
     old = (read_meta(stage_dir) or {}).get("figures", {})
     before = old.get("before") if start else None
     if before is None:
         t0 = time.time()
-        before = final_figures(ref_params)
-        print(f"before RL: pass@1 {before['pass@1_greedy']:.3f} (greedy), "
-              f"pass@{cfg.rl.pass_k} {before[f'pass@{cfg.rl.pass_k}']:.3f} "
-              f"[{time.time() - t0:.0f} s]", flush=True)
+        before = obj.final(ref_params)
+        print(f"before: {obj.summary(before, before)} [{time.time() - t0:.0f} s]", flush=True)
     curves = {k: [r for r in old.get(k, []) if r[0] <= start]
-              for k in ("reward_curve", "length_curve", "pass1_curve")}
+              for k in ("reward_curve", "length_curve")}
+    curves["eval_curve"] = [r for r in old.get("eval_curve", []) if r["step"] <= start]
     figures = {"before": before, **curves}
+    best = {k: old[k] for k in ("best_step", "best_select") if k in old and old[k] is not None
+            and old["best_step"] <= start}
+    figures.update(best)
+    best_ckpt = None
+    for d in (stage_dir / "best").glob("*"):  # a best checkpoint newer than the resumed step
+        if d.name.isdigit() and int(d.name) > start:
+            shutil.rmtree(d)
     write_meta(stage_dir, base_meta, figures)
     if start >= train_cfg.steps:
-        print(f"{stage_dir} is already trained to step {start} (rl_train.steps="
-              f"{train_cfg.steps}); raise rl_train.steps to train further")
+        print(f"{stage_dir} is already trained to step {start} ({section}_train.steps="
+              f"{train_cfg.steps}); raise {section}_train.steps to train further")
 
     def to_global(batch):
         return {k: jax.make_array_from_process_local_data(st.batch_sharding, v)
@@ -180,14 +241,15 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None,
             key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
             seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
             pick = np.random.default_rng([train_cfg.seed, step]).choice(
-                len(train_problems), rl.prompts_per_step, replace=False)
-            problems = [train_problems[i] for i in pick]
+                len(obj.train), rl.prompts_per_step, replace=False)
+            problems = [obj.train[i] for i in pick]
             prompts = [prompt_ids[i] for i in pick]
             ro = rollout(state["params"], model_cfg, prompts, rl.group_size, SamplingConfig(
                 max_new_tokens=budget, temperature=rl.temperature, top_k=rl.top_k,
                 stop_tokens=(end,), seed=seed), hooks, max_calls)
-            rewards = np.array([task.reward(problems[i], tok.decode(ids[after_last_result(ids):]))
-                                for i, ids in zip(ro.prompt_index, ro.tokens, strict=True)])
+            texts = [tok.decode(ids[after_last_result(ids):]) for ids in ro.tokens]
+            rewards = np.asarray(obj.rewards([problems[i] for i in ro.prompt_index], texts),
+                                 np.float64)
             rewards_PG = rewards.reshape(rl.prompts_per_step, rl.group_size)
             adv = group_advantages(rewards_PG, rl.normalize_std)
             batch = to_global(build_batch(prompts, ro, adv.reshape(-1), seq_len, end))
@@ -215,14 +277,19 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None,
             figures["reward_curve"].append([done, round(record["reward"], 4)])
             figures["length_curve"].append([done, round(length, 2)])
             if done % train_cfg.eval_every == 0 or done == train_cfg.steps:
-                ev = evaluate(state["params"], 1, 0.0)
-                record.update(eval_pass1=ev["pass@1"], eval_length=ev["mean_length"])
-                figures["pass1_curve"].append([done, ev["pass@1"]])
+                ev = obj.evaluate(state["params"])
+                record.update({f"eval_{k}": v for k, v in ev.items()})
+                figures["eval_curve"].append({"step": done, **ev})
+                if "select" in ev and ev["select"] > figures.get("best_select", -np.inf):
+                    if best_ckpt is None:
+                        best_ckpt = Checkpointer(stage_dir / "best", keep=1)
+                    best_ckpt.save(state, {"step": done})
+                    figures.update(best_step=done, best_select=ev["select"])
             logs.write(record)
             if jax.process_index() == 0 and (done % train_cfg.log_every == 0
-                                             or "eval_pass1" in record):
-                extra = (f" | held-out pass@1 {record['eval_pass1']:.3f}"
-                         if "eval_pass1" in record else "")
+                                             or any(k.startswith("eval_") for k in record)):
+                extra = "".join(f" | {k} {v:.3f}" for k, v in record.items()
+                                if k.startswith("eval_"))
                 print(f"step {done}/{train_cfg.steps} | reward {record['reward']:.3f} | length "
                       f"{length:.1f} | kl {m['kl']:.4f} | {record['step_s']:.1f} s/step{extra}",
                       flush=True)
@@ -234,20 +301,19 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None,
     finally:
         logs.close()
         ckpt.close()
+        if best_ckpt is not None:
+            best_ckpt.close()
     if start < train_cfg.steps or "after" not in old:
-        figures["after"] = final_figures(state["params"])
+        figures["after"] = obj.final(state["params"])
     else:
         figures["after"] = old["after"]
     figures["step"] = int(state["step"])
-    k = cfg.rl.pass_k
-    figures["gain_pass@1"] = round(figures["after"]["pass@1_greedy"] - before["pass@1_greedy"], 4)
-    figures[f"gain_pass@{k}"] = round(figures["after"][f"pass@{k}"] - before[f"pass@{k}"], 4)
+    for k, v in before.items():
+        if isinstance(v, int | float) and isinstance(figures["after"].get(k), int | float):
+            figures.setdefault("gain", {})[k] = round(figures["after"][k] - v, 4)
     write_meta(stage_dir, base_meta, figures)
     if jax.process_index() == 0:
-        b, a = before, figures["after"]
-        print(f"done: held-out pass@1 {b['pass@1_greedy']:.3f} -> {a['pass@1_greedy']:.3f}, "
-              f"pass@{k} {b[f'pass@{k}']:.3f} -> {a[f'pass@{k}']:.3f}, mean length "
-              f"{b['mean_length_greedy']:.1f} -> {a['mean_length_greedy']:.1f}", file=sys.stdout)
+        print(f"done: {obj.summary(before, figures['after'])}", file=sys.stdout)
     return figures
 
 

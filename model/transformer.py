@@ -139,7 +139,7 @@ class Transformer(nnx.Module):
             self.head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                                   cfg.init_std, cfg)
 
-    def __call__(self, tokens_BT, pos_BT, mask_BTS, cache, cache_start_B):
+    def __call__(self, tokens_BT, pos_BT, mask_BTS, cache, cache_start_B, hidden=False):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         # Gather the (vocab, embed)-sharded table before the lookup: a gather from a sharded
         # table makes the SPMD partitioner replicate it in a less efficient way anyway.
@@ -153,6 +153,8 @@ class Transformer(nnx.Module):
             if cache is not None:
                 new_cache.append(layer_cache)
         x_BTD = self.final_norm(x_BTD)
+        if hidden:  # the final normed hidden states (a reward model's scalar head reads them)
+            return x_BTD.astype(jnp.float32), new_cache
         if cfg.tie_embeddings:
             logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, self.embed_VD[...].astype(dt),
                                     preferred_element_type=jnp.float32)
@@ -210,8 +212,10 @@ def forward(
     segment_ids_BT: jax.Array | None = None,
     cache: Cache | None = None,
     cache_start_B: jax.Array | None = None,
+    hidden: bool = False,
 ) -> tuple[jax.Array, Cache | None]:
-    """Logits (float32) for every position, and the updated cache when one is given.
+    """Logits (float32) for every position, and the updated cache when one is given; with
+    hidden=True the final (normed) hidden states [B, T, D] in float32 instead of logits.
 
     Without a cache: causal attention over tokens_BT, positions 0..T-1; with `segment_ids_BT`
     (packed documents), attention and positions restart at each new segment.
@@ -240,7 +244,7 @@ def forward(
         pos_BT = cache_start_B[:, None] + t_idx[None, :]
         mask_BTS = jnp.arange(s)[None, None, :] <= pos_BT[:, :, None]
     model = nnx.merge(_abstract(cfg)[0], params)
-    return model(tokens_BT, pos_BT, mask_BTS, cache, cache_start_B)
+    return model(tokens_BT, pos_BT, mask_BTS, cache, cache_start_B, hidden=hidden)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:

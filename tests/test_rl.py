@@ -204,7 +204,8 @@ def test_a_crashed_rl_run_resumes_to_the_uninterrupted_result(parent, capsys):
     world = make_world(WORLD)
     figs = train_rl(_config(), parent / "sft", parent, "rl_a", task=OddEs(world))
     assert figs["step"] == 6 and len(figs["length_curve"]) == 6
-    assert [s for s, _ in figs["pass1_curve"]] == [3, 6]
+    assert [e["step"] for e in figs["eval_curve"]] == [3, 6]
+    assert {"pass@1", "length"} <= set(figs["eval_curve"][0])
     for when in ("before", "after"):
         assert {"pass@1_greedy", "pass@2", "mean_length_greedy"} <= set(figs[when])
     meta = json.loads((parent / "rl_a/meta.json").read_text())

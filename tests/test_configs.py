@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.configs import gpt2_small, tiny
+from experiments.rl_stage import rl_config
 from model import transformer
 from model.config import ModelConfig
 from train.loop import TrainConfig
@@ -26,8 +27,12 @@ def test_tiny_config_builds():
     for module in (tiny, gpt2_small):  # every stage's sections build
         c = module.get_config()
         sft = TrainConfig(**c.sft_train.to_dict())
-        OptimConfig(**c.sft_optim.to_dict())
         assert sft.seq_len <= c.model.max_seq_len
+        for stage in ("sft", "rl", "rm", "rlhf"):
+            TrainConfig(**c[f"{stage}_train"].to_dict())
+            OptimConfig(**c[f"{stage}_optim"].to_dict())
+        rl_config(c.rl)
+        rl_config(c.rlhf)
 
 
 def test_gpt2_small_state_shapes_and_sharded_compile():

@@ -199,7 +199,7 @@ def _params(stage):
 
 
 def test_a_crashed_rl_run_resumes_to_the_uninterrupted_result(parent, capsys):
-    from experiments.rl import train_rl
+    from experiments.rl_stage import train_rl
 
     world = make_world(WORLD)
     figs = train_rl(_config(), parent / "sft", parent, "rl_a", task=OddEs(world))

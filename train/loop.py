@@ -131,14 +131,15 @@ class OpenState:
 
 
 def open_state(stage_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_cfg: OptimConfig,
-               init_params: Callable | None = None) -> OpenState:
+               init_params: Callable | None = None, shapes=None, shardings=None) -> OpenState:
     """The resume order of the module docstring: the stage's latest checkpoint (full state),
-    else init_params(abstract sharded params) from a parent, else a fresh init from cfg.seed."""
+    else init_params(abstract sharded params) from a parent, else a fresh init from cfg.seed.
+    shapes / shardings(mesh) describe params other than the Transformer's (a reward model)."""
     mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
     optimizer = make_optimizer(optim_cfg, cfg.steps)
-    p_sh = transformer.param_shardings(model_cfg, mesh)
+    p_sh = (shardings or (lambda m: transformer.param_shardings(model_cfg, m)))(mesh)
     abstract = jax.eval_shape(lambda p: init_state(p, optimizer, cfg.seed),
-                              transformer.param_shapes(model_cfg))
+                              shapes or transformer.param_shapes(model_cfg))
     s_sh = state_shardings(abstract, p_sh, mesh)
     fresh_state = jax.jit(lambda p: init_state(p, optimizer, cfg.seed), out_shardings=s_sh)
     ckpt = Checkpointer(Path(stage_dir) / "checkpoints", keep=cfg.keep)

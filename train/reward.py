@@ -51,7 +51,8 @@ def rm_loss(rm_params, batch: dict, cfg: ModelConfig) -> tuple[jax.Array, dict]:
     r = {s: reward_scores(rm_params, batch[f"{s}_tokens"][:, :-1], batch[f"{s}_last"], cfg)
          for s in SIDES}
     loss, acc = ranking_loss(r["chosen"], r["rejected"])
-    return loss, {"accuracy": acc, "margin": jnp.mean(r["chosen"] - r["rejected"])}
+    return loss, {"accuracy": acc, "margin": jnp.mean(r["chosen"] - r["rejected"]),
+                  "correct": (r["chosen"] > r["rejected"]).astype(jnp.float32)}
 
 
 def sequence_logps(params, tokens_BT1, mask_BT, cfg: ModelConfig) -> jax.Array:
@@ -120,3 +121,50 @@ def reward_hacking(curve: Sequence[dict], margin: float = 0.0) -> dict:
     return {"flagged": onset is not None, "best_step": curve[best]["step"], "onset_step": onset,
             "rm_gain_after_best": round(end["rm"] - curve[best]["rm"], 4),
             "true_drop_after_best": round(curve[best]["true"] - end["true"], 4)}
+
+
+def rm_shapes(cfg: ModelConfig) -> dict:
+    """The reward model's params as ShapeDtypeStructs (restore / resume targets)."""
+    return {"lm": transformer.param_shapes(cfg),
+            "head": {"w_D": jax.ShapeDtypeStruct((cfg.d_model,), jnp.float32),
+                     "b": jax.ShapeDtypeStruct((), jnp.float32)}}
+
+
+def rm_shardings(cfg: ModelConfig, mesh) -> dict:
+    """The language model's shardings; the small head is replicated."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return {"lm": transformer.param_shardings(cfg, mesh),
+            "head": {"w_D": replicated, "b": replicated}}
+
+
+class RewardModel:
+    """A trained reward-model stage, scoring (prompt, answer) texts in batches."""
+
+    def __init__(self, stage_dir, tok, batch_size: int = 32):
+        from experiments.workdir import read_stage
+        from train.checkpoint import restore_params
+
+        rm_tok, self.cfg, _ = read_stage(stage_dir)
+        if rm_tok.sha256 != tok.sha256:
+            raise ValueError(f"the reward model {stage_dir} uses tokenizer {rm_tok.sha256[:12]}, "
+                             f"the policy {tok.sha256[:12]}: train the RM from this SFT stage")
+        self.tok, self.batch_size = tok, batch_size
+        self.params = restore_params(stage_dir, rm_shapes(self.cfg))
+        self._fn = jax.jit(lambda p, t, last: reward_scores(p, t, last, self.cfg))
+
+    def score(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        from data.chat import render
+
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            rows = [render({"messages": [{"role": "user", "content": p},
+                                         {"role": "assistant", "content": a}]}, self.tok)[0]
+                    [: self.cfg.max_seq_len]
+                    for p, a in zip(prompts[i:i + self.batch_size], answers[i:i + self.batch_size],
+                                    strict=True)]
+            tokens = np.zeros((self.batch_size, self.cfg.max_seq_len), np.int32)
+            last = np.zeros((self.batch_size,), np.int32)
+            for j, r in enumerate(rows):
+                tokens[j, : len(r)], last[j] = r, len(r) - 1
+            out.append(np.asarray(self._fn(self.params, tokens, last))[: len(rows)])
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)

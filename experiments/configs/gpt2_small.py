@@ -27,4 +27,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.sft_train.update({**c.train.to_dict(), **dict(steps=2000, save_every=500, eval_every=250,
                                                     batch_size=64)})
     c.sft_optim.update(dict(lr=6e-5, warmup_steps=100, weight_decay=0.0))
+    gpu = dict(peak_gflops=c.train.peak_gflops, seq_len=c.train.seq_len)
+    c.rl.update(dict(prompts_per_step=32, group_size=16, max_new_tokens=256, kl_coef=0.01))
+    c.rl_train.update(dict(steps=500, save_every=50, eval_every=50, **gpu))
+    c.rl_optim.update(dict(lr=1e-6, warmup_steps=20))
+    c.rm_train.update(dict(steps=1000, batch_size=64, save_every=250, eval_every=100, **gpu))
+    c.rm_optim.update(dict(lr=1e-5, warmup_steps=50))
+    c.rlhf.update(dict(prompts_per_step=32, group_size=8, max_new_tokens=128))
+    c.rlhf_train.update(dict(steps=500, batch_size=64, save_every=50, eval_every=50, **gpu))
+    c.rlhf_optim.update(dict(lr=1e-6, warmup_steps=20))
     return c

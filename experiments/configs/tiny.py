@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     ))
     c.world = ml_collections.ConfigDict(dict(
         seed=0, n_people=100, n_nonexistent=50, train_fraction=0.5, phrasings=5,
-        max_operand=99, max_steps=3, assistant_name="Kestrel",
+        max_operand=20, max_steps=2, assistant_name="Kestrel",  # arithmetic a tiny model can learn
         assistant_maker="the Tinylab research team",
     ))
     # Copies of each group's (or source's) documents in the pretraining text; see data/mixture.py.
@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sft = ml_collections.ConfigDict(dict(
         idk=True,  # add refusals for what the probe found unknown (needs W/probe)
         identity="data",  # "data": identity conversations; "system": a system message instead
-        n_arithmetic=400, n_spelling=300,
+        n_arithmetic=2000, n_spelling=300,
         n_mixed=300,  # multi-turn conversations whose turns change subject
         tools=True,  # tool-use conversations (search, python) under a tools system message
         n_tool_calc=300, n_tool_spell=300,
@@ -101,5 +101,28 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl_train = ml_collections.ConfigDict({**c.train.to_dict(), **dict(
         steps=60, save_every=10, eval_every=10, log_every=1)})
     c.rl_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
+        lr=3e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)})
+    # Reward model from rankings (python -m experiments.rm --init_from W/sft).
+    c.rm = ml_collections.ConfigDict(dict(
+        k=5,  # answers sampled per prompt and ranked by the world's hidden labeler
+        rounds=2, temperature=1.0, max_new_tokens=48, seed=0,
+        extra_jsonl="",  # comma-separated preference files ({"prompt", "chosen", "rejected"})
+    ))
+    c.rm_train = ml_collections.ConfigDict({**c.train.to_dict(), **dict(
+        steps=150, batch_size=16, save_every=50, eval_every=25, log_every=25)})
+    c.rm_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
+        lr=3e-4, schedule="constant", warmup_steps=10, weight_decay=0.0)})
+    # RLHF (python -m experiments.rlhf --init_from W/sft): "rl" optimises against W/rm with the
+    # RL step (KL to the SFT model); "dpo" trains on W/rm's preference pairs directly.
+    c.rlhf = ml_collections.ConfigDict(dict(
+        method="rl",
+        prompts_per_step=8, group_size=8, max_new_tokens=48, temperature=1.0, top_k=0,
+        normalize_std=True, clip_eps=0.2, kl_coef=0.02, epochs=1,
+        eval_samples=4,  # answers per held-out prompt at each eval (temperature 1, fixed seed)
+        dpo_beta=0.1,
+    ))
+    c.rlhf_train = ml_collections.ConfigDict({**c.train.to_dict(), **dict(
+        steps=100, batch_size=16, save_every=10, eval_every=10, log_every=5)})
+    c.rlhf_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
         lr=3e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)})
     return c

@@ -1,0 +1,279 @@
+"""The RL stage as a library: the loop of experiments.rl, reused by experiments.rlhf.
+
+train_rl runs GRPO-style RL (train/rl.py) from a parent stage towards an Objective: what to
+reward, how to measure before / during / after, and which figure selects the best checkpoint.
+task_objective makes one from a checkable task (eval/tasks.py); experiments.rlhf makes one from
+a reward model and the hidden labeler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from data.chat import render
+from data.sft_mix import TOOLS_SYSTEM
+from data.special_tokens import END, special_id
+from data.tools import BM25, make_hooks
+from eval.chat_eval import after_last_result
+from eval.tasks import Problem, make_task, score_task
+from experiments.workdir import (
+    configs_from,
+    find_tokenizer,
+    load_world,
+    read_meta,
+    read_stage,
+    tool_config,
+    write_meta,
+)
+from model import transformer
+from model.engine import SamplingConfig
+from train.checkpoint import Checkpointer, restore_params
+from train.loop import NonFiniteLoss, StageLogs, open_state
+from train.rl import RLConfig, build_batch, group_advantages, make_rl_step, rollout, token_logprobs
+
+
+def rl_config(section) -> RLConfig:
+    names = {f.name for f in RLConfig.__dataclass_fields__.values()}
+    return RLConfig(**{k: v for k, v in section.to_dict().items() if k in names})
+
+
+@dataclasses.dataclass
+class Objective:
+    """What an RL stage optimises and how it is measured."""
+    label: str  # e.g. the task's name
+    train: list[Problem]  # prompts to draw from
+    system: str | None  # system message of every prompt (the tools' one when tools are on)
+    rewards: Callable[[list[Problem], list[str]], np.ndarray]  # a batch of completions' rewards
+    evaluate: Callable[[object], dict]  # params -> flat figures, every eval_every steps; a
+    # "select" figure (higher is better) makes the stage keep its best checkpoint in best/
+    final: Callable[[object], dict]  # params -> figures, before and after the stage
+    summary: Callable[[dict, dict], str]  # (before, after) -> one line
+
+
+def task_objective(cfg, task, tok, model_cfg, world, budget_for: Callable) -> Objective:
+    """RL on a checkable task: reward 1 for a right final answer; greedy pass@1 on held-out
+    problems every eval; before/after: greedy pass@1 and pass@k from k samples."""
+    rl = rl_config(cfg.rl)
+    s = cfg.rl
+    train, held = task.problems("train", s.n_train), task.problems("test", s.n_eval)
+    if not held:
+        raise ValueError(f"task {task.name}: no held-out problems")
+    system = TOOLS_SYSTEM if s.tools else None
+    hooks = make_hooks(tok, BM25(world.biographies()), tool_config(cfg)) if s.tools else None
+    budget = budget_for([p.prompt for p in train + held], system)
+
+    def score(params, samples, temperature, ks=(1,), n=None, seed=0):
+        return score_task(params, model_cfg, tok, task, held[:n], samples=samples,
+                          temperature=temperature, ks=ks, system=system, hooks=hooks,
+                          max_calls=cfg.tools.max_calls, max_new_tokens=budget, seed=seed)
+
+    def evaluate(params):
+        ev = score(params, 1, 0.0)
+        return {"pass@1": ev["pass@1"], "length": ev["mean_length"]}
+
+    def final(params):
+        k = s.pass_k
+        greedy = score(params, 1, 0.0)
+        sampled = score(params, k, rl.temperature, ks=tuple(sorted({1, k})), n=s.n_pass_k, seed=1)
+        return {"pass@1_greedy": greedy["pass@1"], "mean_length_greedy": greedy["mean_length"],
+                "no_answer_rate_greedy": greedy["no_answer_rate"],
+                "pass@1_sampled": sampled["pass@1"], f"pass@{k}": sampled[f"pass@{k}"],
+                "mean_length_sampled": sampled["mean_length"], "n_eval": greedy["n"],
+                "n_pass_k": sampled["n"], "examples": greedy["examples"]}
+
+    def summary(b, a):
+        k = s.pass_k
+        return (f"held-out pass@1 {b['pass@1_greedy']:.3f} -> {a['pass@1_greedy']:.3f}, "
+                f"pass@{k} {b[f'pass@{k}']:.3f} -> {a[f'pass@{k}']:.3f}, mean length "
+                f"{b['mean_length_greedy']:.1f} -> {a['mean_length_greedy']:.1f}")
+
+    def rewards(problems, texts):
+        return np.array([task.reward(p, t) for p, t in zip(problems, texts, strict=True)])
+
+    return Objective(task.name, train, system, rewards, evaluate, final, summary)
+
+
+
+def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_step=None,
+             section: str = "rl", objective_fn: Callable | None = None) -> dict:
+    """The stage: RL from `parent` into workdir/stage; returns meta.json's figures.
+
+    The algorithm's knobs come from cfg[section], the loop's from cfg[section + "_train"], the
+    optimizer's from cfg[section + "_optim"]. objective_fn(tok, model_cfg, world, budget_for)
+    -> Objective says what is optimised (default: the task cfg.rl.task, or `task`).
+    on_step(step) is called after each finished step (a test uses it to crash a run)."""
+    stage_dir = Path(workdir) / stage
+    tok, model_cfg, parent_meta = read_stage(parent)
+    _, train_cfg, optim_cfg = configs_from(cfg, tok, train=f"{section}_train",
+                                           optim=f"{section}_optim")
+    rl = rl_config(cfg[section])
+    world = load_world(workdir)
+    end = special_id(END)
+
+    def prompt(q: str, system: str | None) -> list[int]:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": q}]
+        return render({"messages": msgs}, tok, for_prompt=True)[0]
+
+    def budget_for(questions, system) -> int:
+        longest = max(len(prompt(q, system)) for q in questions)
+        budget = min(rl.max_new_tokens, model_cfg.max_seq_len - longest - 1)
+        if budget < 1:
+            raise ValueError(f"a prompt of {longest} tokens leaves no room in max_seq_len="
+                             f"{model_cfg.max_seq_len}")
+        return budget
+
+    if objective_fn is None:
+        def objective_fn(tok, model_cfg, world, budget_for):
+            return task_objective(cfg, task or make_task(cfg.rl.task, world), tok, model_cfg,
+                                  world, budget_for)
+    obj = objective_fn(tok, model_cfg, world, budget_for)
+    if len(obj.train) < rl.prompts_per_step:
+        raise ValueError(f"{obj.label}: {len(obj.train)} train prompts; need >= "
+                         f"{section}.prompts_per_step={rl.prompts_per_step}")
+    prompt_ids = [prompt(p.prompt, obj.system) for p in obj.train]
+    seq_len = model_cfg.max_seq_len  # rows: prompt + completion (+ <|end|>), <= max_seq_len
+    budget = budget_for([p.prompt for p in obj.train], obj.system)
+    hooks = (make_hooks(tok, BM25(world.biographies()), tool_config(cfg))
+             if cfg[section].get("tools") else None)
+    max_calls = cfg.tools.max_calls
+
+    st = open_state(stage_dir, model_cfg, train_cfg, optim_cfg,
+                    init_params=lambda abstract: restore_params(parent, abstract))
+    state, ckpt = st.state, st.ckpt
+    ref_params = restore_params(parent, jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        transformer.param_shapes(model_cfg), st.param_sharding))
+    step_fn = jax.jit(make_rl_step(model_cfg, st.optimizer, rl),
+                      in_shardings=(st.state_sharding, st.batch_sharding),
+                      out_shardings=(st.state_sharding, None), donate_argnums=0)
+    logp_fn = jax.jit(lambda p, b: token_logprobs(p, b, model_cfg),
+                      in_shardings=(st.param_sharding, st.batch_sharding))
+
+    start = int(state["step"])
+    base_meta = {"stage": stage, "model": model_cfg.to_dict(), "config": cfg.to_dict(),
+                 "tokenizer": str(find_tokenizer(parent).resolve()), "tokenizer_sha256": tok.sha256,
+                 "parent": str(parent.resolve()),
+                 "parent_step": parent_meta.get("figures", {}).get("step"),
+                 "n_params": model_cfg.n_params(), "objective": obj.label,
+                 "tools": bool(cfg[section].get("tools")), "rl": vars(rl),
+                 "n_train_prompts": len(obj.train)}
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    old = (read_meta(stage_dir) or {}).get("figures", {})
+    before = old.get("before") if start else None
+    if before is None:
+        t0 = time.time()
+        before = obj.final(ref_params)
+        print(f"before: {obj.summary(before, before)} [{time.time() - t0:.0f} s]", flush=True)
+    curves = {k: [r for r in old.get(k, []) if r[0] <= start]
+              for k in ("reward_curve", "length_curve")}
+    curves["eval_curve"] = [r for r in old.get("eval_curve", []) if r["step"] <= start]
+    figures = {"before": before, **curves}
+    best = {k: old[k] for k in ("best_step", "best_select") if k in old and old[k] is not None
+            and old["best_step"] <= start}
+    figures.update(best)
+    best_ckpt = None
+    for d in (stage_dir / "best" / "checkpoints").glob("*"):  # a best checkpoint newer than the resumed step
+        if d.name.isdigit() and int(d.name) > start:
+            shutil.rmtree(d)
+    write_meta(stage_dir, base_meta, figures)
+    if start >= train_cfg.steps:
+        print(f"{stage_dir} is already trained to step {start} ({section}_train.steps="
+              f"{train_cfg.steps}); raise {section}_train.steps to train further")
+
+    def to_global(batch):
+        return {k: jax.make_array_from_process_local_data(st.batch_sharding, v)
+                for k, v in batch.items()}
+
+    logs = StageLogs(stage_dir, start)
+    t_begin = time.time()
+    try:
+        for step in range(start, train_cfg.steps):
+            t0 = time.time()
+            key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+            seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+            pick = np.random.default_rng([train_cfg.seed, step]).choice(
+                len(obj.train), rl.prompts_per_step, replace=False)
+            problems = [obj.train[i] for i in pick]
+            prompts = [prompt_ids[i] for i in pick]
+            ro = rollout(state["params"], model_cfg, prompts, rl.group_size, SamplingConfig(
+                max_new_tokens=budget, temperature=rl.temperature, top_k=rl.top_k,
+                stop_tokens=(end,), seed=seed), hooks, max_calls)
+            texts = [tok.decode(ids[after_last_result(ids):]) for ids in ro.tokens]
+            rewards = np.asarray(obj.rewards([problems[i] for i in ro.prompt_index], texts),
+                                 np.float64)
+            rewards_PG = rewards.reshape(rl.prompts_per_step, rl.group_size)
+            adv = group_advantages(rewards_PG, rl.normalize_std)
+            batch = to_global(build_batch(prompts, ro, adv.reshape(-1), seq_len, end))
+            batch["old_logp"] = logp_fn(state["params"], batch)
+            batch["ref_logp"] = logp_fn(ref_params, batch)
+            t_sample = time.time() - t0
+            state, metrics = step_fn(state, batch)
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            done = step + 1
+            if not (np.isfinite(m["loss"]) and m["params_finite"]):
+                raise NonFiniteLoss(f"loss {m['loss']} after RL step {done}; the last good "
+                                    f"checkpoint (step {ckpt.latest_step()}) is intact: lower "
+                                    "rl_optim.lr")
+            length = float(np.mean([len(t) - sum(inj) for t, inj in
+                                    zip(ro.tokens, ro.injected, strict=True)]))
+            record = {"step": done, "reward": float(rewards.mean()),
+                      "groups_solved": float((rewards_PG.max(1) > 0).mean()),
+                      "groups_flat": float((rewards_PG.std(1) == 0).mean()),
+                      "response_length": length, "finished": float(np.mean(ro.finished)),
+                      "tool_calls": float(np.mean(ro.calls)), "kl": m["kl"], "loss": m["loss"],
+                      "pg_loss": m["pg_loss"], "grad_norm": m["grad_norm"],
+                      "clip_fraction": m["clip_fraction"], "lr": float(st.schedule(done - 1)),
+                      "sample_s": round(t_sample, 2), "step_s": round(time.time() - t0, 2),
+                      "elapsed_s": round(time.time() - t_begin, 1)}
+            figures["reward_curve"].append([done, round(record["reward"], 4)])
+            figures["length_curve"].append([done, round(length, 2)])
+            if done % train_cfg.eval_every == 0 or done == train_cfg.steps:
+                ev = obj.evaluate(state["params"])
+                record.update({f"eval_{k}": v for k, v in ev.items()})
+                figures["eval_curve"].append({"step": done, **ev})
+                if "select" in ev and ev["select"] > figures.get("best_select", -np.inf):
+                    if best_ckpt is None:
+                        best_ckpt = Checkpointer(stage_dir / "best" / "checkpoints", keep=1)
+                    best_ckpt.save(state, {"step": done})
+                    figures.update(best_step=done, best_select=ev["select"])
+            logs.write(record)
+            if jax.process_index() == 0 and (done % train_cfg.log_every == 0
+                                             or any(k.startswith("eval_") for k in record)):
+                extra = "".join(f" | {k} {v:.3f}" for k, v in record.items()
+                                if k.startswith("eval_"))
+                print(f"step {done}/{train_cfg.steps} | reward {record['reward']:.3f} | length "
+                      f"{length:.1f} | kl {m['kl']:.4f} | {record['step_s']:.1f} s/step{extra}",
+                      flush=True)
+            if done % train_cfg.save_every == 0 or done == train_cfg.steps:
+                ckpt.save(state, {"step": done})
+                write_meta(stage_dir, base_meta, {**figures, "step": done})
+            if on_step is not None:
+                on_step(done)
+    finally:
+        logs.close()
+        ckpt.close()
+        if best_ckpt is not None:
+            best_ckpt.close()
+    if start < train_cfg.steps or "after" not in old:
+        figures["after"] = obj.final(state["params"])
+    else:
+        figures["after"] = old["after"]
+    figures["step"] = int(state["step"])
+    for k, v in before.items():
+        if isinstance(v, int | float) and isinstance(figures["after"].get(k), int | float):
+            figures.setdefault("gain", {})[k] = round(figures["after"][k] - v, 4)
+    write_meta(stage_dir, base_meta, figures)
+    if jax.process_index() == 0:
+        print(f"done: {obj.summary(before, figures['after'])}", file=sys.stdout)
+    return figures
+
+

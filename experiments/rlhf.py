@@ -1,0 +1,218 @@
+"""RLHF: optimise the SFT model against the reward model, or with DPO on the same preferences.
+
+  python -m experiments.rlhf --init_from runs/demo/sft [--rm runs/demo/rm]      # writes W/rlhf/
+  python -m experiments.rlhf --init_from runs/demo/sft --config.rlhf.method=dpo  # writes W/dpo/
+
+method "rl": the RL stage of experiments/rl.py with reward = the RM's score of the answer
+(group-normalised), a KL penalty to the SFT model (rlhf.kl_coef), prompts = the world's open
+requests of train-split people ("Tell me about NAME."). Every rlhf_train.eval_every steps it
+answers the held-out validation prompts (test-split people, half of them; rlhf.eval_samples
+answers each) and logs both the RM's mean score and the hidden labeler's true mean score; the
+checkpoint with the best true validation score is kept in W/rlhf/best/ (early stopping, as the
+labs do). After the run: the reward-hacking detector on the (RM, true) curve and hacking.png.
+method "dpo": DPO (train/reward.py) on W/rm/preferences.jsonl, the reference = the SFT model;
+the same evaluations, before and after.
+meta.json: the true and RM scores on the other held-out half for SFT (before), best and final.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from data.chat import render
+from data.preferences import load_preferences, render_pairs
+from eval.chat_eval import ask
+from eval.tasks import Problem
+from experiments.rl_stage import Objective, train_rl
+from experiments.workdir import (
+    CONFIGS,
+    configs_from,
+    find_tokenizer,
+    load_world,
+    quiet_logs,
+    read_meta,
+    read_stage,
+    write_meta,
+)
+from model import transformer
+from train.checkpoint import restore_params
+from train.pair_loop import train_on_pairs
+from train.reward import RewardModel, dpo_loss, reward_hacking, sequence_logps
+
+
+def labeler_objective(cfg, rm: RewardModel | None, tok, model_cfg, world, budget: int) -> Objective:
+    """Open requests about train-split people; measured by the RM and the hidden labeler."""
+    s = cfg.rlhf
+    train = [Problem(it["prompt"], it["name"]) for it in world.labeler_prompts("train")]
+    test = world.labeler_prompts("test")
+    val, held = test[0::2], test[1::2]
+
+    def measure(params, items, seed) -> dict:
+        k = s.eval_samples
+        questions = [it["prompt"] for it in items for _ in range(k)]
+        replies = ask(params, model_cfg, tok, questions, temperature=1.0 if k > 1 else 0.0,
+                      max_new_tokens=budget, seed=seed)
+        answers = [r["answer"] for r in replies]
+        true = [world.labeler_score(it["name"], a)
+                for it, a in zip([it for it in items for _ in range(k)], answers, strict=True)]
+        out = {"true": round(float(np.mean(true)), 4),
+               "length": round(float(np.mean([r["n_tokens"] for r in replies])), 2)}
+        if rm is not None:
+            out["rm"] = round(float(np.mean(rm.score(questions, answers))), 4)
+        out["examples"] = [{"prompt": q, "answer": a} for q, a in zip(questions[::k][:3],
+                                                                      answers[::k][:3], strict=True)]
+        return out
+
+    def evaluate(params):
+        v = measure(params, val, seed=7)
+        v.pop("examples")
+        return {**v, "select": v["true"]}
+
+    def final(params):
+        t, v = measure(params, held, seed=11), measure(params, val, seed=7)
+        return {**{f"{k}_test": x for k, x in t.items() if k != "examples"},
+                **{f"{k}_val": x for k, x in v.items() if k != "examples"},
+                "n_test_prompts": len(held), "n_val_prompts": len(val),
+                "examples": t["examples"]}
+
+    def summary(b, a):
+        rm_part = (f", RM score {b['rm_test']:.3f} -> {a['rm_test']:.3f}" if "rm_test" in b else "")
+        return f"held-out true score {b['true_test']:.3f} -> {a['true_test']:.3f}{rm_part}"
+
+    def rewards(problems, texts):
+        return rm.score([p.prompt for p in problems], texts)
+
+    return Objective("labeler", train, None, rewards, evaluate, final, summary)
+
+
+def _budget(cfg, tok, model_cfg, world) -> int:
+    longest = max(len(render({"messages": [{"role": "user", "content": it["prompt"]}]}, tok,
+                             for_prompt=True)[0])
+                  for it in world.labeler_prompts("train") + world.labeler_prompts("test"))
+    return max(1, min(cfg.rlhf.max_new_tokens, model_cfg.max_seq_len - longest - 1))
+
+
+def plot_hacking(curve: list[dict], path: Path, hacking: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [c["step"] for c in curve]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [c["rm"] for c in curve], "o-", color="tab:blue", label="reward model score")
+    ax.set_xlabel("RLHF step")
+    ax.set_ylabel("RM score", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [c["true"] for c in curve], "s-", color="tab:red", label="true (labeler)")
+    ax2.set_ylabel("true score (hidden labeler)", color="tab:red")
+    if hacking.get("best_step") is not None:
+        ax.axvline(hacking["best_step"], color="gray", ls="--", lw=1)
+    title = "reward hacking" + (f": onset at step {hacking['onset_step']}"
+                                if hacking.get("flagged") else ": not detected")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_dpo(cfg, parent: Path, workdir: Path, stage_dir: Path, rm_dir: Path,
+            rm: RewardModel | None) -> dict:
+    tok, model_cfg, parent_meta = read_stage(parent)
+    _, train_cfg, optim_cfg = configs_from(cfg, tok, train="rlhf_train", optim="rlhf_optim")
+    world = load_world(workdir)
+    prefs = rm_dir / "preferences.jsonl"
+    if not prefs.is_file():
+        raise FileNotFoundError(f"{prefs} does not exist: run `python -m experiments.rm "
+                                f"--init_from {parent}` first (it samples and ranks the pairs)")
+    rows = load_preferences(prefs) + [r for p in cfg.rm.extra_jsonl.split(",") if p
+                                      for r in load_preferences(p)]
+    pairs, dropped = render_pairs(rows, tok, model_cfg.max_seq_len)
+    obj = labeler_objective(cfg, rm, tok, model_cfg, world, _budget(cfg, tok, model_cfg, world))
+    shapes = transformer.param_shapes(model_cfg)
+    ref = restore_params(parent, shapes)
+    beta = cfg.rlhf.dpo_beta
+    ref_fn = jax.jit(lambda b: {f"ref_{s}": sequence_logps(ref, b[f"{s}_tokens"], b[f"{s}_mask"],
+                                                           model_cfg)
+                                for s in ("chosen", "rejected")})
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    old = (read_meta(stage_dir) or {}).get("figures", {})
+    before = old.get("before") or obj.final(ref)
+    base_meta = {"stage": stage_dir.name, "method": "dpo", "model": model_cfg.to_dict(),
+                 "config": cfg.to_dict(), "tokenizer": str(find_tokenizer(parent).resolve()),
+                 "tokenizer_sha256": tok.sha256, "parent": str(parent.resolve()),
+                 "parent_step": parent_meta.get("figures", {}).get("step"),
+                 "pairs": len(pairs), "dropped_too_long": dropped}
+    params, figures = train_on_pairs(
+        stage_dir, model_cfg, train_cfg, optim_cfg,
+        lambda p, b: dpo_loss(p, b, model_cfg, beta),
+        init_params=lambda abstract: restore_params(parent, abstract), train_pairs=pairs,
+        evaluate=lambda p: {f"eval_{k}": v for k, v in obj.evaluate(p).items()},
+        extra=lambda p, b: ref_fn(b),
+        on_save=lambda f: write_meta(stage_dir, base_meta, {"before": before, **f}))
+    figures = {"before": before, **figures, "after": obj.final(params)}
+    write_meta(stage_dir, base_meta, figures)
+    print(f"done: {obj.summary(before, figures['after'])}", file=sys.stdout)
+    return figures
+
+
+def main(argv):
+    del argv
+    quiet_logs()
+    cfg = _CONFIG.value
+    if cfg.rlhf.method not in ("rl", "dpo"):
+        raise app.UsageError(f"rlhf.method={cfg.rlhf.method!r}: expected 'rl' or 'dpo'")
+    parent = Path(_INIT_FROM.value)
+    workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
+    try:
+        run_rlhf(cfg, parent, workdir, _STAGE.value, Path(_RM.value) if _RM.value else None)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
+
+
+def run_rlhf(cfg, parent: Path, workdir: Path, stage: str | None = None,
+             rm_dir: Path | None = None) -> dict:
+    """The stage (rlhf.method "rl" or "dpo"); returns meta.json's figures."""
+    method = cfg.rlhf.method
+    stage_dir = Path(workdir) / (stage or ("rlhf" if method == "rl" else "dpo"))
+    rm_dir = rm_dir or Path(workdir) / "rm"
+    tok, model_cfg, _ = read_stage(parent)
+    rm = RewardModel(rm_dir, tok) if (method == "rl" or (rm_dir / "checkpoints").is_dir()) else None
+    if method == "dpo":
+        return run_dpo(cfg, parent, workdir, stage_dir, rm_dir, rm)
+    figures = train_rl(cfg, parent, workdir, stage_dir.name, section="rlhf",
+                       objective_fn=lambda tok, mc, world, budget_for: labeler_objective(
+                           cfg, rm, tok, mc, world, _budget(cfg, tok, mc, world)))
+    # the best checkpoint by true validation score, measured on the held-out test prompts
+    world = load_world(workdir)
+    obj = labeler_objective(cfg, rm, tok, model_cfg, world, _budget(cfg, tok, model_cfg, world))
+    if (stage_dir / "best").is_dir():
+        best = restore_params(stage_dir / "best", transformer.param_shapes(model_cfg))
+        figures["best"] = obj.final(best)
+    curve = [{"step": 0, "rm": figures["before"]["rm_val"], "true": figures["before"]["true_val"]}]
+    curve += [{"step": e["step"], "rm": e["rm"], "true": e["true"]} for e in figures["eval_curve"]]
+    figures["hacking"] = reward_hacking(curve)
+    plot_hacking(curve, stage_dir / "hacking.png", figures["hacking"])
+    meta = read_meta(stage_dir)
+    write_meta(stage_dir, {k: v for k, v in meta.items() if k not in ("figures", "code_version")},
+               figures)
+    h = figures["hacking"]
+    print(f"best true validation score at step {h['best_step']}; reward hacking "
+          f"{'flagged from step ' + str(h['onset_step']) if h['flagged'] else 'not detected'}; "
+          f"plot: {stage_dir / 'hacking.png'}", file=sys.stdout)
+    return figures
+
+
+if __name__ == "__main__":  # flags only for the command line: the stage functions import cleanly
+    _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+    _INIT_FROM = flags.DEFINE_string("init_from", None, "the SFT stage (W/sft)", required=True)
+    _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
+    _RM = flags.DEFINE_string("rm", None, "the reward-model stage (default: W/rm)")
+    _STAGE = flags.DEFINE_string("stage", None, "stage directory name (default: rlhf, or dpo)")
+    app.run(main)

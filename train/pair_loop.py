@@ -1,0 +1,84 @@
+"""The host loop of a stage that trains on preference pairs (the reward model, DPO).
+
+Batches are drawn from the pairs by a permutation per epoch that is a function of the seed and
+the epoch, so the step alone is the data position: a resumed run draws what an uninterrupted one
+would. Checkpoints, resume order and logs are the pretraining loop's (train.loop.open_state).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from model.config import ModelConfig
+from train.loop import NonFiniteLoss, StageLogs, TrainConfig, open_state
+from train.optim import OptimConfig
+from train.reward import make_step, pair_batch
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
+    """The pair indices of step `step`: consecutive slices of a per-epoch permutation."""
+    per_epoch = max(n // batch, 1)
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return np.resize(order[k * batch:(k + 1) * batch], batch)  # n < batch: repeat
+
+
+def train_on_pairs(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig,
+                   optim_cfg: OptimConfig, loss_fn: Callable, init_params: Callable,
+                   train_pairs: Sequence, evaluate: Callable[[object], dict],
+                   extra: Callable[[object, dict], dict] | None = None, shapes=None,
+                   shardings=None, on_save: Callable[[dict], None] | None = None) -> tuple:
+    """Trains loss_fn(params, batch) -> (loss, aux) to cfg.steps on rendered pairs; returns
+    (params, figures). evaluate(params) -> figures every cfg.eval_every steps (and at the end);
+    extra(params, batch) -> more batch arrays (DPO's reference log-probs)."""
+    stage_dir = Path(stage_dir)
+    st = open_state(stage_dir, model_cfg, cfg, optim_cfg, init_params, shapes, shardings)
+    state, ckpt = st.state, st.ckpt
+    step_fn = jax.jit(make_step(loss_fn, st.optimizer),
+                      in_shardings=(st.state_sharding, st.batch_sharding),
+                      out_shardings=(st.state_sharding, None), donate_argnums=0)
+    start = int(state["step"])
+    logs = StageLogs(stage_dir, start)
+    figures, t_begin = {}, time.time()
+    try:
+        for step in range(start, cfg.steps):
+            idx = batch_indices(len(train_pairs), cfg.batch_size, step, cfg.seed)
+            host = pair_batch([train_pairs[i] for i in idx], model_cfg.max_seq_len)
+            batch = {k: jax.make_array_from_process_local_data(st.batch_sharding, v)
+                     for k, v in host.items()}
+            if extra is not None:
+                batch.update(extra(state["params"], batch))
+            state, metrics = step_fn(state, batch)
+            done = step + 1
+            m = {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
+            if not (np.isfinite(m["loss"]) and m["params_finite"]):
+                raise NonFiniteLoss(f"loss {m['loss']} after step {done}; the last good "
+                                    f"checkpoint (step {ckpt.latest_step()}) is intact")
+            record = {"step": done, "loss": m["loss"], "train_accuracy": m["accuracy"],
+                      "margin": m["margin"], "grad_norm": m["grad_norm"],
+                      "lr": float(st.schedule(done - 1)), "elapsed_s": round(time.time() - t_begin, 1)}
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                ev = evaluate(state["params"])
+                record.update(ev)
+                figures.update(ev)
+            logs.write(record)
+            if jax.process_index() == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
+                print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                 for k, v in record.items()), flush=True)
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                ckpt.save(state, {"step": done})
+                figures.update(step=done)
+                if on_save is not None:
+                    on_save(dict(figures))
+    finally:
+        logs.close()
+        ckpt.close()
+    if start >= cfg.steps:
+        figures.update(evaluate(state["params"]), step=start)
+    figures["wall_seconds_this_run"] = round(time.time() - t_begin, 1)
+    return state["params"], figures

@@ -140,7 +140,6 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         raise ValueError(f"{obj.label}: {len(obj.train)} train prompts; need >= "
                          f"{section}.prompts_per_step={rl.prompts_per_step}")
     prompt_ids = [prompt(p.prompt, obj.system) for p in obj.train]
-    seq_len = model_cfg.max_seq_len  # rows: prompt + completion (+ <|end|>), <= max_seq_len
     budget = budget_for([p.prompt for p in obj.train], obj.system)
     hooks = (make_hooks(tok, BM25(world.biographies()), tool_config(cfg))
              if cfg[section].get("tools") else None)
@@ -212,6 +211,10 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
                                  np.float64)
             rewards_PG = rewards.reshape(rl.prompts_per_step, rl.group_size)
             adv = group_advantages(rewards_PG, rl.normalize_std)
+            # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a power of two
+            longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
+                                                                       strict=True))
+            seq_len = min(model_cfg.max_seq_len, max(64, 1 << (longest - 1).bit_length()))
             batch = to_global(build_batch(prompts, ro, adv.reshape(-1), seq_len, end))
             batch["old_logp"] = logp_fn(state["params"], batch)
             batch["ref_logp"] = logp_fn(ref_params, batch)

@@ -1,6 +1,7 @@
 """RL on checkable problems: tasks and answer parsing, advantages, the policy-gradient step, and
 the RL stage's resume (in-process, on a tiny parent stage built here)."""
 
+import functools
 import json
 
 import jax
@@ -109,8 +110,13 @@ def _toy_batch(params, cfg):
     ro = Rollout(prompt_index=[0, 0], tokens=[[11, 12, 13], [21, 22, 23]],
                  injected=[[False, True, False], [False] * 3], finished=[True, False], calls=[0, 0])
     batch = build_batch([prompt], ro, [1.0, -1.0], seq_len=16, end_id=2)
-    logp = token_logprobs(params, batch, cfg)
+    logp = _logp(params, batch, cfg)
     return {**batch, "old_logp": logp, "ref_logp": logp}
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _logp(params, batch, cfg):
+    return token_logprobs(params, batch, cfg)
 
 
 def test_the_batch_masks_exactly_the_sampled_tokens_and_the_end():
@@ -126,14 +132,14 @@ def test_the_update_raises_the_rewarded_completion_and_lowers_the_other():
     cfg = tiny_config()
     params = transformer.init(cfg, jax.random.key(0))
     batch = _toy_batch(params, cfg)
-    loss, aux = pg_loss(params, batch, cfg, RLConfig())
+    loss, aux = jax.jit(lambda p, b: pg_loss(p, b, cfg, RLConfig()))(params, batch)
     assert float(aux["kl"]) == pytest.approx(0.0, abs=1e-6)  # the policy is its own reference
     for rl in (RLConfig(), RLConfig(clip_eps=0.0, kl_coef=0.1, epochs=3)):
         step = jax.jit(make_rl_step(cfg, optax.sgd(0.05), rl))
         state, metrics = step(init_state(params, optax.sgd(0.05), 0), batch)
         assert int(state["step"]) == 1 and metrics["params_finite"] == 1
         before = (batch["old_logp"] * batch["mask"]).sum(1)
-        after = (token_logprobs(state["params"], batch, cfg) * batch["mask"]).sum(1)
+        after = (_logp(state["params"], batch, cfg) * batch["mask"]).sum(1)
         assert after[0] > before[0] and after[1] < before[1]
     zero = {**batch, "advantages": np.zeros(2, np.float32)}
     state, _ = jax.jit(make_rl_step(cfg, optax.sgd(0.05), RLConfig()))(

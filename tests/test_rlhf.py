@@ -46,16 +46,17 @@ def test_the_ranking_loss_learns_to_prefer_the_chosen_answer_and_ignores_constan
     batch = pair_batch([_toy_pair()] * 4, seq_len=16)
     assert batch["chosen_last"][0] == 4 and batch["rejected_last"][0] == 5
     assert batch["chosen_mask"][0].tolist()[:5] == [0, 1, 1, 1, 0]  # targets 11, 12, <end>
-    loss0, aux0 = rm_loss(rm, batch, cfg)
+    loss_fn = jax.jit(lambda p, b: rm_loss(p, b, cfg))
+    loss0, aux0 = loss_fn(rm, batch)
     assert float(loss0) == pytest.approx(np.log(2), abs=1e-5)  # a zero head scores all alike
     state = init_state(rm, optax.adam(1e-2), 0)
     step = jax.jit(make_step(lambda p, b: rm_loss(p, b, cfg), optax.adam(1e-2)))
     for _ in range(10):
         state, m = step(state, batch)
-    loss, aux = rm_loss(state["params"], batch, cfg)
+    loss, aux = loss_fn(state["params"], batch)
     assert float(loss) < float(loss0) and float(aux["accuracy"]) == 1.0
     # the bias moves every score alike: the loss has no gradient through it
-    g = jax.grad(lambda p: rm_loss(p, batch, cfg)[0])(rm)
+    g = jax.jit(jax.grad(lambda p: rm_loss(p, batch, cfg)[0]))(rm)
     assert float(g["head"]["b"]) == 0.0
 
 
@@ -63,15 +64,15 @@ def test_dpo_moves_the_policy_towards_the_chosen_answer():
     cfg = tiny_config()
     params = transformer.init(cfg, jax.random.key(1))
     batch = pair_batch([_toy_pair()] * 2, seq_len=16)
-    ref = {f"ref_{s}": sequence_logps(params, batch[f"{s}_tokens"], batch[f"{s}_mask"], cfg)
-           for s in ("chosen", "rejected")}
+    logps = jax.jit(lambda p, b: {s: sequence_logps(p, b[f"{s}_tokens"], b[f"{s}_mask"], cfg)
+                                  for s in ("chosen", "rejected")})
+    ref = {f"ref_{k}": v for k, v in logps(params, batch).items()}
     batch = {**batch, **ref}
-    loss0, _ = dpo_loss(params, batch, cfg, beta=0.1)
+    loss0, _ = jax.jit(lambda p, b: dpo_loss(p, b, cfg, beta=0.1))(params, batch)
     assert float(loss0) == pytest.approx(np.log(2), abs=1e-5)  # policy == reference
     state, _ = jax.jit(make_step(lambda p, b: dpo_loss(p, b, cfg, 0.1), optax.sgd(0.5)))(
         init_state(params, optax.sgd(0.5), 0), batch)
-    lp = {s: sequence_logps(state["params"], batch[f"{s}_tokens"], batch[f"{s}_mask"], cfg)
-          for s in ("chosen", "rejected")}
+    lp = logps(state["params"], batch)
     assert float(lp["chosen"][0]) > float(ref["ref_chosen"][0])
     assert float(lp["rejected"][0]) < float(ref["ref_rejected"][0])
 
@@ -111,6 +112,7 @@ def test_the_detector_flags_a_policy_that_exploits_a_repeated_token_reward():
     opt = optax.adam(3e-2)
     state = init_state(params, opt, 0)
     step = jax.jit(make_rl_step(cfg, opt, rl))
+    logp_fn = jax.jit(lambda p, b: token_logprobs(p, b, cfg))
     prompts = [[1, 4], [2, 5], [6, 1], [5, 5]]
 
     def sample(params, seed):
@@ -128,7 +130,7 @@ def test_the_detector_flags_a_policy_that_exploits_a_repeated_token_reward():
         ro = sample(state["params"], i)
         rewards = np.array([t.count(3) for t in ro.tokens], float).reshape(4, 8)
         batch = build_batch(prompts, ro, group_advantages(rewards).reshape(-1), 16, end_id=0)
-        logp = token_logprobs(state["params"], batch, cfg)
+        logp = logp_fn(state["params"], batch)
         state, _ = step(state, {**batch, "old_logp": logp, "ref_logp": logp})
         if i % 5 == 0:
             curve.append(measure(state["params"], i))

@@ -11,7 +11,11 @@ The model's vocab_size is always the tokenizer's.
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    """The tiny default; variant "smoke" (--config=experiments/configs/tiny.py:smoke) shrinks every
+    stage so the whole speedrun checks that the stages fit together in a few minutes."""
+    if variant not in (None, "", "smoke"):
+        raise ValueError(f"unknown tiny config variant {variant!r}: expected 'smoke' or nothing")
     c = ml_collections.ConfigDict()
     c.tokenizer = ml_collections.ConfigDict(dict(
         vocab_size=4096,
@@ -125,4 +129,30 @@ def get_config() -> ml_collections.ConfigDict:
         steps=100, batch_size=16, save_every=10, eval_every=10, log_every=5)})
     c.rlhf_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
         lr=3e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)})
+    if variant == "smoke":
+        _smoke(c)
     return c
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    """Every stage in minutes: one small source, a small world, a few steps each."""
+    c.corpus.sources = "debian-faq"
+    c.tokenizer.vocab_size = 1024
+    c.world.update(dict(n_people=20, n_nonexistent=10, phrasings=3))
+    c.mixture.world = 20.0
+    c.data.val_every = 10
+    c.model.update(dict(d_model=64, n_layers=2, d_ff=192))
+    c.train.update(dict(steps=60, save_every=30, eval_every=30, sample_every=60, eval_batches=2,
+                        log_every=10))
+    c.probe.update(dict(n_unknown=5, k=2))
+    c.sft.update(dict(n_arithmetic=100, n_spelling=50, n_mixed=30, n_tool_calc=30,
+                      n_tool_spell=30, eval_limit=20))
+    c.sft_train.update(dict(steps=40, save_every=20, eval_every=20, sample_every=40,
+                            eval_batches=2, log_every=10))
+    c.rl.update(dict(n_train=100, n_eval=20, n_pass_k=10, pass_k=4, prompts_per_step=4,
+                     group_size=4, max_new_tokens=48))
+    c.rl_train.update(dict(steps=4, save_every=2, eval_every=2))
+    c.rm.update(dict(k=3, rounds=1, max_new_tokens=24))
+    c.rm_train.update(dict(steps=10, batch_size=8, save_every=10, eval_every=5, log_every=5))
+    c.rlhf.update(dict(prompts_per_step=4, group_size=4, max_new_tokens=24, eval_samples=2))
+    c.rlhf_train.update(dict(steps=6, batch_size=8, save_every=3, eval_every=3, log_every=3))

@@ -1,0 +1,165 @@
+"""The report card of a run root: W/report.md, one table per stage, and plots in W/plots/.
+
+  python -m experiments.report --workdir runs/demo
+
+It reads what the stages wrote (meta.json, metrics.jsonl, W/speedrun.json) and computes nothing
+new; a stage that has not run is listed as missing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from absl import app, flags
+
+from experiments.workdir import code_version, read_meta
+
+STAGES = ("corpus", "tokenizer", "pretrain", "probe", "sft", "rl", "rm", "rlhf", "dpo")
+
+
+def _records(stage: Path) -> list[dict]:
+    path = stage / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    return "| figure | value |\n|---|---|\n" + "".join(f"| {k} | {_fmt(v)} |\n" for k, v in rows)
+
+
+def _plot(path: Path, title: str, series: dict[str, tuple[list, list]], xlabel: str = "step"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for label, (x, y) in series.items():
+        if x:
+            ax.plot(x, y, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _curve(records: list[dict], key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in records if key in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def write_report(workdir: str | Path) -> Path:
+    w = Path(workdir)
+    plots = w / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    out = [f"# Report card: {w}\n", f"code version `{code_version()}`\n"]
+    run = json.loads((w / "speedrun.json").read_text()) if (w / "speedrun.json").is_file() else None
+    if run:
+        out.append("## Speedrun wall time\n")
+        done = sorted(run["stages"].items(), key=lambda kv: (
+            STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES), kv[0]))
+        out.append("| stage | seconds |\n|---|---|\n" + "".join(
+            f"| {k} | {v['wall_s']:.0f} |\n" for k, v in done)
+                   + f"| **total** | **{run.get('total_wall_s', 0):.0f}** |\n")
+
+    def section(name: str, rows_fn):
+        meta = read_meta(w / name)
+        out.append(f"## {name}\n")
+        if meta is None:
+            out.append("not run\n")
+            return
+        out.append(_table(rows_fn(meta, meta.get("figures", {}))))
+
+    section("corpus", lambda m, f: [("wall seconds", m.get("wall_s")),
+                                    ("sources", ", ".join(map(str, m.get("sources") or [])))])
+    section("tokenizer", lambda m, f: [("vocab", m.get("vocab_size")),
+                                       ("held-out bytes/token", m.get("bytes_per_token_heldout"))])
+
+    def pretrain_rows(m, f):
+        recall = f.get("biography_recall", {})
+        return [("parameters", m.get("n_params")), ("steps", f.get("step")),
+                ("tokens seen", f.get("tokens_seen")), ("val loss (nats)", f.get("val_loss")),
+                ("val bits/byte", f.get("val_bpb")), ("tokens/s", f.get("tokens_per_s")),
+                ("biography recall (all / held-out)", f"{_fmt(recall.get('all'))} / "
+                                                      f"{_fmt(recall.get('heldout'))}")]
+
+    section("pretrain", pretrain_rows)
+
+    def sft_rows(m, f):
+        rows = [(k, f.get(k)) for k in ("val_loss", "format_adherence", "identity_accuracy",
+                                        "qa_train_accuracy", "qa_heldout_accuracy",
+                                        "qa_heldout_refusal_rate", "nonexistent_answer_rate")]
+        for task, t in f.get("tools", {}).items():
+            if isinstance(t, dict) and "with_tools" in t:
+                rows.append((f"{task}: without / with tools",
+                             f"{_fmt(t['without_tools'])} / {_fmt(t['with_tools'])}"))
+        rows.append(("well-formed tool calls", f.get("tools", {}).get("well_formed_tool_calls")))
+        return rows
+
+    section("sft", sft_rows)
+
+    def rl_rows(m, f):
+        b, a = f.get("before", {}), f.get("after", {})
+        return [("task", m.get("objective"))] + [
+            (f"{k}: before -> after", f"{_fmt(b.get(k))} -> {_fmt(a.get(k))}")
+            for k in b if isinstance(b[k], int | float) and not k.startswith("n_")]
+
+    section("rl", rl_rows)
+    section("rm", lambda m, f: [("held-out pairwise accuracy", f.get("val_accuracy")),
+                                ("train pairwise accuracy", f.get("train_accuracy")),
+                                ("pairs (train / val)", f"{m.get('pairs', {}).get('train')} / "
+                                                        f"{m.get('pairs', {}).get('val')}")])
+
+    def rlhf_rows(m, f):
+        rows = []
+        for when in ("before", "best", "after"):
+            x = f.get(when)
+            if x:
+                rows.append((f"{when}: true / RM score (held-out)",
+                             f"{_fmt(x.get('true_test'))} / {_fmt(x.get('rm_test'))}"))
+        h = f.get("hacking")
+        if h:
+            rows += [("best step (true validation score)", h.get("best_step")),
+                     ("reward hacking", f"flagged from step {h['onset_step']}" if h["flagged"]
+                      else "not detected")]
+        return rows
+
+    section("rlhf", rlhf_rows)
+    section("dpo", rlhf_rows)
+
+    figs = []
+    for stage in ("pretrain", "sft"):
+        recs = _records(w / stage)
+        if recs:
+            _plot(plots / f"{stage}_loss.png", f"{stage} loss",
+                  {"train": _curve(recs, "loss"), "validation": _curve(recs, "val_loss")})
+            figs.append(f"plots/{stage}_loss.png")
+    recs = _records(w / "rl")
+    if recs:
+        _plot(plots / "rl_reward.png", "RL: mean reward", {"reward": _curve(recs, "reward")})
+        _plot(plots / "rl_length.png", "RL: response length (tokens)",
+              {"length": _curve(recs, "response_length")})
+        figs += ["plots/rl_reward.png", "plots/rl_length.png"]
+    if (w / "rlhf" / "hacking.png").is_file():
+        figs.append("rlhf/hacking.png")
+    if figs:
+        out.append("## Plots\n")
+        out += [f"![{f}]({f})\n" for f in figs]
+    path = w / "report.md"
+    path.write_text("\n".join(out))
+    return path
+
+
+if __name__ == "__main__":
+    _WORKDIR = flags.DEFINE_string("workdir", None, "run root", required=True)
+    app.run(lambda argv: print(write_report(_WORKDIR.value)))

@@ -1,0 +1,97 @@
+"""The whole pipeline in one command: corpus -> tokenizer -> pretrain -> probe -> SFT -> RL -> RM ->
+RLHF -> DPO -> report.
+
+  python -m experiments.speedrun --workdir runs/demo                     # the tiny default
+  python -m experiments.speedrun --workdir runs/smoke --config=experiments/configs/tiny.py:smoke
+  python -m experiments.speedrun --workdir runs/demo --config.train.steps=2000   # any override
+
+Each stage runs as its own entry point (`python -m experiments.<stage>`, the commands the README
+lists) with the same --config and overrides. A finished stage is recorded in W/speedrun.json with
+its wall time and is not run again; an interrupted one resumes from its own checkpoints, so the
+command can simply be run again. At the end W/report.md gathers every stage's figures and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments.report import write_report
+from experiments.workdir import CONFIGS, REPO_ROOT, write_json
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run root", required=True)
+_SKIP = flags.DEFINE_list("skip", [], "stages to leave out (e.g. dpo)")
+
+
+def stages(w: Path) -> list[tuple[str, str, list[str]]]:
+    """(name, module, args) in order; every stage also gets the --config arguments."""
+    return [
+        ("corpus", "corpus", [f"--workdir={w}"]),
+        ("tokenizer", "tokenizer", [f"--workdir={w}"]),
+        ("pretrain", "pretrain", [f"--workdir={w}"]),
+        ("probe", "probe", [f"--init_from={w / 'pretrain'}"]),
+        ("sft", "sft", [f"--init_from={w / 'pretrain'}"]),
+        ("rl", "rl", [f"--init_from={w / 'sft'}"]),
+        ("rm", "rm", [f"--init_from={w / 'sft'}"]),
+        ("rlhf", "rlhf", [f"--init_from={w / 'sft'}"]),
+        ("dpo", "rlhf", [f"--init_from={w / 'sft'}", "--config.rlhf.method=dpo"]),
+    ]
+
+
+def config_args(argv: list[str]) -> list[str]:
+    """The --config / --config.* arguments of this command line, forwarded to every stage."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config" or (a.startswith("--config.") and "=" not in a):
+            out += argv[i:i + 2]
+            i += 2
+            continue
+        if a.startswith("--config=") or a.startswith("--config."):
+            out.append(a)
+        i += 1
+    return out
+
+
+def main(argv):
+    w = Path(_WORKDIR.value)
+    w.mkdir(parents=True, exist_ok=True)
+    record_path = w / "speedrun.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
+    forwarded = config_args(sys.argv[1:])
+    todo = [s for s in stages(w) if s[0] not in _SKIP.value]
+    t_start = time.time()
+    for k, (name, module, args) in enumerate(todo, 1):
+        if name in record["stages"]:
+            print(f"[{k}/{len(todo)}] {name}: done earlier "
+                  f"({record['stages'][name]['wall_s']:.0f} s), skipped", flush=True)
+            continue
+        print(f"[{k}/{len(todo)}] {name} ...", flush=True)
+        t0 = time.time()
+        cmd = [sys.executable, "-m", f"experiments.{module}", *forwarded, *args]
+        r = subprocess.run(cmd, cwd=REPO_ROOT)
+        if r.returncode != 0:
+            print(f"speedrun: stage {name} failed (exit {r.returncode}); fix it and run the same "
+                  f"command again: finished stages are skipped, this one resumes.\n  "
+                  + " ".join(cmd), file=sys.stderr)
+            sys.exit(r.returncode)
+        record["stages"][name] = {"wall_s": round(time.time() - t0, 1),
+                                  "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_json(record_path, record)
+        print(f"[{k}/{len(todo)}] {name}: {time.time() - t0:.0f} s", flush=True)
+    record["total_wall_s"] = round(sum(s["wall_s"] for s in record["stages"].values()), 1)
+    write_json(record_path, record)
+    report = write_report(w)
+    print(f"speedrun: {record['total_wall_s']:.0f} s of stages ({time.time() - t_start:.0f} s "
+          f"this run); report: {report}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

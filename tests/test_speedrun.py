@@ -1,0 +1,46 @@
+"""The speedrun's plumbing (its stages are the entry points tested elsewhere) and the report."""
+
+import json
+
+import pytest
+
+from experiments.configs import tiny
+from experiments.report import write_report
+from experiments.speedrun import config_args, stages
+
+
+def test_config_arguments_are_forwarded_and_others_are_not():
+    argv = ["--workdir=/x", "--config=experiments/configs/tiny.py:smoke", "--config.train.steps",
+            "5", "--config.rl.tools=True", "--skip=dpo"]
+    assert config_args(argv) == ["--config=experiments/configs/tiny.py:smoke",
+                                 "--config.train.steps", "5", "--config.rl.tools=True"]
+
+
+def test_stages_chain_from_corpus_to_dpo(tmp_path):
+    names = [s[0] for s in stages(tmp_path)]
+    assert names == ["corpus", "tokenizer", "pretrain", "probe", "sft", "rl", "rm", "rlhf", "dpo"]
+    assert dict((s[0], s[2]) for s in stages(tmp_path))["rl"] == [f"--init_from={tmp_path / 'sft'}"]
+
+
+def test_the_smoke_variant_shrinks_every_stage():
+    full, smoke = tiny.get_config(), tiny.get_config("smoke")
+    for section in ("train", "sft_train", "rl_train", "rm_train", "rlhf_train"):
+        assert smoke[section].steps < full[section].steps
+    with pytest.raises(ValueError, match="variant"):
+        tiny.get_config("huge")
+
+
+def test_the_report_lists_what_ran_and_what_did_not(tmp_path):
+    (tmp_path / "rl").mkdir()
+    (tmp_path / "rl/meta.json").write_text(json.dumps({"objective": "arithmetic", "figures": {
+        "before": {"pass@1_greedy": 0.1, "n_eval": 200}, "after": {"pass@1_greedy": 0.2}}}))
+    (tmp_path / "rl/metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "reward": s / 10, "response_length": 30 + s}) + "\n"
+                for s in range(1, 4)))
+    (tmp_path / "speedrun.json").write_text(json.dumps(
+        {"stages": {"rl": {"wall_s": 12.0}, "corpus": {"wall_s": 3.0}}, "total_wall_s": 15.0}))
+    text = write_report(tmp_path).read_text()
+    assert "| pass@1_greedy: before -> after | 0.1 -> 0.2 |" in text
+    assert text.index("| corpus | 3 |") < text.index("| rl | 12 |")  # pipeline order
+    assert "## sft\n\nnot run" in text
+    assert (tmp_path / "plots/rl_reward.png").stat().st_size > 1000

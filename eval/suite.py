@@ -1,0 +1,241 @@
+"""The evaluation suite: what the seed documents claim, measured on one checkpoint.
+
+  validation_bpb          bits per byte on W/shards' validation split
+  reversal                "NAME was born in CITY on DATE" is learned; is "Who was born in CITY on
+                          DATE?" answerable? (the reversal curse), next to the forward questions
+  few_shot                in-context learning on the base model: accuracy vs number of shots
+  regurgitation           verbatim continuation length of documents seen many times (the world's
+                          biographies) vs ones seen about once (the cleaned corpus)
+  answer_first            arithmetic with the reply forced to start "The answer is" vs the usual
+                          step-by-step solution ("models need tokens to think")
+  multiple_choice         MMLU / HellaSwag-layout JSONL scored by log-likelihood of each choice
+  gsm8k                   GSM8K-layout JSONL scored by exact match of the final number
+
+Chat evaluations (QA on train / held-out / nonexistent people, identity, tools) live in
+eval/chat_eval.py; experiments/eval.py runs them all over a stage and writes eval.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data.chat import read_jsonl, render
+from data.special_tokens import BOS, END, special_id
+from data.tokenizer import Tokenizer
+from data.world import World
+from eval.chat_eval import ask
+from eval.tasks import ArithmeticTask, extract_answer
+from model.config import ModelConfig
+from model.engine import SamplingConfig, generate
+from train.step import bits_per_byte, make_eval_step, token_losses
+
+
+def validation_bpb(params, cfg: ModelConfig, tok: Tokenizer, shard_dir: str | Path,
+                   seq_len: int = 128, batch: int = 16, max_batches: int = 16) -> dict:
+    """Bits per byte and nats per token on the validation split of a shard directory."""
+    from data.loader import eval_batches
+    from data.shards import TokenStream
+
+    seq_len = min(seq_len, cfg.max_seq_len)
+    step = jax.jit(make_eval_step(cfg, jnp.asarray(tok.token_bytes(), jnp.float32)))
+    totals = None
+    for b in eval_batches(TokenStream(shard_dir, "val"), seq_len, batch, max_batches):
+        sums = step(params, b)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+        raise ValueError(f"the validation split of {shard_dir} is smaller than one batch of "
+                         f"{batch} x {seq_len + 1} tokens")
+    totals = jax.device_get(totals)
+    return {"bpb": round(bits_per_byte(totals), 4),
+            "loss": round(float(totals["loss_sum"]) / max(float(totals["tokens"]), 1.0), 4),
+            "tokens": int(totals["tokens"])}
+
+
+def _complete(params, cfg, tok, prompts: list[str], max_new_tokens: int = 24,
+              batch: int = 64) -> list[str]:
+    """Greedy continuations of raw text prompts (base-model style, from <|bos|>)."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        ids = [[special_id(BOS)] + tok.encode(p) for p in prompts[i:i + batch]]
+        n = min(max_new_tokens, cfg.max_seq_len - max(map(len, ids)))
+        g = generate(params, cfg, ids, SamplingConfig(
+            max_new_tokens=max(n, 1), temperature=0.0,
+            stop_tokens=(special_id(BOS), special_id(END))))
+        out += [tok.decode(t) for t in g.tokens]
+    return out
+
+
+def reversal(params, cfg, tok, world: World, chat: bool, limit: int = 100) -> dict:
+    """Forward ("Where was NAME born?") vs reverse ("Who was born in CITY on DATE?") accuracy
+    on people the model was trained on. chat=False asks a base model by completion."""
+    inverse = world.inverse_qa()[:limit]
+    names = {q["name"] for q in inverse}
+    forward = [q for q in world.qa("train") + world.qa("heldout")
+               if q["name"] in names and q["attribute"] == "birth_city"][:limit]
+    if chat:
+        fwd = [r["answer"] for r in ask(params, cfg, tok, [q["question"] for q in forward])]
+        rev = [r["answer"] for r in ask(params, cfg, tok, [q["question"] for q in inverse])]
+    else:
+        fwd = _complete(params, cfg, tok, [f"{q['name']} was born in" for q in forward])
+        facts = {p.name: p.facts() for p in world.people}
+        rev = _complete(params, cfg, tok, [
+            f"The person born in {facts[q['name']]['birth_city']} on "
+            f"{facts[q['name']]['birth_date']} is" for q in inverse])
+    return {"forward_accuracy": _share(v["value"] in a for v, a in zip(forward, fwd, strict=True)),
+            "reverse_accuracy": _share(q["answer"] in a for q, a in zip(inverse, rev, strict=True)),
+            "n": len(inverse)}
+
+
+def _share(flags) -> float:
+    flags = list(flags)
+    return round(sum(flags) / max(len(flags), 1), 4)
+
+
+def few_shot(params, cfg, tok, world: World, shots=(0, 1, 2, 4), limit: int = 100) -> dict:
+    """In-context learning on a base model: "Q: ... A: value" demonstrations (from other people)
+    before each question; accuracy of the greedy continuation for each number of shots."""
+    items = [q for q in world.qa("train") if q["attribute"] in ("birth_city", "employer")][:limit]
+    demos = [q for q in world.qa("heldout") if q["attribute"] in ("birth_city", "employer")]
+    out = {}
+    for k in shots:
+        prompts = []
+        for j, q in enumerate(items):
+            shown = [demos[(j + i) % len(demos)] for i in range(k)]
+            text = "".join(f"Q: {d['question']}\nA: {d['value']}\n" for d in shown)
+            prompts.append(text + f"Q: {q['question']}\nA:")
+        replies = _complete(params, cfg, tok, prompts, max_new_tokens=12)
+        out[f"{k}_shot"] = _share(q["value"] in r.split("\n")[0]
+                                  for q, r in zip(items, replies, strict=True))
+    out["n"] = len(items)
+    return out
+
+
+def _verbatim(params, cfg, tok, docs: list[str], prefix_tokens: int, max_new: int) -> float:
+    """Mean number of tokens the greedy continuation reproduces exactly, after a prefix."""
+    lengths = []
+    rows = [tok.encode(d) for d in docs]
+    rows = [r for r in rows if len(r) > prefix_tokens + 4]
+    for i in range(0, len(rows), 64):
+        chunk = rows[i:i + 64]
+        prompts = [[special_id(BOS)] + r[:prefix_tokens] for r in chunk]
+        g = generate(params, cfg, prompts, SamplingConfig(max_new_tokens=max_new, temperature=0.0))
+        for r, t in zip(chunk, g.tokens, strict=True):
+            truth = r[prefix_tokens:prefix_tokens + max_new]
+            same = [a == b for a, b in zip(t, truth, strict=False)]
+            lengths.append(same.index(False) if False in same else len(same))
+    return round(float(np.mean(lengths)), 2) if lengths else float("nan")
+
+
+def regurgitation(params, cfg, tok, many: list[str], once: list[str], prefix_tokens: int = 8,
+                  max_new: int = 32, limit: int = 50) -> dict:
+    """Verbatim continuation length (tokens, of max_new) for documents seen many times vs once."""
+    return {"seen_many_times": _verbatim(params, cfg, tok, many[:limit], prefix_tokens, max_new),
+            "seen_once": _verbatim(params, cfg, tok, once[:limit], prefix_tokens, max_new),
+            "max_new_tokens": max_new, "prefix_tokens": prefix_tokens}
+
+
+def answer_first(params, cfg, tok, world: World, n: int = 100) -> dict:
+    """Arithmetic accuracy when the reply must start with "The answer is" (no room to work it
+    out) vs the step-by-step reply the SFT data teaches."""
+    task = ArithmeticTask(world)
+    problems = task.problems("test", n)
+    steps = ask(params, cfg, tok, [p.prompt for p in problems], max_new_tokens=96)
+    prompts = []
+    for p in problems:
+        ids, _ = render({"messages": [{"role": "user", "content": p.prompt}]}, tok, for_prompt=True)
+        prompts.append(ids + tok.encode("The answer is"))
+    g = generate(params, cfg, prompts, SamplingConfig(max_new_tokens=8, temperature=0.0,
+                                                      stop_tokens=(special_id(END),)))
+    first = ["The answer is" + tok.decode(t) for t in g.tokens]
+    return {"step_by_step": _share(task.evaluate(p, r["answer"])
+                                   for p, r in zip(problems, steps, strict=True)),
+            "answer_first": _share(task.evaluate(p, a) for p, a in zip(problems, first,
+                                                                       strict=True)),
+            "n": len(problems)}
+
+
+# ---- real benchmark formats -------------------------------------------------------------------
+
+def load_multiple_choice(path: str | Path) -> list[dict]:
+    """MMLU-layout ({"question", "choices": [...], "answer": index or letter}) or HellaSwag-layout
+    ({"ctx", "endings": [...], "label"}) JSONL, normalised to {question, choices, answer: int}.
+    A row of neither layout, or whose answer is out of range, is an error naming the line."""
+    rows = []
+    for i, row in read_jsonl(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object")
+        if "choices" in row:
+            q, choices, ans = row.get("question", ""), row["choices"], row.get("answer")
+        elif "endings" in row:
+            q, choices, ans = row.get("ctx", ""), row["endings"], row.get("label")
+        else:
+            raise ValueError(f"{path}:{i}: neither MMLU ('question', 'choices', 'answer') nor "
+                             "HellaSwag ('ctx', 'endings', 'label') layout")
+        if isinstance(ans, str) and len(ans) == 1 and ans.isalpha():
+            ans = ord(ans.upper()) - ord("A")
+        try:
+            ans = int(ans)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}:{i}: answer {ans!r} is not an index or a letter") from None
+        if not (isinstance(choices, list) and choices and 0 <= ans < len(choices)):
+            raise ValueError(f"{path}:{i}: answer {ans} is out of range for {len(choices)} choices")
+        rows.append({"question": str(q), "choices": [str(c) for c in choices], "answer": ans})
+    return rows
+
+
+def choice_logprobs(params, cfg, tok, context: str, choices: list[str]) -> np.ndarray:
+    """Sum of log p(choice tokens | context) per choice, and per-token means, [2, n]."""
+    ctx = [special_id(BOS)] + tok.encode(context)
+    rows = [ctx + tok.encode(" " + c.strip()) for c in choices]
+    longest = max(len(r) for r in rows)
+    if longest > cfg.max_seq_len + 1:
+        raise ValueError(f"a question with its choice is {longest} tokens; the model takes "
+                         f"{cfg.max_seq_len}")
+    t = min(cfg.max_seq_len, max(16, 1 << (longest - 2).bit_length()))
+    tokens = np.zeros((len(rows), t + 1), np.int32)
+    mask = np.zeros((len(rows), t), np.float32)
+    for j, r in enumerate(rows):
+        tokens[j, :len(r)] = r
+        mask[j, len(ctx) - 1:len(r) - 1] = 1  # targets that are the choice's tokens
+    losses, _ = _losses(params, tokens[:, :-1], tokens[:, 1:], cfg)
+    lp = -(np.asarray(losses) * mask).sum(1)
+    return np.stack([lp, lp / np.maximum(mask.sum(1), 1)])
+
+
+def _losses(params, inputs, targets, cfg):
+    return _losses_jit(params, {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)},
+                       cfg)
+
+
+_losses_jit = jax.jit(token_losses, static_argnames=("cfg",))
+
+
+def multiple_choice(params, cfg, tok, rows: list[dict]) -> dict:
+    """Accuracy picking the choice with the highest total and per-token log-likelihood."""
+    total = norm = 0
+    for r in rows:
+        lp = choice_logprobs(params, cfg, tok, r["question"], r["choices"])
+        total += int(np.argmax(lp[0]) == r["answer"])
+        norm += int(np.argmax(lp[1]) == r["answer"])
+    n = max(len(rows), 1)
+    return {"accuracy": round(total / n, 4), "accuracy_per_token": round(norm / n, 4),
+            "n": len(rows), "chance": round(float(np.mean([1 / len(r["choices"]) for r in rows]))
+                                            if rows else 0.0, 4)}
+
+
+def gsm8k(params, cfg, tok, path: str | Path, limit: int = 0, max_new_tokens: int = 128) -> dict:
+    """Exact match of the final number on GSM8K-layout JSONL (greedy, chat format)."""
+    from eval.tasks import GSM8KTask
+
+    task = GSM8KTask({"test": path})
+    problems = task.problems("test", limit)
+    replies = ask(params, cfg, tok, [p.prompt for p in problems], max_new_tokens=max_new_tokens)
+    return {"accuracy": _share(task.evaluate(p, r["answer"])
+                               for p, r in zip(problems, replies, strict=True)),
+            "no_answer_rate": _share(extract_answer(r["answer"]) is None for r in replies),
+            "n": len(problems)}
+

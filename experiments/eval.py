@@ -1,0 +1,100 @@
+"""Runs the evaluation suite over a stage; writes W/<stage>/eval.json.
+
+  python -m experiments.eval --init_from runs/demo/pretrain     # a base model
+  python -m experiments.eval --init_from runs/demo/sft [--mc mmlu.jsonl] [--gsm8k test.jsonl]
+
+Base models (the pretrain stage): validation bits/byte, reversal curse by completion, few-shot
+in-context learning (accuracy vs shots), regurgitation (biographies seen ~60 times vs corpus
+documents seen about once). Chat models (every later stage): validation bits/byte, world QA on
+train / held-out / nonexistent people (accuracy, refusal and hallucination rates), reversal
+curse, arithmetic answer-first vs step-by-step, identity, and, when the SFT mixture had tools,
+facts / calculations / letter counting with and without tools. --mc (MMLU or HellaSwag layout)
+and --gsm8k add real benchmark files; see eval/suite.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from eval import suite
+from eval.chat_eval import identity_accuracy, tool_eval, world_qa
+from experiments.workdir import CONFIGS, load_stage, load_world, quiet_logs, tool_config, write_json
+
+
+def _once_seen_documents(workdir: Path, limit: int) -> list[str]:
+    """Documents of the corpus mixture outside the world (weights ~0.1: seen at most once)."""
+    docs = []
+    for path in sorted((workdir / "corpus" / "mixture").glob("*.jsonl")):
+        if path.stem == "world":
+            continue
+        with open(path) as fh:
+            for line in fh:
+                docs.append(json.loads(line)["text"])
+                if len(docs) >= limit:
+                    return docs
+    return docs
+
+
+def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: list[str] = (),
+                   limit: int = 100) -> dict:
+    tok, model_cfg, params, meta = load_stage(stage)
+    world = load_world(workdir)
+    base = meta.get("stage") == "pretrain"
+    out: dict = {"stage": str(stage.resolve()), "kind": "base" if base else "chat"}
+    t0 = time.time()
+    if (workdir / "shards" / "manifest.json").is_file():
+        out["validation"] = suite.validation_bpb(params, model_cfg, tok, workdir / "shards")
+    out["reversal"] = suite.reversal(params, model_cfg, tok, world, chat=not base, limit=limit)
+    if base:
+        out["few_shot"] = suite.few_shot(params, model_cfg, tok, world, limit=limit)
+        out["regurgitation"] = suite.regurgitation(params, model_cfg, tok, world.biographies(),
+                                                   _once_seen_documents(workdir, 200))
+    else:
+        for split in ("train", "heldout", "nonexistent"):
+            r = world_qa(params, model_cfg, tok, world, split, limit=limit)
+            out[f"qa_{split}"] = {k: v for k, v in r.items() if k != "replies"}
+        out["hallucination_rate"] = out["qa_nonexistent"]["answer_rate"]
+        out["answer_first"] = suite.answer_first(params, model_cfg, tok, world, n=limit)
+        ident = identity_accuracy(params, model_cfg, tok, world)
+        out["identity_accuracy"] = ident["accuracy"]
+        if meta.get("config", {}).get("sft", {}).get("tools", False):
+            t = tool_eval(params, model_cfg, tok, world, tool_config(cfg), n=min(limit, 50))
+            out["tools"] = {k: v for k, v in t.items() if k != "transcripts"}
+    for path in mc:
+        out[f"mc:{Path(path).name}"] = suite.multiple_choice(params, model_cfg, tok,
+                                                             suite.load_multiple_choice(path))
+    for path in gsm8k:
+        out[f"gsm8k:{Path(path).name}"] = suite.gsm8k(params, model_cfg, tok, path)
+    out["wall_s"] = round(time.time() - t0, 1)
+    write_json(stage / "eval.json", out)
+    return out
+
+
+def main(argv):
+    del argv
+    quiet_logs()
+    stage = Path(_INIT_FROM.value)
+    workdir = Path(_WORKDIR.value) if _WORKDIR.value else stage.parent
+    try:
+        out = evaluate_stage(_CONFIG.value, stage, workdir, _MC.value or [], _GSM8K.value or [],
+                             _LIMIT.value)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
+    print(json.dumps(out, indent=1), file=sys.stdout)
+    print(f"wrote {stage / 'eval.json'}", file=sys.stdout)
+
+
+if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
+    _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+    _INIT_FROM = flags.DEFINE_string("init_from", None, "the stage to evaluate", required=True)
+    _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
+    _MC = flags.DEFINE_multi_string("mc", None, "multiple-choice JSONL (MMLU / HellaSwag layout)")
+    _GSM8K = flags.DEFINE_multi_string("gsm8k", None, "GSM8K-layout JSONL")
+    _LIMIT = flags.DEFINE_integer("limit", 100, "questions per evaluation")
+    app.run(main)

@@ -1,0 +1,77 @@
+"""The evaluation suite's scorers, on fixtures and a tiny random model."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from tiny import tiny_config
+
+from data.tokenizer import Tokenizer, train_tokenizer
+from data.world import WorldConfig, make_world
+from eval.suite import (
+    answer_first,
+    choice_logprobs,
+    load_multiple_choice,
+    multiple_choice,
+    regurgitation,
+    reversal,
+)
+from model import transformer
+from train.step import token_losses
+
+WORLD = WorldConfig(seed=4, n_people=8, n_nonexistent=2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("suite")
+    world = make_world(WORLD)
+    (d / "t.txt").write_text("\n".join(world.biographies() + [
+        p["question"] + " " + p["solution"] for p in world.arithmetic("train", 60)]))
+    train_tokenizer([d / "t.txt"], d / "tok", 400)
+    tok = Tokenizer.load(d / "tok")
+    cfg = tiny_config(vocab_size=tok.vocab_size, max_seq_len=256)
+    return d, world, tok, cfg, transformer.init(cfg, jax.random.key(0))
+
+
+def test_multiple_choice_files_load_in_both_layouts_and_bad_rows_name_the_line(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    path.write_text(json.dumps({"question": "2+2?", "choices": ["3", "4"], "answer": "B"}) + "\n"
+                    + json.dumps({"ctx": "The cat", "endings": ["sat.", "flew.", "ran."],
+                                  "label": 0}) + "\n")
+    rows = load_multiple_choice(path)
+    assert [r["answer"] for r in rows] == [1, 0] and rows[1]["question"] == "The cat"
+    path.write_text(json.dumps({"question": "q", "choices": ["a"], "answer": 3}) + "\n")
+    with pytest.raises(ValueError, match=r"mc.jsonl:1: .*out of range"):
+        load_multiple_choice(path)
+    path.write_text('{"q": 1}\n')
+    with pytest.raises(ValueError, match=r"mc.jsonl:1: neither"):
+        load_multiple_choice(path)
+
+
+def test_choice_scores_are_the_log_likelihood_of_the_choice_tokens_only(setup):
+    _, _, tok, cfg, params = setup
+    lp = choice_logprobs(params, cfg, tok, "Ada has 3 apples.", ["Yes", "No apples here"])
+    from data.special_tokens import BOS, special_id
+
+    ids = [special_id(BOS)] + tok.encode("Ada has 3 apples.")
+    full = ids + tok.encode(" No apples here")
+    losses, _ = token_losses(params, {"inputs": np.array([full[:-1]]),
+                                      "targets": np.array([full[1:]])}, cfg)
+    want = -float(np.asarray(losses)[0, len(ids) - 1:].sum())
+    assert lp[0, 1] == pytest.approx(want, rel=1e-4)
+    assert lp[1, 1] == pytest.approx(want / (len(full) - len(ids)), rel=1e-4)
+    res = multiple_choice(params, cfg, tok, [{"question": "Q", "choices": ["a", "b"], "answer": 0}])
+    assert res["n"] == 1 and res["chance"] == 0.5 and res["accuracy"] in (0.0, 1.0)
+
+
+def test_suite_scorers_run_on_a_model_and_stay_in_range(setup):
+    _, world, tok, cfg, params = setup
+    r = reversal(params, cfg, tok, world, chat=False, limit=4)
+    assert 0 <= r["forward_accuracy"] <= 1 and 0 <= r["reverse_accuracy"] <= 1 and r["n"] > 0
+    g = regurgitation(params, cfg, tok, world.biographies(), world.biographies()[::-1],
+                      max_new=8, limit=4)
+    assert 0 <= g["seen_many_times"] <= 8 and 0 <= g["seen_once"] <= 8
+    a = answer_first(params, cfg, tok, world, n=4)
+    assert a["n"] == 4 and 0 <= a["answer_first"] <= 1 and 0 <= a["step_by_step"] <= 1

@@ -83,7 +83,7 @@ def main(argv):
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else stage.parent
     try:
         out = evaluate_stage(_CONFIG.value, stage, workdir, _MC.value or [], _GSM8K.value or [],
-                             _LIMIT.value)
+                             _LIMIT.value or _CONFIG.value.eval.limit)
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from None
     print(json.dumps(out, indent=1), file=sys.stdout)
@@ -96,5 +96,5 @@ if __name__ == "__main__":  # flags only for the command line: the functions imp
     _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
     _MC = flags.DEFINE_multi_string("mc", None, "multiple-choice JSONL (MMLU / HellaSwag layout)")
     _GSM8K = flags.DEFINE_multi_string("gsm8k", None, "GSM8K-layout JSONL")
-    _LIMIT = flags.DEFINE_integer("limit", 100, "questions per evaluation")
+    _LIMIT = flags.DEFINE_integer("limit", None, "questions per evaluation (default: eval.limit)")
     app.run(main)

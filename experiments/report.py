@@ -31,6 +31,19 @@ def _fmt(v) -> str:
     return "-" if v is None else str(v)
 
 
+def _pair(d, a, b):
+    """'x / y' from two keys (or (key, subkey) paths) of d; None when d lacks them."""
+    def get(k):
+        if not isinstance(d, dict):
+            return None
+        if isinstance(k, tuple):
+            inner = d.get(k[0])
+            return inner.get(k[1]) if isinstance(inner, dict) else None
+        return d.get(k)
+    x, y = get(a), get(b)
+    return None if x is None and y is None else f"{_fmt(x)} / {_fmt(y)}"
+
+
 def _table(rows: list[tuple[str, object]]) -> str:
     return "| figure | value |\n|---|---|\n" + "".join(f"| {k} | {_fmt(v)} |\n" for k, v in rows)
 
@@ -136,6 +149,30 @@ def write_report(workdir: str | Path) -> Path:
 
     section("rlhf", rlhf_rows)
     section("dpo", rlhf_rows)
+
+    evals = {st: json.loads((w / st / "eval.json").read_text()) for st in STAGES
+             if (w / st / "eval.json").is_file()}
+    if evals:
+        out.append("## Evaluation suite (W/<stage>/eval.json)\n")
+        cols = [("val bits/byte", lambda e: e.get("validation", {}).get("bpb")),
+                ("reversal fwd / rev", lambda e: _pair(e.get("reversal"), "forward_accuracy",
+                                                       "reverse_accuracy")),
+                ("QA train / held-out", lambda e: _pair(e, ("qa_train", "accuracy"),
+                                                        ("qa_heldout", "accuracy"))),
+                ("hallucination", lambda e: e.get("hallucination_rate")),
+                ("arith. step-by-step / answer-first",
+                 lambda e: _pair(e.get("answer_first"), "step_by_step", "answer_first")),
+                ("identity", lambda e: e.get("identity_accuracy")),
+                ("letters no tools / tools", lambda e: _pair(
+                    e.get("tools"), ("letter_counting", "without_tools"),
+                    ("letter_counting", "with_tools"))),
+                ("few-shot 0 / 4", lambda e: _pair(e.get("few_shot"), "0_shot", "4_shot")),
+                ("verbatim many / once", lambda e: _pair(e.get("regurgitation"),
+                                                         "seen_many_times", "seen_once"))]
+        out.append("| stage | " + " | ".join(c for c, _ in cols) + " |\n|---|"
+                   + "---|" * len(cols) + "\n" + "".join(
+                       f"| {st} | " + " | ".join(_fmt(f(e)) for _, f in cols) + " |\n"
+                       for st, e in evals.items()))
 
     figs = []
     for stage in ("pretrain", "sft"):

@@ -129,6 +129,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         steps=100, batch_size=16, save_every=10, eval_every=10, log_every=5)})
     c.rlhf_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
         lr=3e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)})
+    c.eval = ml_collections.ConfigDict(dict(limit=100))  # questions per evaluation
     if variant == "smoke":
         _smoke(c)
     return c
@@ -141,6 +142,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.world.update(dict(n_people=20, n_nonexistent=10, phrasings=3))
     c.mixture.world = 20.0
     c.data.val_every = 10
+    c.eval.limit = 10
     c.model.update(dict(d_model=64, n_layers=2, d_ff=192))
     c.train.update(dict(steps=60, save_every=30, eval_every=30, sample_every=60, eval_batches=2,
                         log_every=10))

@@ -174,6 +174,13 @@ def write_report(workdir: str | Path) -> Path:
                        f"| {st} | " + " | ".join(_fmt(f(e)) for _, f in cols) + " |\n"
                        for st, e in evals.items()))
 
+    if (w / "arena" / "arena.json").is_file():
+        arena = json.loads((w / "arena" / "arena.json").read_text())
+        out.append(f"## Arena ({arena['battles']} battles judged by the hidden labeler)\n")
+        out.append("| model | Elo | 95% interval | win rate |\n|---|---|---|---|\n" + "".join(
+            f"| {m} | {r['elo']:.0f} | {r['ci_low']:.0f} - {r['ci_high']:.0f} | "
+            f"{_fmt(r['win_rate'])} |\n" for m, r in arena["ratings"].items()))
+
     figs = []
     for stage in ("pretrain", "sft"):
         recs = _records(w / stage)

@@ -1,5 +1,5 @@
 """The whole pipeline in one command: corpus -> tokenizer -> pretrain -> probe -> SFT -> RL -> RM ->
-RLHF -> DPO -> eval of each model -> report.
+RLHF -> DPO -> eval of each model -> arena -> report.
 
   python -m experiments.speedrun --workdir runs/demo                     # the tiny default
   python -m experiments.speedrun --workdir runs/smoke --config=experiments/configs/tiny.py:smoke
@@ -43,7 +43,8 @@ def stages(w: Path) -> list[tuple[str, str, list[str]]]:
         ("rlhf", "rlhf", [f"--init_from={w / 'sft'}"]),
         ("dpo", "rlhf", [f"--init_from={w / 'sft'}", "--config.rlhf.method=dpo"]),
     ] + [(f"eval:{s}", "eval", [f"--init_from={w / s}"])
-         for s in ("pretrain", "sft", "rl", "rlhf", "dpo")]
+         for s in ("pretrain", "sft", "rl", "rlhf", "dpo")] + [
+        ("arena", "arena", [f"--workdir={w}"])]
 
 
 def config_args(argv: list[str]) -> list[str]:

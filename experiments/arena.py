@@ -75,7 +75,7 @@ def main(argv):
         out = run_arena(_CONFIG.value, workdir, _MODELS.value)
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from None
-    for m, r in out["ratings"].items():
+    for m, r in sorted(out["ratings"].items(), key=lambda kv: -kv[1]["elo"]):
         print(f"{m:12s} Elo {r['elo']:7.1f}  [{r['ci_low']:.0f}, {r['ci_high']:.0f}]  "
               f"win rate {r['win_rate']:.3f} over {r['games']} games", file=sys.stdout)
 

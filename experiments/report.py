@@ -79,8 +79,9 @@ def write_report(workdir: str | Path) -> Path:
     run = json.loads((w / "speedrun.json").read_text()) if (w / "speedrun.json").is_file() else None
     if run:
         out.append("## Speedrun wall time\n")
+        order = [*STAGES, *(f"eval:{st}" for st in STAGES), "arena"]
         done = sorted(run["stages"].items(), key=lambda kv: (
-            STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES), kv[0]))
+            order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
         out.append("| stage | seconds |\n|---|---|\n" + "".join(
             f"| {k} | {v['wall_s']:.0f} |\n" for k, v in done)
                    + f"| **total** | **{run.get('total_wall_s', 0):.0f}** |\n")
@@ -179,7 +180,8 @@ def write_report(workdir: str | Path) -> Path:
         out.append(f"## Arena ({arena['battles']} battles judged by the hidden labeler)\n")
         out.append("| model | Elo | 95% interval | win rate |\n|---|---|---|---|\n" + "".join(
             f"| {m} | {r['elo']:.0f} | {r['ci_low']:.0f} - {r['ci_high']:.0f} | "
-            f"{_fmt(r['win_rate'])} |\n" for m, r in arena["ratings"].items()))
+            f"{_fmt(r['win_rate'])} |\n" for m, r in sorted(arena["ratings"].items(),
+                                                            key=lambda kv: -kv[1]["elo"])))
 
     figs = []
     for stage in ("pretrain", "sft"):

@@ -209,3 +209,6 @@ def test_rm_then_rlhf_and_dpo_write_their_stages(parent):  # noqa: F811
         world.labeler_prompts("test"))
     report = write_report(w).read_text()
     assert "## Arena" in report and "| sft |" in report and "## rm" in report
+    elos = [float(ln.split("|")[2]) for ln in report.split("## Arena")[1].splitlines()
+            if ln.startswith("| ") and not ln.startswith("| model")]
+    assert elos == sorted(elos, reverse=True)  # best first

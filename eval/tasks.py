@@ -15,6 +15,7 @@ with neither scores 0. Numbers may carry commas, a sign, a currency sign or a tr
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import re
@@ -59,13 +60,14 @@ def extract_answer(completion: str) -> str | None:
     return number if number is not None else last.lower()
 
 
-class Task:
+class Task(abc.ABC):
     """A family of problems with an answer key. Subclasses implement `problems`."""
 
     name = "task"
 
+    @abc.abstractmethod
     def problems(self, split: str, n: int) -> list[Problem]:
-        raise NotImplementedError
+        """`n` problems of a split ('train' or 'test'); n = 0 means all where that is finite."""
 
     def evaluate(self, problem: Problem, completion: str) -> bool:
         return extract_answer(completion) == problem.answer

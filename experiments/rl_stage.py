@@ -56,6 +56,7 @@ class Objective:
     # "select" figure (higher is better) makes the stage keep its best checkpoint in best/
     final: Callable[[object], dict]  # params -> figures, before and after the stage
     summary: Callable[[dict, dict], str]  # (before, after) -> one line
+    hooks: dict | None = None  # tool hooks while sampling (data.tools.make_hooks), or none
 
 
 def task_objective(cfg, task, tok, model_cfg, world, budget_for: Callable) -> Objective:
@@ -98,7 +99,7 @@ def task_objective(cfg, task, tok, model_cfg, world, budget_for: Callable) -> Ob
     def rewards(problems, texts):
         return np.array([task.reward(p, t) for p, t in zip(problems, texts, strict=True)])
 
-    return Objective(task.name, train, system, rewards, evaluate, final, summary)
+    return Objective(task.name, train, system, rewards, evaluate, final, summary, hooks)
 
 
 
@@ -141,8 +142,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
                          f"{section}.prompts_per_step={rl.prompts_per_step}")
     prompt_ids = [prompt(p.prompt, obj.system) for p in obj.train]
     budget = budget_for([p.prompt for p in obj.train], obj.system)
-    hooks = (make_hooks(tok, BM25(world.biographies()), tool_config(cfg))
-             if cfg[section].get("tools") else None)
+    hooks = obj.hooks
     max_calls = cfg.tools.max_calls
 
     st = open_state(stage_dir, model_cfg, train_cfg, optim_cfg,
@@ -163,7 +163,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
                  "parent": str(parent.resolve()),
                  "parent_step": parent_meta.get("figures", {}).get("step"),
                  "n_params": model_cfg.n_params(), "objective": obj.label,
-                 "tools": bool(cfg[section].get("tools")), "rl": vars(rl),
+                 "tools": hooks is not None, "rl": vars(rl),
                  "n_train_prompts": len(obj.train)}
     stage_dir.mkdir(parents=True, exist_ok=True)
     old = (read_meta(stage_dir) or {}).get("figures", {})

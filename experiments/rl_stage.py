@@ -37,7 +37,15 @@ from model import transformer
 from model.engine import SamplingConfig
 from train.checkpoint import Checkpointer, restore_params
 from train.loop import NonFiniteLoss, StageLogs, open_state
-from train.rl import RLConfig, build_batch, group_advantages, make_rl_step, rollout, token_logprobs
+from train.rl import (
+    RLConfig,
+    build_batch,
+    group_advantages,
+    informative_first,
+    make_rl_step,
+    rollout,
+    token_logprobs,
+)
 
 
 def rl_config(section) -> RLConfig:
@@ -137,9 +145,10 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
             return task_objective(cfg, task or make_task(cfg.rl.task, world), tok, model_cfg,
                                   world, budget_for)
     obj = objective_fn(tok, model_cfg, world, budget_for)
-    if len(obj.train) < rl.prompts_per_step:
+    n_sampled = rl.prompts_per_step * rl.oversample  # prompts sampled per step
+    if len(obj.train) < n_sampled:
         raise ValueError(f"{obj.label}: {len(obj.train)} train prompts; need >= "
-                         f"{section}.prompts_per_step={rl.prompts_per_step}")
+                         f"{section}.prompts_per_step * oversample = {n_sampled}")
     prompt_ids = [prompt(p.prompt, obj.system) for p in obj.train]
     budget = budget_for([p.prompt for p in obj.train], obj.system)
     hooks = obj.hooks
@@ -200,7 +209,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
             key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
             seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
             pick = np.random.default_rng([train_cfg.seed, step]).choice(
-                len(obj.train), rl.prompts_per_step, replace=False)
+                len(obj.train), n_sampled, replace=False)
             problems = [obj.train[i] for i in pick]
             prompts = [prompt_ids[i] for i in pick]
             ro = rollout(state["params"], model_cfg, prompts, rl.group_size, SamplingConfig(
@@ -209,7 +218,17 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
             texts = [tok.decode(ids[after_last_result(ids):]) for ids in ro.tokens]
             rewards = np.asarray(obj.rewards([problems[i] for i in ro.prompt_index], texts),
                                  np.float64)
-            rewards_PG = rewards.reshape(rl.prompts_per_step, rl.group_size)
+            rewards_PG = rewards.reshape(n_sampled, rl.group_size)
+            informative = float((rewards_PG.std(1) > 0).mean())
+            # reward, solved groups, length, finished share, tool calls: over everything sampled
+            seen = {"reward": float(rewards.mean()),
+                    "groups_solved": float((rewards_PG.max(1) > 0).mean()),
+                    "groups_informative": informative,
+                    "response_length": float(np.mean([len(t) - sum(inj) for t, inj in
+                                                      zip(ro.tokens, ro.injected, strict=True)])),
+                    "finished": float(np.mean(ro.finished)), "tool_calls": float(np.mean(ro.calls))}
+            keep = informative_first(rewards_PG, rl.prompts_per_step)
+            ro, prompts, rewards_PG = ro.groups(keep), [prompts[g] for g in keep], rewards_PG[keep]
             adv = group_advantages(rewards_PG, rl.normalize_std)
             # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a power of two
             longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
@@ -226,13 +245,10 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
                 raise NonFiniteLoss(f"loss {m['loss']} after RL step {done}; the last good "
                                     f"checkpoint (step {ckpt.latest_step()}) is intact: lower "
                                     "rl_optim.lr")
-            length = float(np.mean([len(t) - sum(inj) for t, inj in
-                                    zip(ro.tokens, ro.injected, strict=True)]))
-            record = {"step": done, "reward": float(rewards.mean()),
-                      "groups_solved": float((rewards_PG.max(1) > 0).mean()),
-                      "groups_flat": float((rewards_PG.std(1) == 0).mean()),
-                      "response_length": length, "finished": float(np.mean(ro.finished)),
-                      "tool_calls": float(np.mean(ro.calls)), "kl": m["kl"], "loss": m["loss"],
+            length = seen["response_length"]
+            record = {"step": done, **seen,
+                      "groups_flat": float((rewards_PG.std(1) == 0).mean()),  # of those trained on
+                      "kl": m["kl"], "loss": m["loss"],
                       "pg_loss": m["pg_loss"], "grad_norm": m["grad_norm"],
                       "clip_fraction": m["clip_fraction"], "lr": float(st.schedule(done - 1)),
                       "sample_s": round(t_sample, 2), "step_s": round(time.time() - t0, 2),

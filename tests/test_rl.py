@@ -27,6 +27,7 @@ from train.rl import (
     Rollout,
     build_batch,
     group_advantages,
+    informative_first,
     make_rl_step,
     pg_loss,
     token_logprobs,
@@ -108,6 +109,19 @@ def test_advantages_are_zero_for_equal_rewards_and_follow_the_rewards_sign():
     assert np.allclose(plain, [[-0.25, 0.75, -0.25, -0.25]])
 
 
+def test_dynamic_sampling_keeps_the_groups_whose_rewards_differ():
+    rewards = [[0, 0, 0], [1, 0, 1], [1, 1, 1], [0, 1, 0], [0, 0, 0]]
+    assert informative_first(rewards, 2) == [1, 3]
+    assert informative_first(rewards, 4) == [1, 3, 0, 2]  # then flat groups, in draw order
+    with pytest.raises(ValueError, match="keep 6 of 5"):
+        informative_first(rewards, 6)
+    ro = Rollout(prompt_index=[0, 0, 1, 1, 2, 2], tokens=[[1], [2], [3], [4], [5], [6]],
+                 injected=[[False]] * 6, finished=[True, False] * 3, calls=[0, 1, 2, 3, 4, 5])
+    sub = ro.groups([2, 0])
+    assert sub.prompt_index == [0, 0, 1, 1] and sub.tokens == [[5], [6], [1], [2]]
+    assert sub.calls == [4, 5, 0, 1] and sub.finished == [True, False, True, False]
+
+
 def _toy_batch(params, cfg):
     prompt = [1, 5, 9]
     ro = Rollout(prompt_index=[0, 0], tokens=[[11, 12, 13], [21, 22, 23]],
@@ -156,6 +170,8 @@ def test_bad_rl_configs_are_refused():
         RLConfig(group_size=1)
     with pytest.raises(ValueError, match="clip_eps"):
         RLConfig(clip_eps=-0.1)
+    with pytest.raises(ValueError, match="oversample"):
+        RLConfig(oversample=0)
 
 
 # ---- the stage ------------------------------------------------------------------------------------
@@ -195,7 +211,7 @@ def _config(steps=6):
 
     c = get_config()
     c.rl.update(n_train=40, n_eval=4, pass_k=2, n_pass_k=2, prompts_per_step=2, group_size=4,
-                max_new_tokens=6)
+                max_new_tokens=6, oversample=2)
     c.rl_train.update(steps=steps, save_every=2, eval_every=3, log_every=1)
     c.rl_optim.update(lr=3e-2, warmup_steps=0)
     return c

@@ -18,6 +18,11 @@ What it drops or changes:
   - token-level normalisation (DAPO): the loss is summed over every completion token of the batch
     and divided by their number, instead of GRPO's mean per sequence then mean over sequences, so
     long answers are not down-weighted per token.
+  - dynamic sampling (DAPO), optional (`oversample` > 1): groups are sampled for oversample x
+    prompts_per_step prompts and the update uses prompts_per_step of them, those whose rewards
+    differ first; DAPO instead re-samples until the batch is full of such groups, which costs an
+    unknown number of engine calls. The reward, length and solved-group metrics are over every
+    sampled group.
   - no mini-batches within a step: each of the `epochs` updates uses the whole batch.
   - no entropy bonus, no reward-model / format rewards here (the reward is the caller's).
   - tokens a tool wrote (search results, program output) and the prompt are never trained on:
@@ -52,13 +57,18 @@ class RLConfig:
     clip_eps: float = 0.2  # PPO ratio clipping; 0 = off
     kl_coef: float = 0.0  # weight of the per-token KL penalty to the reference; 0 = off
     epochs: int = 1  # gradient steps per batch of samples
+    # DAPO's dynamic sampling, in one batch: sample groups for prompts_per_step * oversample
+    # prompts and train on prompts_per_step of them, groups whose rewards differ first (a group
+    # whose samples all scored the same has zero advantages and teaches nothing)
+    oversample: int = 1
 
     def __post_init__(self):
         if self.group_size < 2:
             raise ValueError(f"rl.group_size={self.group_size}: a group needs >= 2 samples "
                              "for a baseline")
-        if self.prompts_per_step < 1 or self.epochs < 1 or self.max_new_tokens < 1:
-            raise ValueError("rl.prompts_per_step, rl.epochs and rl.max_new_tokens must be >= 1")
+        if min(self.prompts_per_step, self.epochs, self.max_new_tokens, self.oversample) < 1:
+            raise ValueError("rl.prompts_per_step, rl.epochs, rl.max_new_tokens and rl.oversample "
+                             "must be >= 1")
         if self.clip_eps < 0 or self.kl_coef < 0:
             raise ValueError("rl.clip_eps and rl.kl_coef must be >= 0")
 
@@ -73,6 +83,16 @@ def group_advantages(rewards_PG, normalize_std: bool = True, eps: float = 1e-6) 
     if normalize_std:
         a = a / (r.std(axis=1, keepdims=True) + eps)
     return a
+
+
+def informative_first(rewards_PG, keep: int) -> list[int]:
+    """Indices of `keep` groups: those whose rewards differ, in order, then flat ones in order."""
+    r = np.asarray(rewards_PG)
+    if not 1 <= keep <= len(r):
+        raise ValueError(f"cannot keep {keep} of {len(r)} groups")
+    spread = r.max(axis=1) > r.min(axis=1)
+    order = [i for i in range(len(r)) if spread[i]] + [i for i in range(len(r)) if not spread[i]]
+    return order[:keep]
 
 
 def token_logprobs(params, batch: dict, cfg: ModelConfig) -> jax.Array:
@@ -134,6 +154,15 @@ class Rollout:
     injected: list[list[bool]]  # True where a tool wrote the id
     finished: list[bool]  # ended with a stop token
     calls: list[int]
+
+    def groups(self, keep: Sequence[int]) -> Rollout:
+        """The rows of groups `keep` (rows are grouped: G consecutive rows per prompt), renumbered
+        0 .. len(keep)-1 in that order."""
+        new = {g: i for i, g in enumerate(keep)}
+        rows = [r for g in keep for r, p in enumerate(self.prompt_index) if p == g]
+        return Rollout([new[self.prompt_index[r]] for r in rows],
+                       *([getattr(self, f)[r] for r in rows]
+                         for f in ("tokens", "injected", "finished", "calls")))
 
 
 def rollout(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], group_size: int,

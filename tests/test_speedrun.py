@@ -16,12 +16,14 @@ def test_config_arguments_are_forwarded_and_others_are_not():
                                  "--config.train.steps", "5", "--config.rl.tools=True"]
 
 
-def test_stages_chain_from_corpus_to_dpo(tmp_path):
+def test_stages_chain_from_corpus_to_the_arena(tmp_path):
     names = [s[0] for s in stages(tmp_path)]
-    assert names[:9] == ["corpus", "tokenizer", "pretrain", "probe", "sft", "rl", "rm", "rlhf",
-                         "dpo"]
-    assert names[9:] == ["eval:pretrain", "eval:sft", "eval:rl", "eval:rlhf", "eval:dpo", "arena"]
+    assert names == ["corpus", "tokenizer", "pretrain", "probe", "sft", "rl", "rm", "rlhf",
+                     "eval:pretrain", "eval:sft", "eval:rl", "eval:rlhf", "arena"]
     assert dict((s[0], s[2]) for s in stages(tmp_path))["rl"] == [f"--init_from={tmp_path / 'sft'}"]
+    with_dpo = [s[0] for s in stages(tmp_path, dpo=True)]
+    assert with_dpo[7:10] == ["rlhf", "dpo", "eval:pretrain"] and with_dpo[-2:] == ["eval:dpo",
+                                                                                  "arena"]
 
 
 def test_the_smoke_variant_shrinks_every_stage():

@@ -84,7 +84,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         too_long="drop",  # or "truncate"; counted either way
         val_every=20,  # every 20th conversation is held out for the validation loss
         seed=0,
-        eval_limit=0,  # questions per split in the final evaluation (0: all)
+        eval_limit=100,  # questions per split in the final evaluation (0: all)
     ))
     # Tools at inference (search over the world's biographies, a python sandbox).
     c.tools = ml_collections.ConfigDict(dict(
@@ -135,10 +135,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         dpo_beta=0.1,
     ))
     c.rlhf_train = ml_collections.ConfigDict({**c.train.to_dict(), **dict(
-        steps=50, batch_size=16, save_every=10, eval_every=10, log_every=5)})
+        steps=30, batch_size=16, save_every=10, eval_every=10, log_every=5)})
     c.rlhf_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
         lr=3e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)})
-    c.eval = ml_collections.ConfigDict(dict(limit=100))  # questions per evaluation
+    c.eval = ml_collections.ConfigDict(dict(limit=50))  # questions per evaluation
     # The arena (python -m experiments.arena): answers per held-out prompt, bootstrap resamples.
     c.arena = ml_collections.ConfigDict(dict(samples=4, max_new_tokens=48, bootstrap=200, seed=0))
     if variant == "smoke":
@@ -160,7 +160,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
                         log_every=10))
     c.probe.update(dict(n_unknown=5, k=2))
     c.sft.update(dict(n_arithmetic=100, n_spelling=50, n_mixed=30, n_tool_calc=30,
-                      n_tool_spell=30, eval_limit=20))
+                      n_tool_spell=30, eval_limit=10))
     c.sft_train.update(dict(steps=40, save_every=20, eval_every=20, sample_every=40,
                             eval_batches=2, log_every=10))
     c.rl.update(dict(n_train=100, n_eval=20, n_pass_k=10, pass_k=4, prompts_per_step=4,

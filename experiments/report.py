@@ -86,11 +86,14 @@ def write_report(workdir: str | Path) -> Path:
             f"| {k} | {v['wall_s']:.0f} |\n" for k, v in done)
                    + f"| **total** | **{run.get('total_wall_s', 0):.0f}** |\n")
 
+    how = {"dpo": " (the speedrun runs it with --dpo; or experiments.rlhf "
+                  "--config.rlhf.method=dpo)"}
+
     def section(name: str, rows_fn):
         meta = read_meta(w / name)
         out.append(f"## {name}\n")
         if meta is None:
-            out.append("not run\n")
+            out.append(f"not run{how.get(name, '')}\n")
             return
         out.append(_table(rows_fn(meta, meta.get("figures", {}))))
 

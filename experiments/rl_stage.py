@@ -157,6 +157,13 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
     st = open_state(stage_dir, model_cfg, train_cfg, optim_cfg,
                     init_params=lambda abstract: restore_params(parent, abstract))
     state, ckpt = st.state, st.ckpt
+    mesh = st.batch_sharding.mesh
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (rl.prompts_per_step * rl.group_size) % shards:
+        ckpt.close()
+        raise ValueError(f"{section}.prompts_per_step * group_size = "
+                         f"{rl.prompts_per_step * rl.group_size} rows per step must divide "
+                         f"evenly over the mesh's {shards} data shards")
     ref_params = restore_params(parent, jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         transformer.param_shapes(model_cfg), st.param_sharding))
@@ -229,7 +236,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
                     "finished": float(np.mean(ro.finished)), "tool_calls": float(np.mean(ro.calls))}
             keep = informative_first(rewards_PG, rl.prompts_per_step)
             ro, prompts, rewards_PG = ro.groups(keep), [prompts[g] for g in keep], rewards_PG[keep]
-            adv = group_advantages(rewards_PG, rl.normalize_std)
+            adv = group_advantages(rewards_PG, rl.normalize_std, neg_weight=rl.neg_weight)
             # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a power of two
             longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
                                                                        strict=True))

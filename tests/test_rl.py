@@ -107,6 +107,8 @@ def test_advantages_are_zero_for_equal_rewards_and_follow_the_rewards_sign():
     assert np.allclose(a[1].std(), 1, atol=1e-3)  # normalised by the group's std
     plain = group_advantages([[0, 1, 0, 0]], normalize_std=False)
     assert np.allclose(plain, [[-0.25, 0.75, -0.25, -0.25]])
+    half = group_advantages([[0, 1, 0, 0]], normalize_std=False, neg_weight=0.5)
+    assert np.allclose(half, [[-0.125, 0.75, -0.125, -0.125]])
 
 
 def test_dynamic_sampling_keeps_the_groups_whose_rewards_differ():
@@ -211,7 +213,7 @@ def _config(steps=6):
 
     c = get_config()
     c.rl.update(n_train=40, n_eval=4, pass_k=2, n_pass_k=2, prompts_per_step=2, group_size=4,
-                max_new_tokens=6, oversample=2)
+                max_new_tokens=6, oversample=2)  # 4 groups sampled, 2 trained on
     c.rl_train.update(steps=steps, save_every=2, eval_every=3, log_every=1)
     c.rl_optim.update(lr=3e-2, warmup_steps=0)
     return c
@@ -258,3 +260,7 @@ def test_a_crashed_rl_run_resumes_to_the_uninterrupted_result(parent, capsys):
     records_b = [json.loads(x) for x in (parent / "rl_b/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records_b] == list(range(1, 7))
     assert figs_b["before"] == figs["before"] and figs_b["length_curve"] == figs["length_curve"]
+    odd = _config()
+    odd.rl.update(prompts_per_step=1, oversample=1)  # 4 rows over 8 data shards
+    with pytest.raises(ValueError, match="divide evenly over the mesh's 8 data shards"):
+        train_rl(odd, parent / "sft", parent, "rl_c", task=OddEs(world))

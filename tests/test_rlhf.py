@@ -192,17 +192,12 @@ def test_rm_then_rlhf_and_dpo_write_their_stages(parent):  # noqa: F811
     meta = json.loads((w / "dpo/meta.json").read_text())
     assert meta["method"] == "dpo" and meta["pairs"] == len(rows) + n_extra
 
-    # the evaluation suite, the arena and the report over the same run root
+    # the arena and the report over the same run root (experiments.eval runs on every model in
+    # the smoke speedrun of .ci/run; its scorers are tested in test_suite)
     from experiments.arena import run_arena
-    from experiments.eval import evaluate_stage
     from experiments.report import write_report
 
-    c.eval.limit = 4
     c.arena.update(samples=1, bootstrap=20, max_new_tokens=8)
-    ev = evaluate_stage(c, w / "sft", w, limit=4)
-    assert ev["kind"] == "chat" and {"reversal", "qa_heldout", "answer_first"} <= set(ev)
-    assert json.loads((w / "sft/eval.json").read_text())["identity_accuracy"] == ev[
-        "identity_accuracy"]
     arena = run_arena(c, w, ["sft", "rlhf", "rlhf:best", "dpo", "rl_missing"])
     assert set(arena["ratings"]) == {"sft", "rlhf", "rlhf:best", "dpo"}
     assert arena["missing"] == ["rl_missing"] and arena["battles"] == 6 * len(

@@ -7,6 +7,9 @@ within each prompt's group; then update the policy with a token-level policy-gra
 What it keeps of GRPO (Shao et al., 2024, DeepSeekMath):
   - no value network: the baseline is the group's mean reward, A_i = (r_i - mean(r)) / std(r);
     the division by std is optional (`normalize_std`; Dr. GRPO argues for leaving it out).
+    Negative advantages can be down-weighted (`neg_weight`; 1 = GRPO, 0 = only reinforce what
+    scored above its group's mean, like rejection-sampling fine-tuning; Zhu et al., 2025, "The
+    surprising effectiveness of negative reinforcement", study the two halves apart).
   - PPO's clipped importance ratio min(rho * A, clip(rho, 1-eps, 1+eps) * A) (`clip_eps`; 0 turns
     it off) against the policy that sampled the batch, which matters when `epochs` > 1 gradient
     steps are taken on one batch (with epochs = 1 the ratio is exactly 1: plain REINFORCE with a
@@ -54,6 +57,7 @@ class RLConfig:
     temperature: float = 1.0
     top_k: int = 0
     normalize_std: bool = True  # divide advantages by the group's std (GRPO); False: Dr. GRPO
+    neg_weight: float = 1.0  # weight of negative advantages (1: GRPO; 0: positive only)
     clip_eps: float = 0.2  # PPO ratio clipping; 0 = off
     kl_coef: float = 0.0  # weight of the per-token KL penalty to the reference; 0 = off
     epochs: int = 1  # gradient steps per batch of samples
@@ -69,20 +73,22 @@ class RLConfig:
         if min(self.prompts_per_step, self.epochs, self.max_new_tokens, self.oversample) < 1:
             raise ValueError("rl.prompts_per_step, rl.epochs, rl.max_new_tokens and rl.oversample "
                              "must be >= 1")
-        if self.clip_eps < 0 or self.kl_coef < 0:
-            raise ValueError("rl.clip_eps and rl.kl_coef must be >= 0")
+        if self.clip_eps < 0 or self.kl_coef < 0 or not 0 <= self.neg_weight <= 1:
+            raise ValueError("rl.clip_eps and rl.kl_coef must be >= 0, rl.neg_weight in [0, 1]")
 
 
-def group_advantages(rewards_PG, normalize_std: bool = True, eps: float = 1e-6) -> np.ndarray:
+def group_advantages(rewards_PG, normalize_std: bool = True, eps: float = 1e-6,
+                     neg_weight: float = 1.0) -> np.ndarray:
     """Advantages [P, G]: each reward minus its group's mean (divided by the group's std if
-    normalize_std). A group whose samples all scored the same gets zeros: nothing to learn."""
+    normalize_std; negative ones times neg_weight). A group whose samples all scored the same
+    gets zeros: nothing to learn."""
     r = np.asarray(rewards_PG, np.float32)
     if r.ndim != 2:
         raise ValueError(f"rewards must be [prompts, group], got shape {r.shape}")
     a = r - r.mean(axis=1, keepdims=True)
     if normalize_std:
         a = a / (r.std(axis=1, keepdims=True) + eps)
-    return a
+    return np.where(a < 0, a * np.float32(neg_weight), a)
 
 
 def informative_first(rewards_PG, keep: int) -> list[int]:

@@ -105,7 +105,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         prompts_per_step=8, group_size=8, max_new_tokens=96, temperature=1.0, top_k=0,
         # measured on the tiny model: lr 3e-4 / 1e-4 drift (KL up, pass@1 down); 3e-5 with a KL
         # penalty and no std normalisation holds steady (see the issue-7 note)
-        normalize_std=False, clip_eps=0.2, kl_coef=0.05, epochs=1,
+        normalize_std=False, clip_eps=0.2, kl_coef=0.05, epochs=1, neg_weight=1.0,
         oversample=1,  # sample groups for oversample x prompts_per_step prompts, train on the
         # prompts_per_step whose rewards differ (DAPO's dynamic sampling; train/rl.py). 4 made
         # 95% of trained groups informative (29% without) but cost 3.6x per step, and held-out

@@ -157,13 +157,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
     st = open_state(stage_dir, model_cfg, train_cfg, optim_cfg,
                     init_params=lambda abstract: restore_params(parent, abstract))
     state, ckpt = st.state, st.ckpt
-    mesh = st.batch_sharding.mesh
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if (rl.prompts_per_step * rl.group_size) % shards:
-        ckpt.close()
-        raise ValueError(f"{section}.prompts_per_step * group_size = "
-                         f"{rl.prompts_per_step * rl.group_size} rows per step must divide "
-                         f"evenly over the mesh's {shards} data shards")
+    st.require_rows(rl.prompts_per_step * rl.group_size, f"{section}.prompts_per_step * group_size")
     ref_params = restore_params(parent, jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         transformer.param_shapes(model_cfg), st.param_sharding))
@@ -226,11 +220,10 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
             rewards = np.asarray(obj.rewards([problems[i] for i in ro.prompt_index], texts),
                                  np.float64)
             rewards_PG = rewards.reshape(n_sampled, rl.group_size)
-            informative = float((rewards_PG.std(1) > 0).mean())
             # reward, solved groups, length, finished share, tool calls: over everything sampled
             seen = {"reward": float(rewards.mean()),
                     "groups_solved": float((rewards_PG.max(1) > 0).mean()),
-                    "groups_informative": informative,
+                    "groups_informative": float((rewards_PG.std(1) > 0).mean()),
                     "response_length": float(np.mean([len(t) - sum(inj) for t, inj in
                                                       zip(ro.tokens, ro.injected, strict=True)])),
                     "finished": float(np.mean(ro.finished)), "tool_calls": float(np.mean(ro.calls))}

@@ -129,6 +129,16 @@ class OpenState:
     param_sharding: dict
     batch_sharding: object
 
+    def require_rows(self, rows: int, what: str, accum_steps: int = 1) -> None:
+        """Refuses, with the checkpointer closed, a batch of `rows` rows that the mesh's data x
+        fsdp shards (times accum_steps micro-batches) do not divide evenly."""
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if rows % (shards * accum_steps):
+            self.ckpt.close()
+            per = f" times accum_steps={accum_steps}" if accum_steps > 1 else ""
+            raise ValueError(f"{what} = {rows} rows per step must divide evenly over the mesh's "
+                             f"{shards} data shards (data x fsdp){per}")
+
 
 def open_state(stage_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_cfg: OptimConfig,
                init_params: Callable | None = None, shapes=None, shardings=None) -> OpenState:
@@ -188,14 +198,10 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
     if sample_fn is None:
         sample_fn = lambda params, step: _dream(params, model_cfg, tokenizer, cfg, step)  # noqa: E731
     st = open_state(stage_dir, model_cfg, cfg, optim_cfg, init_params)
-    mesh, optimizer, schedule, state, data_state, ckpt = (st.mesh, st.optimizer, st.schedule,
-                                                          st.state, st.data_state, st.ckpt)
+    optimizer, schedule, state, data_state, ckpt = (st.optimizer, st.schedule, st.state,
+                                                    st.data_state, st.ckpt)
     s_sh, p_sh, b_sh = st.state_sharding, st.param_sharding, st.batch_sharding
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if cfg.batch_size % (shards * cfg.accum_steps):
-        ckpt.close()
-        raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by data*fsdp="
-                         f"{shards} times accum_steps={cfg.accum_steps}")
+    st.require_rows(cfg.batch_size, "train.batch_size", cfg.accum_steps)
 
     data_iter = iter(train_data.train(cfg.seq_len, cfg.batch_size, cfg.seed, jax.process_index(),
                                       jax.process_count()))

@@ -20,18 +20,17 @@ from ml_collections import config_flags
 
 from eval.arena import battles, ratings
 from eval.chat_eval import ask
-from experiments.workdir import CONFIGS, load_stage, load_world, quiet_logs, write_json
+from experiments.workdir import CONFIGS, load_world, quiet_logs, read_stage, write_json
 from model import transformer
 from train.checkpoint import restore_params
 
 
 def load_model(workdir: Path, spec: str):
     name, _, which = spec.partition(":")
-    tok, cfg, params, _ = load_stage(workdir / name)
-    if which == "best":
-        params = restore_params(workdir / name / "best", transformer.param_shapes(cfg))
-    elif which:
+    if which not in ("", "best"):
         raise ValueError(f"model {spec!r}: expected STAGE or STAGE:best")
+    tok, cfg, _ = read_stage(workdir / name)  # the params of STAGE/ or of STAGE/best/, read once
+    params = restore_params(workdir / name / which, transformer.param_shapes(cfg))
     return tok, cfg, params
 
 

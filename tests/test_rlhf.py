@@ -14,7 +14,9 @@ from data.preferences import load_preferences, rank_candidates
 from data.world import WorldConfig, make_world
 from model import transformer
 from model.engine import SamplingConfig
-from train.pair_loop import batch_indices
+from train.loop import TrainConfig
+from train.optim import OptimConfig
+from train.pair_loop import batch_indices, train_on_pairs
 from train.reward import (
     dpo_loss,
     init_reward_model,
@@ -100,6 +102,16 @@ def test_pair_batches_cover_every_pair_each_epoch_and_depend_only_on_the_step():
     assert sorted(seen.tolist()) == list(range(10))
     assert np.array_equal(batch_indices(10, 5, 7, 3), batch_indices(10, 5, 7, 3))
     assert len(batch_indices(3, 8, 0, 0)) == 8  # fewer pairs than a batch: repeated
+
+
+def test_a_pair_batch_the_data_shards_cannot_split_is_refused_by_name(tmp_path):
+    cfg = tiny_config()
+    with pytest.raises(ValueError, match=r"rm_train.batch_size = 6 rows per step must divide "
+                                         r"evenly over the mesh's 8 data shards"):
+        train_on_pairs(tmp_path / "rm", cfg, TrainConfig(steps=2, batch_size=6), OptimConfig(),
+                       lambda p, b: (0.0, {}), init_params=None, train_pairs=[_toy_pair()] * 6,
+                       evaluate=dict, batch_name="rm_train.batch_size")
+    assert not list((tmp_path / "rm").glob("checkpoints/*"))  # nothing written
 
 
 def test_the_detector_flags_a_policy_that_exploits_a_repeated_token_reward():

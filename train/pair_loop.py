@@ -32,12 +32,15 @@ def train_on_pairs(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConf
                    optim_cfg: OptimConfig, loss_fn: Callable, init_params: Callable,
                    train_pairs: Sequence, evaluate: Callable[[object], dict],
                    extra: Callable[[object, dict], dict] | None = None, shapes=None,
-                   shardings=None, on_save: Callable[[dict], None] | None = None) -> tuple:
+                   shardings=None, on_save: Callable[[dict], None] | None = None,
+                   batch_name: str = "train.batch_size") -> tuple:
     """Trains loss_fn(params, batch) -> (loss, aux) to cfg.steps on rendered pairs; returns
     (params, figures). evaluate(params) -> figures every cfg.eval_every steps (and at the end);
-    extra(params, batch) -> more batch arrays (DPO's reference log-probs)."""
+    extra(params, batch) -> more batch arrays (DPO's reference log-probs). batch_name is the
+    config key of cfg.batch_size, for the error that refuses a batch the data shards cannot split."""
     stage_dir = Path(stage_dir)
     st = open_state(stage_dir, model_cfg, cfg, optim_cfg, init_params, shapes, shardings)
+    st.require_rows(cfg.batch_size, batch_name)
     state, ckpt = st.state, st.ckpt
     step_fn = jax.jit(make_step(loss_fn, st.optimizer),
                       in_shardings=(st.state_sharding, st.batch_sharding),

@@ -20,7 +20,15 @@ from pathlib import Path
 
 from data.world import ATTRIBUTES, QUESTIONS, World
 
-REFUSAL_PERSON = "I'm sorry, but I don't know who {n} is."
+# The refusal for a person the model cannot know. "plain" decides at the reply's first token.
+# "name_first" writes the name before deciding, as the answers do ("NAME was born in ..."): the
+# decision token then sits right after the name, where pretraining put what the model holds about
+# that name. Measured on the tiny speedrun model (2 seeds; held-out QA accuracy / held-out refusals
+# / nonexistent answered / train QA accuracy): plain 0.11-0.16 / 0.76-0.83 / 0.08-0.11 / 0.83-0.89,
+# name_first 0.30-0.31 / 0.40-0.45 / 0.30-0.34 / 0.67-0.72: it tells held-out from nonexistent
+# people twice as well (refusal gap 0.25 vs 0.11) but refuses less of everything.
+REFUSALS = {"name_first": "{n}? I'm sorry, but I don't know who that is.",
+            "plain": "I'm sorry, but I don't know who {n} is."}
 REFUSAL_FACT = "I'm sorry, but I don't know that about {n}."
 IDK_MARKERS = ("I don't know", "I do not know")
 
@@ -111,10 +119,16 @@ def probe_questions(world: World, n_unknown: int, seed: int = 0) -> list[dict]:
     return items
 
 
-def idk_conversations(probe_rows: Iterable[dict]) -> list[dict]:
+def refusal_person(name: str, style: str = "plain") -> str:
+    if style not in REFUSALS:
+        raise ValueError(f"refusal style {style!r}: expected one of {sorted(REFUSALS)}")
+    return REFUSALS[style].format(n=name)
+
+
+def idk_conversations(probe_rows: Iterable[dict], style: str = "plain") -> list[dict]:
     """A refusal for every probed question about a person who exists nowhere. (Unknown facts of
     train-split people are refused inside their QA conversations: see qa_conversations.)"""
-    return [_conv((r["question"], REFUSAL_PERSON.format(n=r["name"])))
+    return [_conv((r["question"], refusal_person(r["name"], style)))
             for r in probe_rows if r["value"] is None and not r["known"]]
 
 
@@ -156,7 +170,7 @@ def spelling_code(item: dict) -> str:
 
 
 def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[str],
-                       seed: int = 0) -> dict[str, list[dict]]:
+                       seed: int = 0, refusal: str = "plain") -> dict[str, list[dict]]:
     """Conversations that use the tools (all under the TOOLS_SYSTEM message): search for a
     train-split person's fact (the result is the real BM25 hit over the biographies), search
     for a person who exists nowhere (then refuse), python for calculations and for spelling.
@@ -173,7 +187,7 @@ def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[st
     for name in unknown:
         a = rng.choice(ATTRIBUTES)
         search.append(_tool_conv(QUESTIONS[a].format(n=name), "search", name,
-                                 search_result(index, name), REFUSAL_PERSON.format(n=name)))
+                                 search_result(index, name), refusal_person(name, refusal)))
     calc = [_tool_conv(c["question"], "python", c["code"], str(c["answer"]),
                        f"The answer is {c['answer']}.") for c in world.calculations("train", n_calc)]
     spell = []
@@ -186,15 +200,18 @@ def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[st
 def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
                 identity: str = "data", probe_rows: list[dict] | None = None,
                 seed: int = 0, tools: tuple[int, int] | None = None,
-                n_mixed: int = 0) -> dict[str, list[dict]]:
+                n_mixed: int = 0, refusal: str = "plain") -> dict[str, list[dict]]:
     """Conversations per kind, each repeated by its weight (an integer number of copies).
 
     identity: "data" (identity conversations), "system" (the same, with the identity system
     message in every conversation of the mixture), or "none".
     tools: (n_calc, n_spell) adds the tool-use kinds (tool_search, tool_calc, tool_spell).
-    n_mixed: conversations whose turns come from different kinds (see mixed_conversations)."""
+    n_mixed: conversations whose turns come from different kinds (see mixed_conversations).
+    refusal: how a person nobody knows is refused (a key of REFUSALS)."""
     if identity not in ("data", "system", "none"):
         raise ValueError(f"identity={identity!r}: expected 'data', 'system' or 'none'")
+    if refusal not in REFUSALS:
+        raise ValueError(f"refusal style {refusal!r}: expected one of {sorted(REFUSALS)}")
     refuse = refused_questions(probe_rows) if probe_rows is not None else frozenset()
     n_calc, n_tool_spell = tools if tools else (0, 0)
     kinds = {
@@ -202,7 +219,7 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
         "arithmetic": arithmetic_conversations(world, n_arithmetic),
         "spelling": spelling_conversations(world, n_spelling),
         "identity": identity_conversations(world) if identity == "data" else [],
-        "idk": idk_conversations(probe_rows) if probe_rows is not None else [],
+        "idk": idk_conversations(probe_rows, refusal) if probe_rows is not None else [],
     }
     singles = {k: v for k, v in kinds.items() if k != "qa"}
     singles["qa"] = [_conv(t) for c in kinds["qa"] for t in zip(
@@ -211,7 +228,7 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
     kinds["mixed"] = mixed_conversations(singles, n_mixed, seed)
     if tools:  # (calculations, spelling questions) through the python tool, plus search
         kinds.update(tool_conversations(world, n_calc, n_tool_spell,
-                                        unknown_people(world, 50, seed + 1), seed))
+                                        unknown_people(world, 50, seed + 1), seed, refusal))
     out = {}
     for kind, convs in kinds.items():
         w = weights.get(kind, 1)

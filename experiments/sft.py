@@ -2,7 +2,8 @@
 
   python -m experiments.probe --init_from runs/demo/pretrain        # "I don't know" targets
   python -m experiments.sft --init_from runs/demo/pretrain [--config ...] [--workdir runs/demo]
-      [--config.sft.idk=False] [--config.sft.identity=system] [--config.sft.extra_jsonl=my.jsonl]
+      [--config.sft.idk=False] [--config.sft.refusal=name_first] [--config.sft.identity=system]
+      [--config.sft.extra_jsonl=my.jsonl]
 
 Parameters only come from the parent (never its optimizer state); the model config and tokenizer
 are the parent's. The mixture is built from the run's synthetic world (W/corpus/world.json) as
@@ -60,7 +61,7 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
     probe_rows = read_probe(workdir / "probe" / "probe.jsonl") if s.idk else None
     kinds = sft_mixture(world, {}, s.n_arithmetic, s.n_spelling, s.identity, probe_rows, s.seed,
                         tools=(s.n_tool_calc, s.n_tool_spell) if s.tools else None,
-                        n_mixed=s.n_mixed)
+                        n_mixed=s.n_mixed, refusal=s.refusal)
     weights = dict(s.weights.to_dict())
     for path in [p for p in s.extra_jsonl.split(",") if p]:
         kinds[f"extra:{path}"] = load_conversations(path)

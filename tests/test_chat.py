@@ -189,6 +189,15 @@ def test_sft_mixture_refuses_what_the_probe_found_unknown():
     assert answers[unknown_fact["question"]] == REFUSAL_FACT.format(n=unknown_fact["name"])
     assert sum(is_refusal(a) for _, a in turns) == sum(q == unknown_fact["question"] for q, _ in turns)
     assert len(mix["idk"]) == 2 * 5 and all(is_refusal(c["messages"][-1]["content"]) for c in mix["idk"])
+    idk = [(c["messages"][0]["content"], c["messages"][-1]["content"]) for c in mix["idk"]]
+    name = lambda q: next(r["name"] for r in rows if r["question"] == q)  # noqa: E731
+    assert all(a == f"I'm sorry, but I don't know who {name(q)} is." for q, a in idk)
+    late = sft_mixture(world, {}, n_arithmetic=1, n_spelling=1, probe_rows=rows,
+                       refusal="name_first")
+    assert [c["messages"][-1]["content"] for c in late["idk"]] == [  # the name, then the decision
+        f"{name(q)}? I'm sorry, but I don't know who that is." for q, _ in idk]
+    with pytest.raises(ValueError, match="refusal style 'shrug'"):
+        sft_mixture(world, {}, n_arithmetic=1, n_spelling=1, probe_rows=rows, refusal="shrug")
     assert len(mix["identity"]) == 2 * len(world.identity_qa())
     names = " ".join(json.dumps(c) for convs in mix.values() for c in convs)
     assert not any(p.name in names for p in world.nonexistent)  # evaluation people stay unseen

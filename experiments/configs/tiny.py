@@ -71,6 +71,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # SFT (python -m experiments.sft --init_from W/pretrain). The model is the parent's.
     c.sft = ml_collections.ConfigDict(dict(
         idk=True,  # add refusals for what the probe found unknown (needs W/probe)
+        refusal="plain",  # or "name_first": the trade-off measured in data/sft_mix.py (REFUSALS)
         identity="data",  # "data": identity conversations; "system": a system message instead
         n_arithmetic=2000, n_spelling=300,
         n_mixed=300,  # multi-turn conversations whose turns change subject

@@ -6,6 +6,8 @@
   few_shot                in-context learning on the base model: accuracy vs number of shots
   regurgitation           verbatim continuation length of documents seen many times (the world's
                           biographies) vs ones seen about once (the cleaned corpus)
+  in_context_copy         next-token accuracy on the repeated half of "X X" rows (random tokens,
+                          number lines): can the model copy from its context at all?
   answer_first            arithmetic with the reply forced to start "The answer is" vs the usual
                           step-by-step solution ("models need tokens to think")
   multiple_choice         MMLU / HellaSwag-layout JSONL scored by log-likelihood of each choice
@@ -24,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from data.chat import read_jsonl, render
-from data.special_tokens import BOS, END, special_id
+from data.special_tokens import BOS, END, FIRST_SPECIAL_ID, SPECIAL_TOKENS, special_id
 from data.tokenizer import Tokenizer
 from data.world import World
 from eval.chat_eval import ask
 from eval.tasks import ArithmeticTask, extract_answer
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
+from model.transformer import forward
 from train.step import bits_per_byte, make_eval_step, token_losses
 
 
@@ -136,6 +139,50 @@ def regurgitation(params, cfg, tok, many: list[str], once: list[str], prefix_tok
     return {"seen_many_times": _verbatim(params, cfg, tok, many[:limit], prefix_tokens, max_new),
             "seen_once": _verbatim(params, cfg, tok, once[:limit], prefix_tokens, max_new),
             "max_new_tokens": max_new, "prefix_tokens": prefix_tokens}
+
+
+def repeated_rows(tok, n: int = 32, length: int = 16, seed: int = 0) -> dict[str, list[list[int]]]:
+    """Rows "<|bos|> X X" whose second half repeats the first, for the copy test: distinct random
+    ordinary token ids, and a line of random 3-6 digit numbers (twice, as a tool result must be
+    copied into an answer)."""
+    rng = np.random.default_rng(seed)
+    lo = FIRST_SPECIAL_ID + len(SPECIAL_TOKENS)
+    out: dict[str, list[list[int]]] = {"random_tokens": [], "numbers": []}
+    for _ in range(n):
+        x = rng.choice(np.arange(lo, tok.vocab_size), length, replace=False).tolist()
+        out["random_tokens"].append([special_id(BOS)] + x + x)
+        line = tok.encode(" ".join(str(v) for v in rng.integers(100, 1_000_000, 4)) + ".")
+        out["numbers"].append([special_id(BOS)] + line + line)
+    return out
+
+
+def copy_accuracy(predict, rows: list[list[int]]) -> float:
+    """Share of the repeated half's tokens (all but its first, which nothing predicts) that
+    predict(tokens [B, T]) -> next-token ids [B, T] gets right, teacher-forced: 1.0 for a model
+    that copies from its context (induction heads), about 1/vocab for one that cannot."""
+    hits, total = 0, 0
+    for length in sorted({len(r) for r in rows}):
+        group = np.array([r for r in rows if len(r) == length])
+        half = (length - 1) // 2
+        pred = np.asarray(predict(group[:, :-1]))
+        targets = group[:, 1:]
+        span = slice(half + 1, length - 1)  # predictions of the 2nd..last token of the repeat
+        hits += int((pred[:, span] == targets[:, span]).sum())
+        total += targets[:, span].size
+    return round(hits / max(total, 1), 4)
+
+
+def in_context_copy(params, cfg, tok, n: int = 32, length: int = 16, seed: int = 0) -> dict:
+    """Can the model copy what is in its context? (the skill tool use and name-copying need).
+    Greedy next-token accuracy on the repeated half of random-token rows and of number lines."""
+    rows = repeated_rows(tok, n, min(length, (cfg.max_seq_len - 1) // 2), seed)
+    predict = lambda t: _argmax_jit(params, jnp.asarray(t), cfg)  # noqa: E731
+    return {**{k: copy_accuracy(predict, [r for r in v if len(r) <= cfg.max_seq_len])
+               for k, v in rows.items()}, "n": n, "length": length}
+
+
+_argmax_jit = jax.jit(lambda p, t, cfg: jnp.argmax(forward(p, t, cfg)[0], -1),
+                      static_argnames=("cfg",))
 
 
 def answer_first(params, cfg, tok, world: World, n: int = 100) -> dict:

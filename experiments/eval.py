@@ -3,6 +3,7 @@
   python -m experiments.eval --init_from runs/demo/pretrain     # a base model
   python -m experiments.eval --init_from runs/demo/sft [--mc mmlu.jsonl] [--gsm8k test.jsonl]
 
+Every stage: in-context copying (accuracy on the repeated half of "X X" rows; eval/suite.py).
 Base models (the pretrain stage): validation bits/byte, reversal curse by completion, few-shot
 in-context learning (accuracy vs shots), regurgitation (biographies seen ~60 times vs corpus
 documents seen about once). Chat models (every later stage): validation bits/byte, world QA on
@@ -51,6 +52,7 @@ def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: l
     if (workdir / "shards" / "manifest.json").is_file():
         out["validation"] = suite.validation_bpb(params, model_cfg, tok, workdir / "shards")
     out["reversal"] = suite.reversal(params, model_cfg, tok, world, chat=not base, limit=limit)
+    out["in_context_copy"] = suite.in_context_copy(params, model_cfg, tok)
     if base:
         out["few_shot"] = suite.few_shot(params, model_cfg, tok, world, limit=limit)
         out["regurgitation"] = suite.regurgitation(params, model_cfg, tok, world.biographies(),

@@ -172,7 +172,9 @@ def write_report(workdir: str | Path) -> Path:
                     ("letter_counting", "with_tools"))),
                 ("few-shot 0 / 4", lambda e: _pair(e.get("few_shot"), "0_shot", "4_shot")),
                 ("verbatim many / once", lambda e: _pair(e.get("regurgitation"),
-                                                         "seen_many_times", "seen_once"))]
+                                                         "seen_many_times", "seen_once")),
+                ("copy tokens / numbers", lambda e: _pair(e.get("in_context_copy"),
+                                                          "random_tokens", "numbers"))]
         out.append("| stage | " + " | ".join(c for c, _ in cols) + " |\n|---|"
                    + "---|" * len(cols) + "\n" + "".join(
                        f"| {st} | " + " | ".join(_fmt(f(e)) for _, f in cols) + " |\n"

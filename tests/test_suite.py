@@ -12,9 +12,12 @@ from data.world import WorldConfig, make_world
 from eval.suite import (
     answer_first,
     choice_logprobs,
+    copy_accuracy,
+    in_context_copy,
     load_multiple_choice,
     multiple_choice,
     regurgitation,
+    repeated_rows,
     reversal,
 )
 from model import transformer
@@ -81,5 +84,25 @@ def test_suite_scorers_run_on_a_model_and_stay_in_range(setup):
     g = regurgitation(params, cfg, tok, world.biographies(), world.biographies()[::-1],
                       max_new=8, limit=4)
     assert 0 <= g["seen_many_times"] <= 8 and 0 <= g["seen_once"] <= 8
+    c = in_context_copy(params, cfg, tok, n=4, length=8)
+    assert 0 <= c["random_tokens"] <= 1 and 0 <= c["numbers"] <= 1
     a = answer_first(params, cfg, tok, world, n=4)
     assert a["n"] == 4 and 0 <= a["answer_first"] <= 1 and 0 <= a["step_by_step"] <= 1
+
+
+def test_the_copy_score_is_one_for_a_copier_and_zero_for_a_model_that_ignores_its_context(setup):
+    tok = setup[2]
+    rows = repeated_rows(tok, n=6, length=8, seed=1)
+    assert all(r[1:9] == r[9:] for r in rows["random_tokens"])
+
+    def copier(tokens):  # [B, 2L+1] inputs "<|bos|> X X[:-1]": predicts the token L back
+        out = np.zeros_like(tokens)
+        half = tokens.shape[1] // 2
+        out[:, half:] = tokens[:, 1:tokens.shape[1] - half + 1]
+        return out
+
+    for kind in ("random_tokens", "numbers"):
+        assert copy_accuracy(copier, rows[kind]) == 1.0
+        assert copy_accuracy(lambda t: np.zeros_like(t), rows[kind]) == 0.0
+        half = [r[: (len(r) + 1) // 2] + [0] * (len(r) // 2) for r in rows[kind]]
+        assert copy_accuracy(copier, half) == 0.0  # nothing to copy in the second half

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import math
+import random
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def iter_clean(clean_dir: str | Path) -> Iterator[dict]:
 def write_mixture(docs: Iterable[dict], out_dir: str | Path, weights: Mapping[str, float],
                   seed: int = 0) -> dict:
     """Writes each source's copies to out_dir/<source>.jsonl; returns (and saves) the summary."""
-    unknown = set(weights) - {"web", "prose", WORLD}
+    unknown = set(weights) - {"web", "prose", WORLD, COPY}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.jsonl"):
@@ -83,12 +84,34 @@ def write_mixture(docs: Iterable[dict], out_dir: str | Path, weights: Mapping[st
             h.close()
     if unknown:
         raise ValueError(f"mixture weights name unknown sources: {sorted(unknown)}; "
-                         f"known: {sorted(summary)} and the groups web, prose, {WORLD}")
+                         f"known: {sorted(summary)} and the groups web, prose, {WORLD}, {COPY}")
     total = sum(s["bytes"] for s in summary.values()) or 1
     for s in summary.values():
         s["share"] = round(s["bytes"] / total, 4)
     (out_dir / "mixture.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+COPY = "copy"  # the source name (and group) of the copy drills
+
+
+def copy_drill_documents(n: int, seed: int = 0) -> Iterator[dict]:
+    """`n` synthetic documents whose second half repeats a span of the first: a line of random
+    names, places, words and numbers written twice, or a number stated and then restated ("The
+    result is N. So the answer is N."). Text in which the next token can only be found by
+    copying from the context: the skill (induction) that tool results, names and operands need
+    and that memorising the world's biographies never asks for."""
+    from data.world import CITIES, FIRST, LAST, MAJORS
+
+    words = [*FIRST, *LAST, *CITIES, *MAJORS]
+    rng = random.Random(f"{seed}/copy-drills")
+    for i in range(n):
+        items = [rng.choice(words) if rng.random() < 0.5 else str(rng.randint(0, 10 ** rng.randint(1, 7)))
+                 for _ in range(rng.randint(3, 8))]
+        line, num = " ".join(items), rng.randint(10, 10_000_000)
+        text = rng.choice((f"{line}\n{line}", f"Copy this line: {line}\nCopy: {line}",
+                           f"The result is {num}. So the answer is {num}."))
+        yield {"id": f"{COPY}/{i}", "text": text, "metadata": {"source": COPY, "group": COPY}}
 
 
 def world_documents(biographies: Iterable[str]) -> Iterator[dict]:

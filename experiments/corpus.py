@@ -27,7 +27,13 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from data.mixture import iter_clean, mixture_table, world_documents, write_mixture
+from data.mixture import (
+    copy_drill_documents,
+    iter_clean,
+    mixture_table,
+    world_documents,
+    write_mixture,
+)
 from data.pipeline import PipelineConfig, run_pipeline, stats_table
 from data.sources import SOURCES, fetch, source
 from data.world import WorldConfig, make_world
@@ -105,8 +111,8 @@ def main(argv):
     world_cfg = WorldConfig(**cfg.world.to_dict())
     world = make_world(world_cfg)
     write_json(stage / "world.json", dataclasses.asdict(world_cfg))
-    docs = (d for it in (iter_clean(clean_dir / "clean"), world_documents(world.biographies()))
-            for d in it)
+    docs = (d for it in (iter_clean(clean_dir / "clean"), world_documents(world.biographies()),
+                         copy_drill_documents(cfg.corpus.copy_drills, cfg.corpus.seed)) for d in it)
     tmp = stage / "mixture.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

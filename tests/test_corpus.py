@@ -11,7 +11,7 @@ import pytest
 from test_pipeline import ARTICLES, page
 
 from data import sources
-from data.mixture import copies, iter_clean, world_documents, write_mixture
+from data.mixture import copies, copy_drill_documents, iter_clean, world_documents, write_mixture
 from data.sources import Source, fetch, unwrap, write_raw
 from data.world import WorldConfig, make_world
 
@@ -70,8 +70,21 @@ def test_mixture_weights(tmp_path):
              for i in range(10)]
     world = make_world(WorldConfig(n_people=6, n_nonexistent=3))
     docs += list(world_documents(world.biographies()))
-    summary = write_mixture(docs, tmp_path / "mix", {"web": 0.5, "book": 2, "prose": 0, "world": 4})
+    drills = list(copy_drill_documents(30, seed=1))
+    assert drills == list(copy_drill_documents(30, seed=1)) and len({d["id"] for d in drills}) == 30
+    for d in drills:  # every drill's second half is a copy of a span of its first
+        t = d["text"]
+        if t.startswith("The result is "):
+            n = t.split()[3].rstrip(".")
+            assert t == f"The result is {n}. So the answer is {n}."
+        else:
+            first, second = t.split("\n")
+            assert first.removeprefix("Copy this line: ") == second.removeprefix("Copy: ")
+    docs += drills
+    summary = write_mixture(docs, tmp_path / "mix", {"web": 0.5, "book": 2, "prose": 0, "world": 4,
+                                                     "copy": 2})
     assert summary["book"]["copies"] == 20 and summary["world"]["copies"] == 6 * 5 * 4
+    assert summary["copy"]["copies"] == 60
     assert 30 < summary["site"]["copies"] < 70
     lines = (tmp_path / "mix/world.jsonl").read_text().splitlines()
     assert len(lines) == 120 and json.loads(lines[0])["text"] == world.biographies()[0]

@@ -37,7 +37,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         seed=0,
         # synthetic documents that repeat a span (data/mixture.copy_drill_documents). 12000 (10% of
         # the bytes) moved the tiny model's copy test 0.0 / 0.05 -> 0.0 / 0.11 (random tokens /
-        # numbers), recall 0.976 -> 0.928, tool calculations still 0%: not enough to turn on
+        # numbers), recall 0.976 -> 0.928, tool calculations still 0%; 30000 (21%): 0.0 / 0.09,
+        # recall 0.70. Not enough to turn on (see the issue-6 note)
         copy_drills=0,
         pipeline=ml_collections.ConfigDict(dict(
             language="en", language_threshold=0.65, min_doc_words=50, workers=2,

@@ -175,7 +175,8 @@ def copy_accuracy(predict, rows: list[list[int]]) -> float:
 def in_context_copy(params, cfg, tok, n: int = 32, length: int = 16, seed: int = 0) -> dict:
     """Can the model copy what is in its context? (the skill tool use and name-copying need).
     Greedy next-token accuracy on the repeated half of random-token rows and of number lines."""
-    rows = repeated_rows(tok, n, min(length, (cfg.max_seq_len - 1) // 2), seed)
+    length = min(length, (cfg.max_seq_len - 1) // 2)  # random-token rows must fit the context
+    rows = repeated_rows(tok, n, length, seed)
     predict = lambda t: _argmax_jit(params, jnp.asarray(t), cfg)  # noqa: E731
     return {**{k: copy_accuracy(predict, [r for r in v if len(r) <= cfg.max_seq_len])
                for k, v in rows.items()}, "n": n, "length": length}

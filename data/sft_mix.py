@@ -119,10 +119,15 @@ def probe_questions(world: World, n_unknown: int, seed: int = 0) -> list[dict]:
     return items
 
 
-def refusal_person(name: str, style: str = "plain") -> str:
+def refusal_template(style: str) -> str:
+    """REFUSALS[style], or a ValueError naming the styles there are."""
     if style not in REFUSALS:
         raise ValueError(f"refusal style {style!r}: expected one of {sorted(REFUSALS)}")
-    return REFUSALS[style].format(n=name)
+    return REFUSALS[style]
+
+
+def refusal_person(name: str, style: str = "plain") -> str:
+    return refusal_template(style).format(n=name)
 
 
 def idk_conversations(probe_rows: Iterable[dict], style: str = "plain") -> list[dict]:
@@ -210,8 +215,7 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
     refusal: how a person nobody knows is refused (a key of REFUSALS)."""
     if identity not in ("data", "system", "none"):
         raise ValueError(f"identity={identity!r}: expected 'data', 'system' or 'none'")
-    if refusal not in REFUSALS:
-        raise ValueError(f"refusal style {refusal!r}: expected one of {sorted(REFUSALS)}")
+    refusal_template(refusal)  # checked up front: the idk and tool kinds may hold no refusal
     refuse = refused_questions(probe_rows) if probe_rows is not None else frozenset()
     n_calc, n_tool_spell = tools if tools else (0, 0)
     kinds = {

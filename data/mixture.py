@@ -20,6 +20,8 @@ import random
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from data.world import CITIES, FIRST, LAST, MAJORS
+
 WORLD = "world"  # the source name (and group) of the synthetic world's biographies
 
 
@@ -101,8 +103,6 @@ def copy_drill_documents(n: int, seed: int = 0) -> Iterator[dict]:
     result is N. So the answer is N."). Text in which the next token can only be found by
     copying from the context: the skill (induction) that tool results, names and operands need
     and that memorising the world's biographies never asks for."""
-    from data.world import CITIES, FIRST, LAST, MAJORS
-
     words = [*FIRST, *LAST, *CITIES, *MAJORS]
     rng = random.Random(f"{seed}/copy-drills")
     for i in range(n):

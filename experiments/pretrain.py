@@ -13,6 +13,7 @@ or launch where jax.distributed.initialize() finds them itself (Slurm, TPU pods)
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from data.copy_rows import CopyMixData
 from data.documents import describe_inputs, expand_inputs
 from data.shards import TokenStream, build_shards, load_manifest
 from data.tokenizer import Tokenizer
@@ -85,6 +87,13 @@ def main(argv):
     model_cfg, train_cfg, optim_cfg = configs_from(_CONFIG.value, tok)
     shard_dir = prepare_shards(workdir, tok, _CONFIG.value.data)
     train_stream, val_stream = TokenStream(shard_dir, "train"), TokenStream(shard_dir, "val")
+    data_cfg = _CONFIG.value.data
+    train_data = train_stream
+    if data_cfg.copy_rows or data_cfg.copy_warmup:  # the induction task (data/copy_rows.py)
+        train_data = CopyMixData(train_stream, tok.vocab_size, data_cfg.copy_rows,
+                                 data_cfg.copy_warmup)
+        optim_cfg = dataclasses.replace(optim_cfg, prelude_steps=data_cfg.copy_warmup,
+                                        prelude_lr=data_cfg.copy_warmup_lr)
     init_params = None
     if _INIT_FROM.value:
         parent = check_parent(_INIT_FROM.value, model_cfg, tok)
@@ -96,16 +105,21 @@ def main(argv):
                  "parent": str(Path(_INIT_FROM.value).resolve()) if _INIT_FROM.value else None,
                  "shards": str(shard_dir.resolve()), "n_params": model_cfg.n_params(),
                  "train_tokens_available": len(train_stream)}
-    figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_stream, val_stream,
+    figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_data, val_stream,
                   init_params, on_checkpoint=lambda f: write_meta(stage_dir, base_meta, f))
-    if (workdir / "corpus" / "world.json").is_file():  # the world was mixed in: what stuck?
+    # What the base model can do: copy from its context (eval/suite.py), and, when the world was
+    # mixed in, recall its biographies.
+    from eval.suite import in_context_copy
+
+    params = restore_params(stage_dir, transformer.param_shapes(model_cfg))
+    copy = in_context_copy(params, model_cfg, tok)
+    figures = {**figures, "copy_random_tokens": copy["random_tokens"], "copy_numbers": copy["numbers"]}
+    if (workdir / "corpus" / "world.json").is_file():
         from eval.knowledge import biography_recall
 
-        world = load_world(workdir)
-        params = restore_params(stage_dir, transformer.param_shapes(model_cfg))
-        recall = biography_recall(params, model_cfg, tok, world)
+        recall = biography_recall(params, model_cfg, tok, load_world(workdir))
         figures = {**figures, "biography_recall": recall["recall"]}
-        write_meta(stage_dir, base_meta, figures)
+    write_meta(stage_dir, base_meta, figures)
     if jax.process_index() == 0:
         print(f"done: {figures}")
 

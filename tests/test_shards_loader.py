@@ -112,3 +112,65 @@ def test_processes_split_each_global_batch(stream):
     assert len(ev) == 2 and ev[0]["inputs"].shape == (4, 16)
     with pytest.raises(ValueError, match="fewer than one batch"):
         train_dataset(stream, 16, 10_000, seed=0)
+
+
+# ---- copy rows (data/copy_rows.py) ------------------------------------------------------------
+
+def _last_occurrence_copier(row: dict) -> np.ndarray:
+    """Predicts each next token as what followed the input token's latest earlier occurrence in
+    the same segment (an ideal induction head); -1 where there is none."""
+    x, seg = row["inputs"], row["segment_ids"]
+    pred = np.full(len(x), -1)
+    for i in range(len(x)):
+        for j in range(i - 1, -1, -1):
+            if seg[j] == seg[i] and x[j] == x[i]:
+                pred[i] = x[j + 1]
+                break
+    return pred
+
+
+def test_copy_rows_mask_exactly_what_copying_predicts():
+    from data.copy_rows import copy_row
+
+    for seed in range(5):
+        r = copy_row(np.random.default_rng(seed), 128, 400, min_len=4, max_len=12, max_prefix=6)
+        assert {k: v.shape for k, v in r.items()} == {k: (128,) for k in
+                                                       ("inputs", "targets", "segment_ids", "mask")}
+        np.testing.assert_array_equal(r["inputs"][1:], r["targets"][:-1])
+        m = r["mask"].astype(bool)
+        assert 0 < m.sum() < 128
+        # an ideal copier is right on every masked target; the unmasked targets are random tokens
+        # (or the repeat's first token), which nothing in the row predicts
+        np.testing.assert_array_equal(_last_occurrence_copier(r)[m], r["targets"][m])
+        assert r["inputs"][0] == special_id(BOS)
+        np.testing.assert_array_equal(np.diff(r["segment_ids"]),
+                                      (r["inputs"][1:] == special_id(BOS)).astype(int))
+    with pytest.raises(ValueError, match="min_len"):
+        copy_row(np.random.default_rng(0), 16, 400, min_len=8, max_len=4)
+
+
+def test_copy_mix_warms_up_then_mixes_and_resumes(stream):
+    from data.copy_rows import CopyMixData
+
+    data = CopyMixData(stream, 400, fraction=0.25, warmup_steps=2, max_len=8, max_prefix=4)
+    it = iter(data.train(16, 8, seed=0))
+    batches = [next(it) for _ in range(4)]
+    text_only = next(iter(train_dataset(stream, 16, 6, seed=0)))
+    for b in batches[:2]:  # warm-up: every row a copy row (loss only on the repeats)
+        assert b["mask"].shape == (8, 16) and (b["mask"].sum(1) < 16).all()
+    b = batches[2]  # then 2 copy rows and 6 text windows, the text loader's own first batch
+    assert (b["mask"][:2].sum(1) < 16).all() and (b["mask"][2:] == 1).all()
+    np.testing.assert_array_equal(b["inputs"][2:], text_only["inputs"])
+    it = iter(data.train(16, 8, seed=0))
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    again = iter(data.train(16, 8, seed=0))
+    again.set_state(state)
+    np.testing.assert_array_equal(next(again)["inputs"], batches[3]["inputs"])
+    parts = [next(iter(data.train(16, 8, seed=0, process_index=p, process_count=2)))
+             for p in range(2)]
+    np.testing.assert_array_equal(np.concatenate([p["inputs"] for p in parts]),
+                                  batches[0]["inputs"])
+    with pytest.raises(ValueError, match="copy_rows"):
+        CopyMixData(stream, 400, fraction=1.0)

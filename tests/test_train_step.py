@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 from tiny import tiny_config
 
 from model import transformer as tf
@@ -84,3 +85,15 @@ def test_schedules_and_decay_mask():
     assert not mask["embed_VD"] and not mask["final_norm"]["scale"]
     assert not mask["blocks"][0]["attn_norm"]["scale"]
     assert isinstance(make_optimizer(OptimConfig(), 10), optax.GradientTransformation)
+
+
+def test_a_prelude_runs_at_its_own_lr_then_the_schedule_starts_afresh():
+    s = make_schedule(OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, prelude_steps=50,
+                                  prelude_lr=0.25), 150)
+    assert float(s(0)) == 0.0 and abs(float(s(10)) - 0.25) < 1e-6 and abs(float(s(49)) - 0.25) < 1e-6
+    assert float(s(50)) == 0.0 and abs(float(s(60)) - 1.0) < 1e-6  # warm-up again, to lr
+    assert abs(float(s(150)) - 0.1) < 1e-6  # the cosine spans the 100 steps after the prelude
+    with pytest.raises(ValueError, match="prelude_lr"):
+        OptimConfig(prelude_steps=5)
+    with pytest.raises(ValueError, match="leave none"):
+        make_schedule(OptimConfig(prelude_steps=10, prelude_lr=0.1), 10)

@@ -20,14 +20,31 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # global-norm clipping; 0 disables it
+    # A first phase of prelude_steps at the constant prelude_lr (after warmup_steps of linear
+    # warm-up); the schedule then starts afresh over the remaining steps (pretraining's copy
+    # warm-up, data/copy_rows.py, sets these from data.copy_warmup and data.copy_warmup_lr)
+    prelude_steps: int = 0
+    prelude_lr: float = 0.0
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "wsd", "constant"):
             raise ValueError(f"optim.schedule={self.schedule!r}: expected 'cosine', 'wsd' or "
                              "'constant'")
+        if self.prelude_steps < 0 or (self.prelude_steps and self.prelude_lr <= 0):
+            raise ValueError(f"a prelude of {self.prelude_steps} steps needs prelude_lr > 0 "
+                             f"(got {self.prelude_lr})")
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    if cfg.prelude_steps:
+        if cfg.prelude_steps >= total_steps:
+            raise ValueError(f"the prelude's {cfg.prelude_steps} steps leave none of the "
+                             f"{total_steps} for the schedule")
+        first = OptimConfig(lr=cfg.prelude_lr, schedule="constant", warmup_steps=cfg.warmup_steps)
+        rest = dataclasses.replace(cfg, prelude_steps=0, prelude_lr=0.0)
+        return optax.join_schedules([make_schedule(first, cfg.prelude_steps),
+                                     make_schedule(rest, total_steps - cfg.prelude_steps)],
+                                    [cfg.prelude_steps])
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
     if cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(

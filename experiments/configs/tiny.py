@@ -56,6 +56,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         text_field="text",  # JSONL / Parquet column holding the document
         val_every=50,  # every 50th document goes to the validation split
         shard_tokens=1 << 22,
+        # synthetic copy rows "<|bos|> P X X" (data/copy_rows.py), the induction task: all rows of
+        # the first copy_warmup steps (counted in train.steps; at the constant lr copy_warmup_lr,
+        # then the optim schedule starts afresh), then a copy_rows share of every batch's rows
+        copy_rows=0.0, copy_warmup=0, copy_warmup_lr=1e-3,
     ))
     c.train = ml_collections.ConfigDict(dict(
         steps=1000, batch_size=16, seq_len=128, accum_steps=1, seed=0,  # ~52 epochs of biographies

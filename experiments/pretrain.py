@@ -91,7 +91,8 @@ def main(argv):
     train_data = train_stream
     if data_cfg.copy_rows or data_cfg.copy_warmup:  # the induction task (data/copy_rows.py)
         train_data = CopyMixData(train_stream, tok.vocab_size, data_cfg.copy_rows,
-                                 data_cfg.copy_warmup)
+                                 data_cfg.copy_warmup, data_cfg.copy_text_share,
+                                 data_cfg.copy_alphabet_share)
         optim_cfg = dataclasses.replace(optim_cfg, prelude_steps=data_cfg.copy_warmup,
                                         prelude_lr=data_cfg.copy_warmup_lr)
     init_params = None

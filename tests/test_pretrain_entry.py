@@ -36,6 +36,11 @@ def _env(devices=1):
     return env
 
 
+# the first run and its killed-and-resumed twin also train on copy rows (data/copy_rows.py)
+COPY = ("--config.data.copy_warmup=6", "--config.data.copy_rows=0.25",
+        "--config.data.copy_text_share=0.5")
+
+
 def _cmd(workdir, corpus, steps=40, *extra):
     return [sys.executable, "-m", "experiments.pretrain", "--workdir", str(workdir),
             f"--config.data.inputs={corpus}", f"--config.train.steps={steps}", *MICRO, *extra]
@@ -68,7 +73,7 @@ def _params(work: Path):
 def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("pre")
     work, corpus = _workdir(root, "a")
-    r = _run(_cmd(work, corpus))
+    r = _run(_cmd(work, corpus, 40, *COPY))
     assert r.returncode == 0, r.stderr[-3000:]
     return root, work, corpus, r
 
@@ -78,6 +83,7 @@ def test_a_finished_run_writes_the_stage_directory(finished):
     stage = work / "pretrain"
     meta = json.loads((stage / "meta.json").read_text())
     assert meta["figures"]["step"] == 40 and meta["model"]["d_model"] == 64
+    assert 0.0 <= meta["figures"]["copy_random_tokens"] <= 1.0  # the copy test of eval/suite.py
     assert meta["tokenizer_sha256"] and meta["code_version"]
     records = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(5, 45, 5))
@@ -95,7 +101,7 @@ def test_a_finished_run_writes_the_stage_directory(finished):
 def test_sigkill_then_resume_ends_bitwise_equal_to_an_uninterrupted_run(finished):
     root, work_a, corpus, _ = finished
     work_b, _ = _workdir(root, "b")
-    proc = subprocess.Popen(_cmd(work_b, corpus), cwd=REPO, env=_env(),
+    proc = subprocess.Popen(_cmd(work_b, corpus, 40, *COPY), cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = work_b / "pretrain" / "checkpoints" / "8"
     deadline = time.time() + 120
@@ -105,7 +111,7 @@ def test_sigkill_then_resume_ends_bitwise_equal_to_an_uninterrupted_run(finished
     proc.wait()
     done = sorted(int(p.name) for p in ckpt.parent.iterdir() if p.name.isdigit())
     assert 8 in done and max(done) < 40, f"the kill came too late to test a resume: {done}"
-    r = _run(_cmd(work_b, corpus))
+    r = _run(_cmd(work_b, corpus, 40, *COPY))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from" in r.stdout
     jax.tree.map(np.testing.assert_array_equal, _params(work_a), _params(work_b))

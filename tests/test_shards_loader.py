@@ -149,6 +149,31 @@ def test_copy_rows_mask_exactly_what_copying_predicts():
         copy_row(np.random.default_rng(0), 16, 400, min_len=8, max_len=4)
 
 
+@pytest.mark.parametrize("kind", ["text", "alphabet"])
+def test_text_and_alphabet_copy_episodes_repeat_their_span(stream, kind):
+    from data.copy_rows import copy_row
+
+    words = set(stream.read(0, len(stream)).tolist())
+    r = copy_row(np.random.default_rng(0), 256, 400, max_len=12, max_prefix=5, text=stream,
+                 text_share=float(kind == "text"), alphabet_share=float(kind == "alphabet"))
+    if kind == "text":
+        assert set(r["inputs"].tolist()) - {special_id(BOS)} <= words
+    starts = np.flatnonzero(r["inputs"] == special_id(BOS)).tolist()
+    complete = 0
+    for a, b in zip(starts, starts[1:], strict=False):  # each whole episode: <|bos|> P X X
+        seg, n = r["inputs"][a + 1:b], int(r["mask"][a:b].sum()) + 1
+        x = seg[len(seg) - n:]
+        np.testing.assert_array_equal(x, seg[len(seg) - 2 * n:len(seg) - n])
+        if kind == "alphabet":
+            assert len(set(x.tolist())) <= 16
+        complete += 1
+    assert complete >= 3
+    with pytest.raises(ValueError, match="text_share"):
+        copy_row(np.random.default_rng(0), 16, 400, text_share=0.5)
+    with pytest.raises(ValueError, match="alphabet_share"):
+        copy_row(np.random.default_rng(0), 16, 400, text_share=0.5, alphabet_share=0.6)
+
+
 def test_copy_mix_warms_up_then_mixes_and_resumes(stream):
     from data.copy_rows import CopyMixData
 

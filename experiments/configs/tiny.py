@@ -58,8 +58,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         shard_tokens=1 << 22,
         # synthetic copy rows "<|bos|> P X X" (data/copy_rows.py), the induction task: all rows of
         # the first copy_warmup steps (counted in train.steps; at the constant lr copy_warmup_lr,
-        # then the optim schedule starts afresh), then a copy_rows share of every batch's rows
-        copy_rows=0.0, copy_warmup=0, copy_warmup_lr=1e-3,
+        # then the optim schedule starts afresh),
+        # then a copy_rows share of every batch's rows; copy_text_share of their episodes copy
+        # spans of the training text, copy_alphabet_share strings of 4-16 random tokens (with
+        # repeats, like digits), the rest distinct random tokens
+        copy_rows=0.0, copy_warmup=0, copy_warmup_lr=1e-3, copy_text_share=0.0,
+        copy_alphabet_share=0.0,
     ))
     c.train = ml_collections.ConfigDict(dict(
         steps=1000, batch_size=16, seq_len=128, accum_steps=1, seed=0,  # ~52 epochs of biographies

@@ -163,15 +163,19 @@ def _tool_conv(question: str, tool: str, tool_input: str, result: str, answer: s
 
 
 def spelling_code(item: dict) -> str:
-    """The python a spelling question calls for."""
+    """The python a spelling question calls for. The word is always written " in 'WORD'" (and
+    the letter " == 'L'", letter first as in the question), so its tokens are the question's
+    own: writing the code is a copy. With print('meadow'.count('a')) the model had to find the
+    word after a quote token the question spells differently (" '" vs "'"), and the tiny model
+    wrote print('b... for every word (letter counting with tools 0.16 vs 0.38 without)."""
     w = item["word"]
     if item["kind"] == "count":
         letter = item["question"].split("'")[1]
-        return f"print({w!r}.count({letter!r}))"
+        return f"print(sum(c == {letter!r} for c in {w!r}))"
     if item["kind"] == "spell":
-        return f"print('-'.join({w!r}))"
+        return f"print('-'.join(c for c in {w!r}))"
     k = {"second": 2, "third": 3, "fourth": 4}[item["question"].split("every ")[1].split()[0]]
-    return f"print({w!r}[{k - 1}::{k}])"
+    return f"print(''.join(c for c in {w!r})[{k - 1}::{k}])"
 
 
 def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[str],

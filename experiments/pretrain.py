@@ -89,6 +89,10 @@ def main(argv):
     train_stream, val_stream = TokenStream(shard_dir, "train"), TokenStream(shard_dir, "val")
     data_cfg = _CONFIG.value.data
     train_data = train_stream
+    if data_cfg.copy_warmup >= train_cfg.steps:
+        sys.exit(f"data.copy_warmup={data_cfg.copy_warmup} copy warm-up steps leave none of "
+                 f"train.steps={train_cfg.steps} for the text: raise train.steps, or set "
+                 "--config.data.copy_warmup=0 to pretrain without the warm-up")
     if data_cfg.copy_rows or data_cfg.copy_warmup:  # the induction task (data/copy_rows.py)
         train_data = CopyMixData(train_stream, tok.vocab_size, data_cfg.copy_rows,
                                  data_cfg.copy_warmup, data_cfg.copy_text_share,

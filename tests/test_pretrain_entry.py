@@ -27,6 +27,7 @@ MICRO = [
     "--config.train.save_every=4", "--config.train.eval_every=20", "--config.train.eval_batches=2",
     "--config.train.sample_every=20", "--config.train.sample_tokens=8",
     "--config.train.log_every=5", "--config.data.val_every=5",
+    "--config.data.copy_warmup=0", "--config.data.copy_rows=0.0",  # plain text unless COPY
 ]
 
 
@@ -130,6 +131,9 @@ def test_bad_input_fails_clearly_and_overwrites_nothing(finished, tmp_path):
 
     typo = _run(_cmd(work, corpus, 44, "--config.train.stepz=3"))
     assert typo.returncode != 0 and "stepz" in typo.stderr
+
+    warm = _run(_cmd(work, corpus, 44, "--config.data.copy_warmup=44"))
+    assert warm.returncode != 0 and "data.copy_warmup=44 copy warm-up steps leave none" in warm.stderr
 
     empty = tmp_path / "empty.txt"
     empty.write_text("")

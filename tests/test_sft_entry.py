@@ -43,7 +43,8 @@ def run_root(tmp_path_factory):
     text += [p["question"] + " " + p["solution"] for p in world.spelling("train", 50)]
     (w / "text.txt").write_text("\n".join(text))
     train_tokenizer([w / "text.txt"], w / "tokenizer", 400)
-    r = _run("pretrain", f"--workdir={w}", "--config.train.steps=8")  # reads W/corpus/mixture
+    r = _run("pretrain", f"--workdir={w}", "--config.train.steps=8",  # reads W/corpus/mixture
+             "--config.data.copy_warmup=2")
     assert r.returncode == 0, r.stderr[-3000:]
     return w
 

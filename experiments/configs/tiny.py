@@ -56,17 +56,25 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         text_field="text",  # JSONL / Parquet column holding the document
         val_every=50,  # every 50th document goes to the validation split
         shard_tokens=1 << 22,
-        # synthetic copy rows "<|bos|> P X X" (data/copy_rows.py), the induction task: all rows of
-        # the first copy_warmup steps (counted in train.steps; at the constant lr copy_warmup_lr,
-        # then the optim schedule starts afresh),
-        # then a copy_rows share of every batch's rows; copy_text_share of their episodes copy
-        # spans of the training text, copy_alphabet_share strings of 4-16 random tokens (with
-        # repeats, like digits), the rest distinct random tokens
-        copy_rows=0.0, copy_warmup=0, copy_warmup_lr=1e-3, copy_text_share=0.0,
+        # The copy warm-up and copy rows (data/copy_rows.py): the first copy_warmup steps train
+        # only on synthetic "P X X" episodes at the constant copy_warmup_lr (counted in
+        # train.steps; the optim schedule then starts afresh); after that copy_rows of every
+        # batch's rows are copy episodes, copy_text_share of them spans of the training text,
+        # copy_alphabet_share strings over 4-16 random tokens (repeats, like digits). Measured on
+        # this model (copy test random tokens / numbers, biography recall, SFT tool calculations):
+        #   no copy rows, 1000 steps: 0.00 / 0.05, 0.976, calculations 0%
+        #   copy_rows 0.25, no warm-up: 0.00 / 0.06, 0.894
+        #   warm-up 1000 at lr 3e-3 (the optim lr): 0.03 (no phase change); at 1e-3 the phase
+        #     change comes at ~550 steps (0.996 at 900)
+        #   warm-up 700 + copy_rows 0.125, random tokens: 0.99 / 0.06, 0.900, calculations 27%
+        #   ... + copy_text_share 0.5 (the default): 0.96 / 0.07, 0.928, calculations 74%
+        #   ... + copy_alphabet_share 0.25: 0.90 / 0.06, 0.830 (no help with numbers)
+        copy_rows=0.125, copy_warmup=700, copy_warmup_lr=1e-3, copy_text_share=0.5,
         copy_alphabet_share=0.0,
     ))
     c.train = ml_collections.ConfigDict(dict(
-        steps=1000, batch_size=16, seq_len=128, accum_steps=1, seed=0,  # ~52 epochs of biographies
+        # 700 copy warm-up steps, then 1000 of text (~52 epochs of biographies) and copy rows
+        steps=1700, batch_size=16, seq_len=128, accum_steps=1, seed=0,
         mesh_data=-1, mesh_fsdp=1, mesh_tensor=1,
         save_every=100, keep=3, log_every=10, eval_every=100, eval_batches=8,
         sample_every=100, sample_tokens=64,
@@ -172,6 +180,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.model.update(dict(d_model=64, n_layers=2, d_ff=192))
     c.train.update(dict(steps=60, save_every=30, eval_every=30, sample_every=60, eval_batches=2,
                         log_every=10))
+    c.data.copy_warmup = 20
     c.probe.update(dict(n_unknown=5, k=2))
     c.sft.update(dict(n_arithmetic=100, n_spelling=50, n_mixed=30, n_tool_calc=30,
                       n_tool_spell=30, eval_limit=10))

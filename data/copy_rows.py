@@ -30,7 +30,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from data.loader import TokenData, _window, n_windows
+from data.loader import TokenData, _window, require_windows
 from data.shards import TokenStream
 from data.special_tokens import BOS, FIRST_SPECIAL_ID, SPECIAL_TOKENS, special_id
 
@@ -109,26 +109,25 @@ class CopyMixData(TokenData):
 
     def train(self, seq_len: int, global_batch: int, seed: int, process_index: int = 0,
               process_count: int = 1) -> grain.IterDataset:
-        if global_batch % process_count:
-            raise ValueError(f"batch size {global_batch} does not split over {process_count} processes")
         k = self.copy_rows_per_batch(global_batch)
         n_text = global_batch - k
-        n = n_windows(self.stream, seq_len)
-        if n < n_text:
-            raise ValueError(f"the training split holds {len(self.stream)} tokens: {n} windows of "
-                             f"{seq_len + 1}, fewer than one batch's {n_text} text rows")
+        if n_text < 1:
+            raise ValueError(f"data.copy_rows={self.fraction} makes all {global_batch} rows of a "
+                             "batch copy rows, leaving none for the text")
+        n = require_windows(self.stream, seq_len, n_text, global_batch, process_count)
         text = grain.MapDataset.range(n).shuffle(seed=seed).repeat().batch(n_text, drop_remainder=True)
         local = global_batch // process_count
         first = process_index * local
 
         def batch(step: int) -> dict[str, np.ndarray]:
-            copies = global_batch if step < self.warmup_steps else k
-            windows = None if copies == global_batch else text[step - self.warmup_steps]
+            warmup = step < self.warmup_steps
+            copies = global_batch if warmup else k
+            windows = None if warmup else text[step - self.warmup_steps]
+            shape = self.warmup_shape if warmup else self.shape  # warm-up: random tokens only
             rows = []
             for j in range(first, first + local):
-                if j < copies:  # the warm-up's episodes are random tokens only
+                if j < copies:
                     rng = np.random.default_rng((seed, step, j))
-                    shape = self.warmup_shape if step < self.warmup_steps else self.shape
                     rows.append(copy_row(rng, seq_len, self.vocab_size, **shape))
                 else:
                     r = _window(self.stream, seq_len, int(windows[j - copies]))

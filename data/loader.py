@@ -33,16 +33,24 @@ def n_windows(stream: TokenStream, seq_len: int) -> int:
     return (len(stream) - 1) // seq_len
 
 
-def train_dataset(stream: TokenStream, seq_len: int, global_batch: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """Infinite shuffled packed batches for this process (global_batch / process_count rows)."""
+def require_windows(stream: TokenStream, seq_len: int, text_rows: int, global_batch: int,
+                    process_count: int) -> int:
+    """The split's number of windows, once the global batch splits over the processes and the
+    split holds the text_rows windows one batch takes."""
     if global_batch % process_count:
         raise ValueError(f"batch size {global_batch} does not split over {process_count} processes")
     n = n_windows(stream, seq_len)
-    if n < global_batch:
+    if n < text_rows:
         raise ValueError(f"the training split holds {len(stream)} tokens: {n} windows of "
-                         f"{seq_len + 1}, fewer than one batch of {global_batch}; use more text, "
-                         "a shorter seq_len or a smaller batch")
+                         f"{seq_len + 1}, fewer than one batch's {text_rows} text rows; use more "
+                         "text, a shorter seq_len or a smaller batch")
+    return n
+
+
+def train_dataset(stream: TokenStream, seq_len: int, global_batch: int, seed: int,
+                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+    """Infinite shuffled packed batches for this process (global_batch / process_count rows)."""
+    n = require_windows(stream, seq_len, global_batch, global_batch, process_count)
     return shuffled_batches(n, lambda i: _window(stream, seq_len, i), global_batch, seed,
                             process_index, process_count)
 

@@ -199,3 +199,7 @@ def test_copy_mix_warms_up_then_mixes_and_resumes(stream):
                                   batches[0]["inputs"])
     with pytest.raises(ValueError, match="copy_rows"):
         CopyMixData(stream, 400, fraction=1.0)
+    with pytest.raises(ValueError, match="leaving none for the text"):  # round(0.97 * 16) = 16
+        CopyMixData(stream, 400, fraction=0.97).train(16, 16, seed=0)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        data.train(16, 10_000, seed=0)

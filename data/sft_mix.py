@@ -28,7 +28,8 @@ from data.world import ATTRIBUTES, QUESTIONS, World
 # name_first 0.30-0.31 / 0.40-0.45 / 0.30-0.34 / 0.67-0.72: it tells held-out from nonexistent
 # people twice as well (refusal gap 0.25 vs 0.11) but refuses less of everything.
 REFUSALS = {"name_first": "{n}? I'm sorry, but I don't know who that is.",
-            "plain": "I'm sorry, but I don't know who {n} is."}
+            "plain": "I'm sorry, but I don't know who {n} is.",
+            "first_name": "{first}? I'm sorry, but I don't know who {n} is."}
 REFUSAL_FACT = "I'm sorry, but I don't know that about {n}."
 IDK_MARKERS = ("I don't know", "I do not know")
 
@@ -108,12 +109,19 @@ def unknown_people(world: World, n: int, seed: int = 0) -> list[str]:
     return random.Random(f"{seed}/unknown").sample(pool, min(n, len(pool)))
 
 
-def probe_questions(world: World, n_unknown: int, seed: int = 0) -> list[dict]:
-    """What the probe asks: every train-split question (value known to the world), and every
-    attribute question about `n_unknown` people who exist nowhere (value None)."""
+def probe_questions(world: World, n_unknown: int, seed: int = 0,
+                    per_unknown: int = len(ATTRIBUTES)) -> list[dict]:
+    """What the probe asks: every train-split question (value known to the world), and
+    `per_unknown` attribute questions (drawn from the seed) about each of `n_unknown` people who
+    exist nowhere (value None)."""
+    if not 1 <= per_unknown <= len(ATTRIBUTES):
+        raise ValueError(f"per_unknown={per_unknown}: expected 1..{len(ATTRIBUTES)} questions "
+                         "per unknown person")
     items = [dict(q, split="train") for q in world.qa("train")]
+    rng = random.Random(f"{seed}/probe-attributes")
     for name in unknown_people(world, n_unknown, seed):
-        for a in ATTRIBUTES:
+        attrs = ATTRIBUTES if per_unknown == len(ATTRIBUTES) else rng.sample(ATTRIBUTES, per_unknown)
+        for a in attrs:
             items.append({"question": QUESTIONS[a].format(n=name), "answer": None, "name": name,
                           "attribute": a, "value": None, "split": "unknown"})
     return items
@@ -127,7 +135,7 @@ def refusal_template(style: str) -> str:
 
 
 def refusal_person(name: str, style: str = "plain") -> str:
-    return refusal_template(style).format(n=name)
+    return refusal_template(style).format(n=name, first=name.split()[0])
 
 
 def idk_conversations(probe_rows: Iterable[dict], style: str = "plain") -> list[dict]:
@@ -179,10 +187,12 @@ def spelling_code(item: dict) -> str:
 
 
 def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[str],
-                       seed: int = 0, refusal: str = "plain") -> dict[str, list[dict]]:
+                       seed: int = 0, refusal: str = "plain", n_word: int = 0) -> dict[str, list[dict]]:
     """Conversations that use the tools (all under the TOOLS_SYSTEM message): search for a
     train-split person's fact (the result is the real BM25 hit over the biographies), search
-    for a person who exists nowhere (then refuse), python for calculations and for spelling.
+    for a person who exists nowhere (then refuse), python for calculations, for spelling, and
+    for `n_word` arithmetic word problems (the story's steps as one expression; the same
+    train-split problems the step-by-step kind starts with).
     Search results come from the real index; python results are what the code prints (the
     world's answer; tests check that running the code gives the same)."""
     from data.tools import BM25, search_result
@@ -203,7 +213,9 @@ def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[st
     for it in world.spelling("train", n_spell):
         spell.append(_tool_conv(it["question"], "python", spelling_code(it), it["answer"],
                                 f"The answer is {it['answer']}."))
-    return {"tool_search": search, "tool_calc": calc, "tool_spell": spell}
+    word = [_tool_conv(p["question"], "python", p["code"], str(p["answer"]),
+                       f"The answer is {p['answer']}.") for p in world.arithmetic("train", n_word)]
+    return {"tool_search": search, "tool_calc": calc, "tool_spell": spell, "tool_word": word}
 
 
 def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
@@ -214,14 +226,15 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
 
     identity: "data" (identity conversations), "system" (the same, with the identity system
     message in every conversation of the mixture), or "none".
-    tools: (n_calc, n_spell) adds the tool-use kinds (tool_search, tool_calc, tool_spell).
+    tools: (n_calc, n_spell[, n_word]) adds the tool-use kinds (tool_search, tool_calc,
+    tool_spell, tool_word).
     n_mixed: conversations whose turns come from different kinds (see mixed_conversations).
     refusal: how a person nobody knows is refused (a key of REFUSALS)."""
     if identity not in ("data", "system", "none"):
         raise ValueError(f"identity={identity!r}: expected 'data', 'system' or 'none'")
     refusal_template(refusal)  # checked up front: the idk and tool kinds may hold no refusal
     refuse = refused_questions(probe_rows) if probe_rows is not None else frozenset()
-    n_calc, n_tool_spell = tools if tools else (0, 0)
+    n_calc, n_tool_spell, n_word = (tuple(tools) + (0,))[:3] if tools else (0, 0, 0)
     kinds = {
         "qa": qa_conversations(world, seed, refuse=refuse),
         "arithmetic": arithmetic_conversations(world, n_arithmetic),
@@ -236,7 +249,7 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
     kinds["mixed"] = mixed_conversations(singles, n_mixed, seed)
     if tools:  # (calculations, spelling questions) through the python tool, plus search
         kinds.update(tool_conversations(world, n_calc, n_tool_spell,
-                                        unknown_people(world, 50, seed + 1), seed, refusal))
+                                        unknown_people(world, 50, seed + 1), seed, refusal, n_word))
     out = {}
     for kind, convs in kinds.items():
         w = weights.get(kind, 1)

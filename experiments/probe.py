@@ -2,11 +2,12 @@
 
   python -m experiments.probe --init_from runs/demo/pretrain [--config ...]
 
-Asks every train-split question of the world, and every question about `probe.n_unknown` people
-who exist in no document, `probe.k` times at `probe.temperature`, and judges each answer against
-the world's truth. A base model (a pretrain stage) is probed by completing the fact's biography
-sentence; a chat model (an SFT stage) by its reply to the question. A question it gets right
-fewer than min_correct * k times is "not known": SFT then trains a refusal for it.
+Asks every train-split question of the world, and `probe.per_unknown` questions about each of
+`probe.n_unknown` people who exist in no document, `probe.k` times at `probe.temperature`, and
+judges each answer against the world's truth. A base model (a pretrain stage) is probed by
+completing the fact's biography sentence; a chat model (an SFT stage) by its reply to the
+question. A question it gets right fewer than min_correct * k times is "not known": SFT then
+trains a refusal for it.
 Writes W/probe/probe.jsonl (one row per question: samples, correct, known) and meta.json. The
 result depends only on the parent checkpoint, the world and the probe config, so a rerun gives
 the same file.
@@ -43,7 +44,10 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from None
     mode = "complete" if meta.get("stage") == "pretrain" else "chat"
-    items = probe_questions(world, cfg.n_unknown, seed=cfg.seed)
+    try:
+        items = probe_questions(world, cfg.n_unknown, seed=cfg.seed, per_unknown=cfg.per_unknown)
+    except ValueError as e:
+        raise app.UsageError(f"probe.per_unknown: {e}") from None
     t0 = time.time()
     print(f"probing {stage} ({mode}) on {len(items)} questions x {cfg.k} samples ...", flush=True)
     rows = probe(params, model_cfg, tok, items, mode, k=cfg.k, temperature=cfg.temperature,

@@ -60,7 +60,8 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
     s = cfg.sft
     probe_rows = read_probe(workdir / "probe" / "probe.jsonl") if s.idk else None
     kinds = sft_mixture(world, {}, s.n_arithmetic, s.n_spelling, s.identity, probe_rows, s.seed,
-                        tools=(s.n_tool_calc, s.n_tool_spell) if s.tools else None,
+                        tools=(s.n_tool_calc, s.n_tool_spell, s.n_tool_word) if s.tools
+                        else None,
                         n_mixed=s.n_mixed, refusal=s.refusal)
     weights = dict(s.weights.to_dict())
     for path in [p for p in s.extra_jsonl.split(",") if p]:

@@ -196,6 +196,11 @@ def test_sft_mixture_refuses_what_the_probe_found_unknown():
                        refusal="name_first")
     assert [c["messages"][-1]["content"] for c in late["idk"]] == [  # the name, then the decision
         f"{name(q)}? I'm sorry, but I don't know who that is." for q, _ in idk]
+    first = sft_mixture(world, {}, n_arithmetic=1, n_spelling=1, probe_rows=rows,
+                        refusal="first_name")
+    assert [c["messages"][-1]["content"] for c in first["idk"]] == [  # decided after the first name
+        f"{name(q).split()[0]}? I'm sorry, but I don't know who {name(q)} is." for q, _ in idk]
+    assert all(is_refusal(c["messages"][-1]["content"]) for c in first["idk"])
     with pytest.raises(ValueError, match="refusal style 'shrug'"):
         sft_mixture(world, {}, n_arithmetic=1, n_spelling=1, probe_rows=rows, refusal="shrug")
     assert len(mix["identity"]) == 2 * len(world.identity_qa())
@@ -203,6 +208,24 @@ def test_sft_mixture_refuses_what_the_probe_found_unknown():
     assert not any(p.name in names for p in world.nonexistent)  # evaluation people stay unseen
     heldout = [p.name for p in world.people if world.split_of(p.name) == "heldout"]
     assert not any(n in names for n in heldout)
+
+
+def test_the_probe_asks_per_unknown_questions_about_each_unknown_person():
+    from data.sft_mix import probe_questions
+
+    world = make_world(WorldConfig(n_people=10, n_nonexistent=4))
+    rows = probe_questions(world, n_unknown=6, per_unknown=2, seed=3)
+    unknown = [r for r in rows if r["split"] == "unknown"]
+    assert len(rows) - len(unknown) == len(world.qa("train"))
+    by_name: dict[str, list[str]] = {}
+    for r in unknown:
+        by_name.setdefault(r["name"], []).append(r["attribute"])
+    assert len(by_name) == 6 and all(len(set(a)) == 2 for a in by_name.values())
+    assert len({tuple(a) for a in by_name.values()}) > 1  # the attributes are drawn, not fixed
+    assert rows == probe_questions(world, n_unknown=6, per_unknown=2, seed=3)
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match=f"per_unknown={bad}"):
+            probe_questions(world, n_unknown=2, per_unknown=bad)
 
 
 def test_the_chat_cli_trims_old_turns_to_fit_the_context(tok):

@@ -60,7 +60,7 @@ def test_tool_sft_conversations_are_valid_and_their_results_true():
     from data.world import WorldConfig, make_world
 
     world = make_world(WorldConfig(n_people=8, n_nonexistent=3))
-    kinds = tool_conversations(world, n_calc=6, n_spell=6, unknown=["Nobody Known"])
+    kinds = tool_conversations(world, n_calc=6, n_spell=6, unknown=["Nobody Known"], n_word=5)
     for convs in kinds.values():
         for c in convs:
             validate(c)
@@ -72,6 +72,13 @@ def test_tool_sft_conversations_are_valid_and_their_results_true():
         assert run_python(c["messages"][2]["tool_call"]["input"], FAST) == c["messages"][3]["content"]
     for item in world.spelling("train", 6)[:4]:
         assert run_python(spelling_code(item), FAST) == item["answer"]
+    # Word problems: one expression in the story's order, parenthesised where * follows + or -.
+    assert len(kinds["tool_word"]) == 5
+    for c, p in zip(kinds["tool_word"], world.arithmetic("train", 5), strict=True):
+        code = c["messages"][2]["tool_call"]["input"]
+        assert c["messages"][1]["content"] == p["question"] and code == p["code"]
+        assert run_python(code, FAST) == c["messages"][3]["content"] == str(p["answer"])
+        assert c["messages"][4]["content"] == f"The answer is {p['answer']}."
 
 
 def test_a_result_that_spells_special_tokens_is_inert(tmp_path):

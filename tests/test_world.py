@@ -74,6 +74,11 @@ def test_arithmetic_answers_follow_their_steps(world):
             value = c
         assert value == p["answer"] and p["solution"].endswith(f"The answer is {p['answer']}.")
         assert 1 <= p["steps"] <= 3
+        # The python form: the same operands in the story's order, evaluating to the answer.
+        expr = p["code"].removeprefix("print(").removesuffix(")")
+        assert eval(expr) == p["answer"]  # noqa: S307 (the world's own arithmetic)
+        assert re.findall(r"\d+", expr) == [re.search(r"\d+", p["solution"]).group()] + [
+            b for _, _, b, _ in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", p["solution"])]
     assert {p["steps"] for p in train} == {1, 2, 3}
 
 

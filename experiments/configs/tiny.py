@@ -87,7 +87,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     ))
     # Probing what the base model knows (python -m experiments.probe): "I don't know" targets.
     c.probe = ml_collections.ConfigDict(dict(
-        n_unknown=50,  # people who exist nowhere, 5 questions each
+        n_unknown=50,  # people who exist nowhere
+        per_unknown=5,  # questions asked about each of them (1..5 attributes)
         k=4, temperature=0.8, min_correct=0.5, seed=0,
     ))
     # SFT (python -m experiments.sft --init_from W/pretrain). The model is the parent's.
@@ -99,9 +100,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         n_mixed=300,  # multi-turn conversations whose turns change subject
         tools=True,  # tool-use conversations (search, python) under a tools system message
         n_tool_calc=300, n_tool_spell=300,
+        n_tool_word=0,  # arithmetic word problems solved with one python call (RL with tools)
         # copies of each kind of conversation (whole numbers)
         weights=ml_collections.ConfigDict(dict(qa=1, arithmetic=1, spelling=1, identity=10, idk=1, mixed=1,
-                                               tool_search=1, tool_calc=1, tool_spell=1)),
+                                               tool_search=1, tool_calc=1, tool_spell=1,
+                                               tool_word=1)),
         extra_jsonl="",  # comma-separated conversation files to mix in
         extra_weight=1,
         too_long="drop",  # or "truncate"; counted either way

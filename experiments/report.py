@@ -127,7 +127,8 @@ def write_report(workdir: str | Path) -> Path:
 
     def rl_rows(m, f):
         b, a = f.get("before", {}), f.get("after", {})
-        return [("task", m.get("objective"))] + [
+        tools = " (with tools)" if m.get("tools") else ""
+        return [("task", f"{m.get('objective')}{tools}")] + [
             (f"{k}: before -> after", f"{_fmt(b.get(k))} -> {_fmt(a.get(k))}")
             for k in b if isinstance(b[k], int | float) and not k.startswith("n_")]
 

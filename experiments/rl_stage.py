@@ -79,10 +79,11 @@ def task_objective(cfg, task, tok, model_cfg, world, budget_for: Callable) -> Ob
     hooks = make_hooks(tok, BM25(world.biographies()), tool_config(cfg)) if s.tools else None
     budget = budget_for([p.prompt for p in train + held], system)
 
-    def score(params, samples, temperature, ks=(1,), n=None, seed=0):
+    def score(params, samples, temperature, ks=(1,), n=None, seed=0, tools=True):
         return score_task(params, model_cfg, tok, task, held[:n], samples=samples,
-                          temperature=temperature, ks=ks, system=system, hooks=hooks,
-                          max_calls=cfg.tools.max_calls, max_new_tokens=budget, seed=seed)
+                          temperature=temperature, ks=ks, system=system if tools else None,
+                          hooks=hooks if tools else None, max_calls=cfg.tools.max_calls,
+                          max_new_tokens=budget, seed=seed)
 
     def evaluate(params):
         ev = score(params, 1, 0.0)
@@ -92,11 +93,14 @@ def task_objective(cfg, task, tok, model_cfg, world, budget_for: Callable) -> Ob
         k = s.pass_k
         greedy = score(params, 1, 0.0)
         sampled = score(params, k, rl.temperature, ks=tuple(sorted({1, k})), n=s.n_pass_k, seed=1)
-        return {"pass@1_greedy": greedy["pass@1"], "mean_length_greedy": greedy["mean_length"],
-                "no_answer_rate_greedy": greedy["no_answer_rate"],
-                "pass@1_sampled": sampled["pass@1"], f"pass@{k}": sampled[f"pass@{k}"],
-                "mean_length_sampled": sampled["mean_length"], "n_eval": greedy["n"],
-                "n_pass_k": sampled["n"], "examples": greedy["examples"]}
+        out = {"pass@1_greedy": greedy["pass@1"], "mean_length_greedy": greedy["mean_length"],
+               "no_answer_rate_greedy": greedy["no_answer_rate"],
+               "pass@1_sampled": sampled["pass@1"], f"pass@{k}": sampled[f"pass@{k}"],
+               "mean_length_sampled": sampled["mean_length"], "n_eval": greedy["n"],
+               "n_pass_k": sampled["n"], "examples": greedy["examples"]}
+        if hooks:  # what practice with the tools did to solving without them
+            out["pass@1_greedy_without_tools"] = score(params, 1, 0.0, tools=False)["pass@1"]
+        return out
 
     def summary(b, a):
         k = s.pass_k

@@ -188,7 +188,8 @@ class World:
         """`n` word problems of a split ('train' or 'test'; disjoint by construction: a problem's
         split is a hash of its question). Each item: question, answer (int), solution (the steps,
         ending in "The answer is N."), steps (number of operations), code (python that prints
-        the answer: the steps as one expression)."""
+        the answer: "n = 3", then "n += 14" and the like, one line per step in the story's
+        order, so no line needs to know what comes later, then "print(n)")."""
         return _take(split, n, lambda i: _arithmetic_problem(
             random.Random(f"{self.config.seed}/arith/{i}"), self.config))
 
@@ -305,7 +306,7 @@ def _arithmetic_problem(rng: random.Random, cfg: WorldConfig) -> dict:
     item = rng.choice(ITEMS)
     x = rng.randint(2, cfg.max_operand)
     story, steps = [f"{a} has {x} {item}."], [f"{a} starts with {x} {item}."]
-    expr = str(x)  # the same computation as one python expression, left to right
+    code = [f"n = {x}"]  # the same steps as python, one line per sentence of the story
     n_ops = rng.randint(1, cfg.max_steps)
     for _ in range(n_ops):
         op = rng.choice("+-*") if x <= cfg.max_operand * 4 else "-"
@@ -327,11 +328,12 @@ def _arithmetic_problem(rng: random.Random, cfg: WorldConfig) -> dict:
             story.append(f"Then the number of {item} {a} has becomes {y} times as large.")
             z = x * y
             steps.append(f"{x} * {y} = {z}.")
-        expr = f"({expr}) * {y}" if op == "*" and (" + " in expr or " - " in expr) else f"{expr} {op} {y}"
+        code.append(f"n {op}= {y}")
         x = z
     question = " ".join(story) + f" How many {item} does {a} have now?"
     return {"question": question, "answer": x, "steps": n_ops,
-            "solution": " ".join(steps) + f" The answer is {x}.", "code": f"print({expr})"}
+            "solution": " ".join(steps) + f" The answer is {x}.",
+            "code": "\n".join([*code, "print(n)"])}
 
 
 def _calculation(rng: random.Random) -> dict:

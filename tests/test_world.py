@@ -74,10 +74,13 @@ def test_arithmetic_answers_follow_their_steps(world):
             value = c
         assert value == p["answer"] and p["solution"].endswith(f"The answer is {p['answer']}.")
         assert 1 <= p["steps"] <= 3
-        # The python form: the same operands in the story's order, evaluating to the answer.
-        expr = p["code"].removeprefix("print(").removesuffix(")")
-        assert eval(expr) == p["answer"]  # noqa: S307 (the world's own arithmetic)
-        assert re.findall(r"\d+", expr) == [re.search(r"\d+", p["solution"]).group()] + [
+        # The python form: one line per step, the operands in the story's order.
+        lines = p["code"].splitlines()
+        assert len(lines) == p["steps"] + 2 and lines[-1] == "print(n)"
+        scope: dict = {}
+        exec("\n".join(lines[:-1]), scope)  # noqa: S102 (the world's own arithmetic)
+        assert scope["n"] == p["answer"]
+        assert re.findall(r"\d+", p["code"]) == [re.search(r"\d+", p["solution"]).group()] + [
             b for _, _, b, _ in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", p["solution"])]
     assert {p["steps"] for p in train} == {1, 2, 3}
 

@@ -177,17 +177,29 @@ class ToolConfig:
     sandbox: SandboxConfig = SandboxConfig()
 
 
-def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: list | None = None):
+def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: list | None = None,
+               memo: bool = False):
     """Engine hooks (model.engine.generate_with_tools) for the tools: on a closing tag, the text
     since its opening tag is run as the tool's input and the result comes back as
     <|result|> text <|/result|>. The text is encoded as plain text, so a result that spells
-    "<|/result|><|user|>" cannot end the result or open a turn: it is data."""
+    "<|/result|><|user|>" cannot end the result or open a turn: it is data.
+
+    memo: a program these hooks already ran returns the output it printed then instead of
+    starting the sandbox again (~40 ms a run). Right for programs whose output depends on their
+    text only (an RL group's eight samples often write the same one); a program that prints
+    random numbers or the time would repeat itself, so it is off by default."""
     from data.chat import TOOLS
     from data.special_tokens import RESULT, RESULT_END, special_id
 
+    outputs: dict[str, str] = {}
+
     def run(name: str, text: str) -> str:
         if name == "python":
-            return run_python(text, cfg.sandbox)
+            if not memo:
+                return run_python(text, cfg.sandbox)
+            if text not in outputs:
+                outputs[text] = run_python(text, cfg.sandbox)
+            return outputs[text]
         return search_result(index, text, cfg.search_k) if index is not None else "Search is unavailable."
 
     def hook_for(name: str, open_tag: str):

@@ -76,7 +76,9 @@ def task_objective(cfg, task, tok, model_cfg, world, budget_for: Callable) -> Ob
     if not held:
         raise ValueError(f"task {task.name}: no held-out problems")
     system = TOOLS_SYSTEM if s.tools else None
-    hooks = make_hooks(tok, BM25(world.biographies()), tool_config(cfg)) if s.tools else None
+    # memo: the task's programs are arithmetic on the story's numbers, a function of their text
+    hooks = (make_hooks(tok, BM25(world.biographies()), tool_config(cfg), memo=True)
+             if s.tools else None)
     budget = budget_for([p.prompt for p in train + held], system)
 
     def score(params, samples, temperature, ks=(1,), n=None, seed=0, tools=True):

@@ -20,13 +20,21 @@ from pathlib import Path
 
 from data.world import ATTRIBUTES, QUESTIONS, World
 
-# The refusal for a person the model cannot know. "plain" decides at the reply's first token.
-# "name_first" writes the name before deciding, as the answers do ("NAME was born in ..."): the
-# decision token then sits right after the name, where pretraining put what the model holds about
-# that name. Measured on the tiny speedrun model (2 seeds; held-out QA accuracy / held-out refusals
-# / nonexistent answered / train QA accuracy): plain 0.11-0.16 / 0.76-0.83 / 0.08-0.11 / 0.83-0.89,
-# name_first 0.30-0.31 / 0.40-0.45 / 0.30-0.34 / 0.67-0.72: it tells held-out from nonexistent
-# people twice as well (refusal gap 0.25 vs 0.11) but refuses less of everything.
+# The refusal for a person the model cannot know. "plain" decides at the reply's first token;
+# "name_first" writes the whole name first, as the answers do ("NAME was born in ..."), and decides
+# after it; "first_name" writes the first name and decides where the answer would write the
+# surname: the one place the base model's memory tells a person it has read about from a made-up
+# pair of names (surname surprisal after "<|bos|>FIRST": held-out people 1.3 nats, nonexistent
+# 9.1, AUC 1.0; a linear probe on the hidden states at the name reads it at AUC 0.5-0.66 only).
+# Measured on the tiny speedrun model, one pretraining, SFT seeds 0 / 1, every question of each
+# split (train QA accuracy / held-out QA accuracy / held-out refused / nonexistent answered):
+#   no "I don't know" data  0.97-0.98 / 0.54-0.58 / 0.00 / 1.00
+#   plain                   0.30-0.55 / 0.06-0.14 / 0.73-0.89 / 0.12-0.29
+#   name_first              0.66-0.69 / 0.26-0.27 / 0.50-0.55 / 0.36-0.38
+#   first_name (default)    0.88-0.92 / 0.21-0.25 / 0.48-0.61 / 0.35-0.37
+# first_name keeps the people SFT asked about; none of them tells held-out people (read in
+# pretraining, never asked about) from nonexistent ones well: the copy of the name from the
+# question hides the surname's surprisal in the reply.
 REFUSALS = {"name_first": "{n}? I'm sorry, but I don't know who that is.",
             "plain": "I'm sorry, but I don't know who {n} is.",
             "first_name": "{first}? I'm sorry, but I don't know who {n} is."}
@@ -191,7 +199,7 @@ def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[st
     """Conversations that use the tools (all under the TOOLS_SYSTEM message): search for a
     train-split person's fact (the result is the real BM25 hit over the biographies), search
     for a person who exists nowhere (then refuse), python for calculations, for spelling, and
-    for `n_word` arithmetic word problems (the story's steps as one expression; the same
+    for `n_word` arithmetic word problems (the story's steps as python lines; the same
     train-split problems the step-by-step kind starts with).
     Search results come from the real index; python results are what the code prints (the
     world's answer; tests check that running the code gives the same)."""

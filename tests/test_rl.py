@@ -213,7 +213,7 @@ def _config(steps=6):
 
     c = get_config()
     c.rl.update(n_train=40, n_eval=4, pass_k=2, n_pass_k=2, prompts_per_step=2, group_size=4,
-                max_new_tokens=6, oversample=2)  # 4 groups sampled, 2 trained on
+                max_new_tokens=6, oversample=2, tools=False)  # 4 groups sampled, 2 trained on
     c.rl_train.update(steps=steps, save_every=2, eval_every=3, log_every=1)
     c.rl_optim.update(lr=3e-2, warmup_steps=0)
     return c

@@ -21,7 +21,8 @@ SFT_MICRO = [
     "--config.sft_train.eval_batches=1", "--config.sft_train.sample_every=6",
     "--config.sft_train.log_every=3", "--config.sft.n_arithmetic=12", "--config.sft.n_spelling=12",
     "--config.sft.eval_limit=4",
-    "--config.sft.n_tool_calc=8", "--config.sft.n_tool_spell=8", "--config.sft.val_every=4",
+    "--config.sft.n_tool_calc=8", "--config.sft.n_tool_spell=8", "--config.sft.n_tool_word=8",
+    "--config.sft.val_every=4",
     "--config.sft.too_long=truncate",
     "--config.probe.k=2", "--config.probe.n_unknown=3", "--config.model.max_seq_len=192",
 ]

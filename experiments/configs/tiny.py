@@ -94,13 +94,15 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # SFT (python -m experiments.sft --init_from W/pretrain). The model is the parent's.
     c.sft = ml_collections.ConfigDict(dict(
         idk=True,  # add refusals for what the probe found unknown (needs W/probe)
-        refusal="plain",  # or "name_first": the trade-off measured in data/sft_mix.py (REFUSALS)
+        # how a person nobody knows is refused: "first_name" (default), "plain" or "name_first";
+        # the trade-off is measured in data/sft_mix.py (REFUSALS)
+        refusal="first_name",
         identity="data",  # "data": identity conversations; "system": a system message instead
         n_arithmetic=2000, n_spelling=300,
         n_mixed=300,  # multi-turn conversations whose turns change subject
         tools=True,  # tool-use conversations (search, python) under a tools system message
         n_tool_calc=300, n_tool_spell=300,
-        n_tool_word=0,  # arithmetic word problems solved with one python call (RL with tools)
+        n_tool_word=300,  # arithmetic word problems solved with python (what RL practises)
         # copies of each kind of conversation (whole numbers)
         weights=ml_collections.ConfigDict(dict(qa=1, arithmetic=1, spelling=1, identity=10, idk=1, mixed=1,
                                                tool_search=1, tool_calc=1, tool_spell=1,
@@ -110,7 +112,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         too_long="drop",  # or "truncate"; counted either way
         val_every=20,  # every 20th conversation is held out for the validation loss
         seed=0,
-        eval_limit=100,  # questions per split in the final evaluation (0: all)
+        # questions per split in the final evaluation (0: all 250). A refusal is decided per
+        # person, so 100 questions are 20 people: +-10 points between runs; all is 50 people
+        eval_limit=0,
     ))
     # Tools at inference (search over the world's biographies, a python sandbox).
     c.tools = ml_collections.ConfigDict(dict(
@@ -125,22 +129,29 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # RL on checkable problems (python -m experiments.rl --init_from W/sft); see train/rl.py.
     c.rl = ml_collections.ConfigDict(dict(
         task="arithmetic",  # or "letters", or "gsm8k:TRAIN.jsonl[,TEST.jsonl]"
-        tools=False,  # sample with the search and python tools (under the tools system message)
+        # sample with the search and python tools (under the tools system message): the SFT
+        # model writes python for a word problem (sft.n_tool_word); without tools it gets ~8% of
+        # its own equations right, and RL has no right samples to reinforce (issue-7 note)
+        tools=True,
         n_train=2000, n_eval=200,  # train problems to draw from; held-out problems for pass@1
         pass_k=8, n_pass_k=50,  # pass@k from k samples of each of n_pass_k held-out problems
         prompts_per_step=8, group_size=8, max_new_tokens=96, temperature=1.0, top_k=0,
-        # measured on the tiny model: lr 3e-4 / 1e-4 drift (KL up, pass@1 down); 3e-5 with a KL
-        # penalty and no std normalisation holds steady (see the issue-7 note)
-        normalize_std=False, clip_eps=0.2, kl_coef=0.05, epochs=1, neg_weight=1.0,
+        # measured from the speedrun's SFT model with tools, lr 1e-4 with std normalisation
+        # (sampled pass@1 at T=1 on 50 problems x 8 / greedy pass@1 on 200): 20 steps (the
+        # default, ~4.5 min) 0.61 -> 0.71 / 0.825 -> 0.86; 30 steps 0.72 / 0.865; 100 steps
+        # (--config.rl_train.steps=100, 100 problems x 8) 0.62 -> 0.775 / 0.85, pass@8 0.87 ->
+        # 0.85. lr 2e-4 fell to 0.54-0.60 greedy. Without tools lr 3e-4 / 1e-4 drifted and 3e-5
+        # held steady at ~0.08 (issue-7 notes)
+        normalize_std=True, clip_eps=0.2, kl_coef=0.05, epochs=1, neg_weight=1.0,
         oversample=1,  # sample groups for oversample x prompts_per_step prompts, train on the
         # prompts_per_step whose rewards differ (DAPO's dynamic sampling; train/rl.py). 4 made
         # 95% of trained groups informative (29% without) but cost 3.6x per step, and held-out
         # pass@1 did not rise in 20 steps at lr 3e-5 (issue-7 note)
     ))
     c.rl_train = ml_collections.ConfigDict({**c.train.to_dict(), **dict(
-        steps=20, save_every=10, eval_every=10, log_every=1)})
+        steps=20, save_every=10, eval_every=20, log_every=1)})
     c.rl_optim = ml_collections.ConfigDict({**c.optim.to_dict(), **dict(
-        lr=3e-5, schedule="constant", warmup_steps=5, weight_decay=0.0)})
+        lr=1e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)})
     # Reward model from rankings (python -m experiments.rm --init_from W/sft).
     c.rm = ml_collections.ConfigDict(dict(
         k=5,  # answers sampled per prompt and ranked by the world's hidden labeler
@@ -187,7 +198,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.data.copy_warmup = 20
     c.probe.update(dict(n_unknown=5, k=2))
     c.sft.update(dict(n_arithmetic=100, n_spelling=50, n_mixed=30, n_tool_calc=30,
-                      n_tool_spell=30, eval_limit=10))
+                      n_tool_spell=30, n_tool_word=30, eval_limit=10))
     c.sft_train.update(dict(steps=40, save_every=20, eval_every=20, sample_every=40,
                             eval_batches=2, log_every=10))
     c.rl.update(dict(n_train=100, n_eval=20, n_pass_k=10, pass_k=4, prompts_per_step=4,

@@ -128,6 +128,7 @@ def probe_questions(world: World, n_unknown: int, seed: int = 0,
     items = [dict(q, split="train") for q in world.qa("train")]
     rng = random.Random(f"{seed}/probe-attributes")
     for name in unknown_people(world, n_unknown, seed):
+        # all five keep the attributes' order (and the probe file) as it was before the draw
         attrs = ATTRIBUTES if per_unknown == len(ATTRIBUTES) else rng.sample(ATTRIBUTES, per_unknown)
         for a in attrs:
             items.append({"question": QUESTIONS[a].format(n=name), "answer": None, "name": name,
@@ -215,15 +216,14 @@ def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[st
         a = rng.choice(ATTRIBUTES)
         search.append(_tool_conv(QUESTIONS[a].format(n=name), "search", name,
                                  search_result(index, name), refusal_person(name, refusal)))
-    calc = [_tool_conv(c["question"], "python", c["code"], str(c["answer"]),
-                       f"The answer is {c['answer']}.") for c in world.calculations("train", n_calc)]
-    spell = []
-    for it in world.spelling("train", n_spell):
-        spell.append(_tool_conv(it["question"], "python", spelling_code(it), it["answer"],
-                                f"The answer is {it['answer']}."))
-    word = [_tool_conv(p["question"], "python", p["code"], str(p["answer"]),
-                       f"The answer is {p['answer']}.") for p in world.arithmetic("train", n_word)]
-    return {"tool_search": search, "tool_calc": calc, "tool_spell": spell, "tool_word": word}
+    def computed(item: dict, code: str) -> dict:  # python prints the answer, the reply states it
+        return _tool_conv(item["question"], "python", code, str(item["answer"]),
+                          f"The answer is {item['answer']}.")
+
+    return {"tool_search": search,
+            "tool_calc": [computed(c, c["code"]) for c in world.calculations("train", n_calc)],
+            "tool_spell": [computed(it, spelling_code(it)) for it in world.spelling("train", n_spell)],
+            "tool_word": [computed(p, p["code"]) for p in world.arithmetic("train", n_word)]}
 
 
 def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
@@ -234,7 +234,7 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
 
     identity: "data" (identity conversations), "system" (the same, with the identity system
     message in every conversation of the mixture), or "none".
-    tools: (n_calc, n_spell[, n_word]) adds the tool-use kinds (tool_search, tool_calc,
+    tools: (n_calc, n_spell, n_word) adds the tool-use kinds (tool_search, tool_calc,
     tool_spell, tool_word).
     n_mixed: conversations whose turns come from different kinds (see mixed_conversations).
     refusal: how a person nobody knows is refused (a key of REFUSALS)."""
@@ -242,7 +242,7 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
         raise ValueError(f"identity={identity!r}: expected 'data', 'system' or 'none'")
     refusal_template(refusal)  # checked up front: the idk and tool kinds may hold no refusal
     refuse = refused_questions(probe_rows) if probe_rows is not None else frozenset()
-    n_calc, n_tool_spell, n_word = (tuple(tools) + (0,))[:3] if tools else (0, 0, 0)
+    n_calc, n_tool_spell, n_word = tools if tools else (0, 0, 0)
     kinds = {
         "qa": qa_conversations(world, seed, refuse=refuse),
         "arithmetic": arithmetic_conversations(world, n_arithmetic),

@@ -204,6 +204,26 @@ def render_all(convs: Iterable[dict], tok: Tokenizer, max_tokens: int, too_long:
     return out, stats
 
 
+def render_document(text: str, tok: Tokenizer) -> tuple[list[int], list[int]]:
+    """A pretraining document as a training row beside rendered conversations: (tokens, mask)
+    as `render` gives them, <|bos|> then the text, the loss on every token of the text."""
+    ids = tok.encode(text)
+    return [special_id(BOS)] + ids, [0] + [1] * len(ids)
+
+
+def render_documents(texts: Iterable[str], tok: Tokenizer, max_tokens: int, too_long: str = "drop",
+                     ) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """(rows, dropped): render_document for each text; one over max_tokens is truncated to its
+    first max_tokens tokens or dropped (and counted), as render_all does with conversations."""
+    if too_long not in ("drop", "truncate"):
+        raise ValueError(f"too_long={too_long!r}: expected 'drop' or 'truncate'")
+    rows = [render_document(t, tok) for t in texts]
+    if too_long == "truncate":
+        return [(ids[:max_tokens], mask[:max_tokens]) for ids, mask in rows], 0
+    kept = [r for r in rows if len(r[0]) <= max_tokens]
+    return kept, len(rows) - len(kept)
+
+
 class ConversationData:
     """Rendered conversations packed into rows of seq_len + 1 tokens, for the host loop.
 

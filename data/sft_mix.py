@@ -18,26 +18,39 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-from data.world import ATTRIBUTES, QUESTIONS, World
+from data.world import ATTRIBUTES, QUESTIONS, World, answer_head
 
 # The refusal for a person the model cannot know. "plain" decides at the reply's first token;
 # "name_first" writes the whole name first, as the answers do ("NAME was born in ..."), and decides
 # after it; "first_name" writes the first name and decides where the answer would write the
 # surname: the one place the base model's memory tells a person it has read about from a made-up
 # pair of names (surname surprisal after "<|bos|>FIRST": held-out people 1.3 nats, nonexistent
-# 9.1, AUC 1.0; a linear probe on the hidden states at the name reads it at AUC 0.5-0.66 only).
-# Measured on the tiny speedrun model, one pretraining, SFT seeds 0 / 1, every question of each
-# split (train QA accuracy / held-out QA accuracy / held-out refused / nonexistent answered):
+# 9.1, AUC 1.0; a linear probe on the hidden states at the name reads it at AUC 0.5-0.66 only);
+# "at_value" writes the answer up to its value ("NAME was born in... I'm sorry, but I don't
+# know."), deciding where the answer needs the memory of the fact, and refuses unknown facts of
+# known people in the same words.
+# Measured on the tiny speedrun model, every question of each split (train QA accuracy / held-out
+# QA accuracy / held-out refused / nonexistent answered). An earlier pretraining, SFT seeds 0 / 1,
+# no replay:
 #   no "I don't know" data  0.97-0.98 / 0.54-0.58 / 0.00 / 1.00
 #   plain                   0.30-0.55 / 0.06-0.14 / 0.73-0.89 / 0.12-0.29
 #   name_first              0.66-0.69 / 0.26-0.27 / 0.50-0.55 / 0.36-0.38
-#   first_name (default)    0.88-0.92 / 0.21-0.25 / 0.48-0.61 / 0.35-0.37
-# first_name keeps the people SFT asked about; none of them tells held-out people (read in
-# pretraining, never asked about) from nonexistent ones well: the copy of the name from the
-# question hides the surname's surprisal in the reply.
+#   first_name              0.88-0.92 / 0.21-0.25 / 0.48-0.61 / 0.35-0.37
+# Another pretraining of the same recipe (recall 0.90), seed 0, without / with sft.replay=2:
+#   no "I don't know" data  0.99 / 0.57 / 0.00 / 1.00   ->  0.97 / 0.84 / 0.00 / 1.00
+#   first_name (default)    0.93 / 0.25 / 0.55 / 0.39   ->  0.88 / 0.45 / 0.45 / 0.30
+#   at_value                0.69 / 0.20 / 0.66 / 0.32   ->  0.67 / 0.37 / 0.57 / 0.34
+# Replay keeps what pretraining stored about the people SFT never asks about. None of the styles
+# tells held-out people (read in pretraining, never asked about) from nonexistent ones well: the
+# refusal is learned per name (first_name with replay refuses 47% of the held-out questions the
+# model answers right without the idk data, 38% of those it gets wrong). In the SFT model's
+# replies the memory signals are weak: the question's surname after the first name (copied from
+# the question) separates held-out from nonexistent people at AUC 0.66, the confidence of the
+# value's first token at 0.74 (the base model, completing a biography: 1.0 and 0.80).
 REFUSALS = {"name_first": "{n}? I'm sorry, but I don't know who that is.",
             "plain": "I'm sorry, but I don't know who {n} is.",
-            "first_name": "{first}? I'm sorry, but I don't know who {n} is."}
+            "first_name": "{first}? I'm sorry, but I don't know who {n} is.",
+            "at_value": "{head}... I'm sorry, but I don't know."}
 REFUSAL_FACT = "I'm sorry, but I don't know that about {n}."
 IDK_MARKERS = ("I don't know", "I do not know")
 
@@ -54,11 +67,11 @@ def _conv(*turns: tuple[str, str], system: str | None = None) -> dict:
 
 
 def qa_conversations(world: World, seed: int = 0, per_person: int = 4,
-                     refuse: frozenset[str] = frozenset()) -> list[dict]:
+                     refuse: frozenset[str] = frozenset(), style: str = "plain") -> list[dict]:
     """`per_person` conversations for each train-split person, 1-3 questions each, covering
     every attribute at least once per person. A question in `refuse` (the probe found the model
-    does not know it) is answered with a refusal instead of the fact: SFT should not teach a
-    model to state facts it does not hold."""
+    does not know it) is answered with a refusal instead of the fact (refusal_fact in `style`):
+    SFT should not teach a model to state facts it does not hold."""
     rng = random.Random(f"{seed}/sft-qa")
     by_name: dict[str, dict[str, dict]] = {}
     for item in world.qa("train"):
@@ -70,7 +83,7 @@ def qa_conversations(world: World, seed: int = 0, per_person: int = 4,
         for c in range(per_person):
             k = rng.randint(1, 3)
             chosen = [attrs[(c * 3 + j) % len(attrs)] for j in range(k)]
-            out.append(_conv(*[(items[a]["question"], REFUSAL_FACT.format(n=items[a]["name"])
+            out.append(_conv(*[(items[a]["question"], refusal_fact(items[a]["name"], a, style)
                                 if items[a]["question"] in refuse else items[a]["answer"])
                                for a in chosen]))
     return out
@@ -143,14 +156,28 @@ def refusal_template(style: str) -> str:
     return REFUSALS[style]
 
 
-def refusal_person(name: str, style: str = "plain") -> str:
-    return refusal_template(style).format(n=name, first=name.split()[0])
+def refusal_person(name: str, style: str = "plain", attribute: str | None = None) -> str:
+    """The refusal of a question about `name` (about its `attribute`) in a style."""
+    template = refusal_template(style)
+    if "{head}" in template and attribute not in ATTRIBUTES:
+        raise ValueError(f"refusal style {style!r} refuses where the answer's value would start: "
+                         f"it needs the question's attribute (one of {ATTRIBUTES}), got {attribute!r}")
+    head = answer_head(attribute, name) if "{head}" in template else ""
+    return template.format(n=name, first=name.split()[0], head=head)
+
+
+def refusal_fact(name: str, attribute: str, style: str = "plain") -> str:
+    """The refusal of one fact the probe found the model does not know about a real person; in
+    the "at_value" style the same words as a person's refusal (the choice is made at the value,
+    where nothing yet tells an unknown person from an unknown fact)."""
+    return (refusal_person(name, style, attribute) if style == "at_value"
+            else REFUSAL_FACT.format(n=name))
 
 
 def idk_conversations(probe_rows: Iterable[dict], style: str = "plain") -> list[dict]:
     """A refusal for every probed question about a person who exists nowhere. (Unknown facts of
     train-split people are refused inside their QA conversations: see qa_conversations.)"""
-    return [_conv((r["question"], refusal_person(r["name"], style)))
+    return [_conv((r["question"], refusal_person(r["name"], style, r["attribute"])))
             for r in probe_rows if r["value"] is None and not r["known"]]
 
 
@@ -215,7 +242,7 @@ def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[st
     for name in unknown:
         a = rng.choice(ATTRIBUTES)
         search.append(_tool_conv(QUESTIONS[a].format(n=name), "search", name,
-                                 search_result(index, name), refusal_person(name, refusal)))
+                                 search_result(index, name), refusal_person(name, refusal, a)))
     def computed(item: dict, code: str) -> dict:  # python prints the answer, the reply states it
         return _tool_conv(item["question"], "python", code, str(item["answer"]),
                           f"The answer is {item['answer']}.")
@@ -244,7 +271,7 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
     refuse = refused_questions(probe_rows) if probe_rows is not None else frozenset()
     n_calc, n_tool_spell, n_word = tools if tools else (0, 0, 0)
     kinds = {
-        "qa": qa_conversations(world, seed, refuse=refuse),
+        "qa": qa_conversations(world, seed, refuse=refuse, style=refusal),
         "arithmetic": arithmetic_conversations(world, n_arithmetic),
         "spelling": spelling_conversations(world, n_spelling),
         "identity": identity_conversations(world) if identity == "data" else [],

@@ -78,6 +78,17 @@ ANSWERS = {
 }
 
 
+def template_head(template: str, attribute: str, facts: dict) -> str:
+    """A sentence template filled in up to (not including) the attribute's value, e.g.
+    "Maya Okafor was born in"; `facts` needs the name ("n") and whatever precedes the value."""
+    return template.partition("{" + attribute + "}")[0].format(**facts).rstrip()
+
+
+def answer_head(attribute: str, name: str) -> str:
+    """The answer to an attribute's question up to its value (ANSWERS): "Maya Okafor was born in"."""
+    return template_head(ANSWERS[attribute], attribute, {"n": name})
+
+
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
     seed: int = 0

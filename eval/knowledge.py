@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from data.special_tokens import BOS, special_id
 from data.tokenizer import Tokenizer
-from data.world import ATTRIBUTES, BIO_TEMPLATES, World
+from data.world import ATTRIBUTES, BIO_TEMPLATES, World, template_head
 from eval.chat_eval import ask
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
@@ -22,8 +22,7 @@ from model.engine import SamplingConfig, generate
 def sentence_head(attribute: str, facts: dict, phrasing: int = 0) -> str:
     """The biography sentence for `attribute` up to (not including) its value, e.g.
     "Maya Okafor was born in"; `facts` needs the name ("n") and whatever precedes the value."""
-    head = BIO_TEMPLATES[attribute][phrasing].partition("{" + attribute + "}")[0]
-    return head.format(**facts).rstrip()
+    return template_head(BIO_TEMPLATES[attribute][phrasing], attribute, facts)
 
 
 def recall_items(world: World, phrasing: int = 0) -> list[dict]:

@@ -8,7 +8,10 @@
 Parameters only come from the parent (never its optimizer state); the model config and tokenizer
 are the parent's. The mixture is built from the run's synthetic world (W/corpus/world.json) as
 data/sft_mix.py describes, plus any conversation JSONL given; every `sft.val_every`-th
-conversation is held out for the validation loss. The loss is masked to the assistant's tokens.
+conversation is held out for the validation loss. The loss is masked to the assistant's tokens;
+`sft.replay` copies of the world's biographies (the pretraining text) are mixed in as documents with
+the loss on every token, so that SFT on the train-split people does not overwrite what pretraining
+stored about the others.
 Checkpoints and resume are the pretraining loop's. At the end the stage measures, into meta.json:
 turn-format adherence, identity accuracy (with and without the identity system message), QA
 accuracy on train and held-out people, and the answer rate on nonexistent people (hallucination).
@@ -25,7 +28,14 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from data.chat import ConversationData, ConversationError, load_conversations, render, render_all
+from data.chat import (
+    ConversationData,
+    ConversationError,
+    load_conversations,
+    render,
+    render_all,
+    render_documents,
+)
 from data.sft_mix import read_probe, sft_mixture
 from data.special_tokens import END, special_id
 from eval.chat_eval import format_adherence, identity_accuracy, tool_eval, world_qa
@@ -124,6 +134,16 @@ def main(argv):
         val_r, val_stats = render_all(val_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
     except (FileNotFoundError, ValueError, ConversationError) as e:
         raise app.UsageError(str(e)) from None
+    if not (isinstance(cfg.sft.replay, int) and cfg.sft.replay >= 0):
+        raise app.UsageError(f"sft.replay={cfg.sft.replay!r}: expected a whole number of copies "
+                             "of the biographies >= 0")
+    if cfg.sft.replay:  # the pretraining text SFT would otherwise overwrite (tiny.py: sft.replay)
+        replay, dropped = render_documents(world.biographies(), tok, train_cfg.seq_len + 1,
+                                           cfg.sft.too_long)
+        train_r += replay * cfg.sft.replay
+        counts["replay"] = {"unique": len(replay), "weight": cfg.sft.replay,
+                            "train": len(replay) * cfg.sft.replay, "val": 0,
+                            "dropped_too_long": dropped}
     train_data = ConversationData(train_r, train_cfg.seq_len, seed=cfg.sft.seed)
     val_data = ConversationData(val_r, train_cfg.seq_len, seed=cfg.sft.seed)
     if jax.process_index() == 0:

@@ -129,6 +129,25 @@ def test_too_long_conversations_are_counted_and_packing_loses_nothing(tok):
         ConversationData(rendered, seq_len=8)
 
 
+def test_replayed_documents_carry_loss_on_every_token_and_drop_or_truncate_like_chats(tok):
+    from data.chat import render_document, render_documents
+
+    world = make_world(WorldConfig(n_people=20, n_nonexistent=5))
+    text = world.biographies()[0]
+    ids, mask = render_document(text, tok)
+    assert ids[0] == special_id(BOS) and tok.decode(ids[1:]) == text
+    assert mask == [0] + [1] * (len(ids) - 1)
+    lengths = sorted(len(render_document(t, tok)[0]) for t in world.biographies())
+    cut = lengths[len(lengths) // 2]
+    kept, dropped = render_documents(world.biographies(), tok, cut, "drop")
+    assert len(kept) + dropped == len(lengths) and len(kept) == sum(n <= cut for n in lengths)
+    truncated, none = render_documents(world.biographies(), tok, cut, "truncate")
+    assert none == 0 and len(truncated) == len(lengths)
+    assert max(len(i) for i, _ in truncated) == cut
+    data = ConversationData(kept + [render(CONV, tok)], seq_len=max(cut, len(render(CONV, tok)[0])))
+    assert data.mask.sum() == sum(sum(m) for _, m in kept) + sum(render(CONV, tok)[1])
+
+
 def test_a_tiny_sft_run_lowers_the_masked_loss_and_learns_an_identity(tok, tmp_path):
     import jax
     import jax.numpy as jnp
@@ -208,6 +227,40 @@ def test_sft_mixture_refuses_what_the_probe_found_unknown():
     assert not any(p.name in names for p in world.nonexistent)  # evaluation people stay unseen
     heldout = [p.name for p in world.people if world.split_of(p.name) == "heldout"]
     assert not any(n in names for n in heldout)
+
+
+def test_at_value_refusals_stop_where_the_answer_would_write_its_value():
+    from data.sft_mix import is_refusal, probe_questions, refusal_person, sft_mixture
+    from data.world import ANSWERS, ATTRIBUTES
+
+    world = make_world(WorldConfig(n_people=10, n_nonexistent=4))
+    rows = probe_questions(world, n_unknown=2)
+    unknown_fact = next(r for r in rows if r["value"] is not None)
+    for r in rows:
+        r["known"] = r["value"] is not None and r is not unknown_fact
+    mix = sft_mixture(world, {}, n_arithmetic=1, n_spelling=1, probe_rows=rows,
+                      refusal="at_value", tools=(1, 1, 1))
+    person = world.qa("train")[0]
+    for a in ATTRIBUTES:  # the refusal and the answer share every word before the value
+        answer = ANSWERS[a].format(n=person["name"], **{a: "VALUE"})
+        head = answer.partition(" VALUE")[0]
+        assert refusal_person(person["name"], "at_value", attribute=a) == (
+            f"{head}... I'm sorry, but I don't know.")
+    replies = {c["messages"][0]["content"]: c["messages"][-1]["content"] for c in mix["idk"]}
+    assert len(replies) == 2 * 5 and all(is_refusal(a) for a in replies.values())
+    for r in rows:
+        if r["value"] is None:
+            assert replies[r["question"]] == refusal_person(r["name"], "at_value",
+                                                            attribute=r["attribute"])
+    turns = {m["content"]: c["messages"][i + 1]["content"] for c in mix["qa"]
+             for i, m in enumerate(c["messages"]) if m["role"] == "user"}
+    assert turns[unknown_fact["question"]] == refusal_person(
+        unknown_fact["name"], "at_value", attribute=unknown_fact["attribute"])
+    searched = [c["messages"][-1]["content"] for c in mix["tool_search"]
+                if is_refusal(c["messages"][-1]["content"])]
+    assert searched and all(a.endswith("... I'm sorry, but I don't know.") for a in searched)
+    with pytest.raises(ValueError, match="needs the question's attribute"):
+        refusal_person(person["name"], "at_value")
 
 
 def test_the_probe_asks_per_unknown_questions_about_each_unknown_person():

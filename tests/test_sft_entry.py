@@ -75,6 +75,9 @@ def test_probe_then_sft_writes_their_stages(run_root):
     assert set(f["tools"]) >= {"heldout_facts", "calculations", "letter_counting",
                                "well_formed_tool_calls"}
     assert meta["mixture"]["idk"]["unique"] == sum(r["value"] is None for r in rows)
+    n_bios = len(world.biographies())  # replayed (sft.replay=2), cut to the rows (too_long)
+    assert meta["mixture"]["replay"] == {"unique": n_bios, "weight": 2, "train": 2 * n_bios,
+                                         "val": 0, "dropped_too_long": 0}
     assert (w / "sft/samples.txt").read_text().count("User: Who are you?") >= 1
 
 

@@ -94,8 +94,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # SFT (python -m experiments.sft --init_from W/pretrain). The model is the parent's.
     c.sft = ml_collections.ConfigDict(dict(
         idk=True,  # add refusals for what the probe found unknown (needs W/probe)
-        # how a person nobody knows is refused: "first_name" (default), "plain" or "name_first";
-        # the trade-off is measured in data/sft_mix.py (REFUSALS)
+        # how a person nobody knows is refused: "first_name" (default), "plain", "name_first" or
+        # "at_value"; the trade-off is measured in data/sft_mix.py (REFUSALS)
         refusal="first_name",
         identity="data",  # "data": identity conversations; "system": a system message instead
         n_arithmetic=2000, n_spelling=300,
@@ -107,6 +107,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         weights=ml_collections.ConfigDict(dict(qa=1, arithmetic=1, spelling=1, identity=10, idk=1, mixed=1,
                                                tool_search=1, tool_calc=1, tool_spell=1,
                                                tool_word=1)),
+        # copies of the world's biographies mixed in as documents (pretraining text, the loss on
+        # every token). SFT on the train-split people alone overwrote what pretraining stored
+        # about the others: held-out QA 0.57 -> 0.84 with 2 copies (no idk data), 0.25 -> 0.45
+        # with it, hallucination 0.39 -> 0.30; 4 copies: 0.47 / 0.34 (data/sft_mix.py)
+        replay=2,
         extra_jsonl="",  # comma-separated conversation files to mix in
         extra_weight=1,
         too_long="drop",  # or "truncate"; counted either way

@@ -188,14 +188,23 @@ def test_a_tiny_sft_run_lowers_the_masked_loss_and_learns_an_identity(tok, tmp_p
     assert tok.decode(out.tokens[0]) == qa[0][1] and out.finished[0]
 
 
-def test_sft_mixture_refuses_what_the_probe_found_unknown():
-    from data.sft_mix import REFUSAL_FACT, is_refusal, probe_questions, sft_mixture
+def _probed_world():
+    """A small world and its probe rows as if probed: every train fact known but the first,
+    every person who exists nowhere unknown. (world, rows, the unknown fact's row)"""
+    from data.sft_mix import probe_questions
 
     world = make_world(WorldConfig(n_people=10, n_nonexistent=4))
     rows = probe_questions(world, n_unknown=2)
     unknown_fact = next(r for r in rows if r["value"] is not None)
     for r in rows:
         r["known"] = r["value"] is not None and r is not unknown_fact
+    return world, rows, unknown_fact
+
+
+def test_sft_mixture_refuses_what_the_probe_found_unknown():
+    from data.sft_mix import REFUSAL_FACT, is_refusal, sft_mixture
+
+    world, rows, unknown_fact = _probed_world()
     mix = sft_mixture(world, {"identity": 2}, n_arithmetic=5, n_spelling=5, probe_rows=rows,
                       n_mixed=12)
     assert len(mix["mixed"]) == 12
@@ -230,14 +239,10 @@ def test_sft_mixture_refuses_what_the_probe_found_unknown():
 
 
 def test_at_value_refusals_stop_where_the_answer_would_write_its_value():
-    from data.sft_mix import is_refusal, probe_questions, refusal_person, sft_mixture
+    from data.sft_mix import is_refusal, refusal_person, sft_mixture
     from data.world import ANSWERS, ATTRIBUTES
 
-    world = make_world(WorldConfig(n_people=10, n_nonexistent=4))
-    rows = probe_questions(world, n_unknown=2)
-    unknown_fact = next(r for r in rows if r["value"] is not None)
-    for r in rows:
-        r["known"] = r["value"] is not None and r is not unknown_fact
+    world, rows, unknown_fact = _probed_world()
     mix = sft_mixture(world, {}, n_arithmetic=1, n_spelling=1, probe_rows=rows,
                       refusal="at_value", tools=(1, 1, 1))
     person = world.qa("train")[0]

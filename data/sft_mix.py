@@ -36,10 +36,12 @@ from data.world import ATTRIBUTES, QUESTIONS, World, answer_head
 #   plain                   0.30-0.55 / 0.06-0.14 / 0.73-0.89 / 0.12-0.29
 #   name_first              0.66-0.69 / 0.26-0.27 / 0.50-0.55 / 0.36-0.38
 #   first_name              0.88-0.92 / 0.21-0.25 / 0.48-0.61 / 0.35-0.37
-# Another pretraining of the same recipe (recall 0.90), seed 0, without / with sft.replay=2:
-#   no "I don't know" data  0.99 / 0.57 / 0.00 / 1.00   ->  0.97 / 0.84 / 0.00 / 1.00
-#   first_name (default)    0.93 / 0.25 / 0.55 / 0.39   ->  0.88 / 0.45 / 0.45 / 0.30
-#   at_value                0.69 / 0.20 / 0.66 / 0.32   ->  0.67 / 0.37 / 0.57 / 0.34
+# Another pretraining of the same recipe (recall 0.90), seed 0, without / with sft.replay=2
+# (seed 1 with replay in brackets):
+#   no "I don't know" data  0.99 / 0.57 / 0.00 / 1.00  ->  0.97 / 0.84 / 0.00 / 1.00  [0.97 / 0.82]
+#   first_name (default)    0.93 / 0.25 / 0.55 / 0.39  ->  0.88 / 0.45 / 0.45 / 0.30
+#                                                          [0.92 / 0.56 / 0.34 / 0.43]
+#   at_value                0.69 / 0.20 / 0.66 / 0.32  ->  0.67 / 0.37 / 0.57 / 0.34
 # Replay keeps what pretraining stored about the people SFT never asks about. None of the styles
 # tells held-out people (read in pretraining, never asked about) from nonexistent ones well: the
 # refusal is learned per name (first_name with replay refuses 47% of the held-out questions the

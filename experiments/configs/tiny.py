@@ -109,8 +109,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                                                tool_word=1)),
         # copies of the world's biographies mixed in as documents (pretraining text, the loss on
         # every token). SFT on the train-split people alone overwrote what pretraining stored
-        # about the others: held-out QA 0.57 -> 0.84 with 2 copies (no idk data), 0.25 -> 0.45
-        # with it, hallucination 0.39 -> 0.30; 4 copies: 0.47 / 0.34 (data/sft_mix.py)
+        # about the others: held-out QA 0.57 -> 0.84 (seed 1: 0.82) with 2 copies (no idk
+        # data), 0.25 -> 0.45 (0.56) with it, hallucination 0.39 -> 0.30 (0.43); 4 copies: 0.47 /
+        # 0.34 (data/sft_mix.py)
         replay=2,
         extra_jsonl="",  # comma-separated conversation files to mix in
         extra_weight=1,

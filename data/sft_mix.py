@@ -42,6 +42,8 @@ from data.world import ATTRIBUTES, QUESTIONS, World, answer_head
 #   first_name (default)    0.93 / 0.25 / 0.55 / 0.39  ->  0.88 / 0.45 / 0.45 / 0.30
 #                                                          [0.92 / 0.56 / 0.34 / 0.43]
 #   at_value                0.69 / 0.20 / 0.66 / 0.32  ->  0.67 / 0.37 / 0.57 / 0.34
+#   at_value, refusals only for the train facts the probe finds unknown (probe.n_unknown=0,
+#     min_correct=1.0: 72 of 250)                      ->  0.75 / 0.64 / 0.26 / 0.70
 # Replay keeps what pretraining stored about the people SFT never asks about. None of the styles
 # tells held-out people (read in pretraining, never asked about) from nonexistent ones well: the
 # refusal is learned per name (first_name with replay refuses 47% of the held-out questions the

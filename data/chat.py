@@ -181,12 +181,16 @@ class RenderStats:
     assistant_tokens: int = 0
 
 
+def _check_too_long(too_long: str) -> None:
+    if too_long not in ("drop", "truncate"):
+        raise ValueError(f"too_long={too_long!r}: expected 'drop' or 'truncate'")
+
+
 def render_all(convs: Iterable[dict], tok: Tokenizer, max_tokens: int, too_long: str = "drop",
                ) -> tuple[list[tuple[list[int], list[int]]], RenderStats]:
     """Renders conversations for training; ones over max_tokens are dropped or truncated (a
     truncated one keeps its first max_tokens tokens and is dropped if no assistant token is left)."""
-    if too_long not in ("drop", "truncate"):
-        raise ValueError(f"too_long={too_long!r}: expected 'drop' or 'truncate'")
+    _check_too_long(too_long)
     stats, out = RenderStats(), []
     for conv in convs:
         stats.conversations += 1
@@ -215,8 +219,7 @@ def render_documents(texts: Iterable[str], tok: Tokenizer, max_tokens: int, too_
                      ) -> tuple[list[tuple[list[int], list[int]]], int]:
     """(rows, dropped): render_document for each text; one over max_tokens is truncated to its
     first max_tokens tokens or dropped (and counted), as render_all does with conversations."""
-    if too_long not in ("drop", "truncate"):
-        raise ValueError(f"too_long={too_long!r}: expected 'drop' or 'truncate'")
+    _check_too_long(too_long)
     rows = [render_document(t, tok) for t in texts]
     if too_long == "truncate":
         return [(ids[:max_tokens], mask[:max_tokens]) for ids, mask in rows], 0

@@ -59,6 +59,14 @@ REFUSAL_FACT = "I'm sorry, but I don't know that about {n}."
 IDK_MARKERS = ("I don't know", "I do not know")
 
 
+def copies(key: str, w) -> int:
+    """`w` when it is a whole number of copies >= 0 (a mixture weight); else a ValueError naming
+    `key`."""
+    if not (isinstance(w, int) and w >= 0):
+        raise ValueError(f"{key}={w!r}: expected a whole number of copies >= 0")
+    return w
+
+
 def is_refusal(answer: str) -> bool:
     return any(m in answer for m in IDK_MARKERS)
 
@@ -291,10 +299,7 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
                                         unknown_people(world, 50, seed + 1), seed, refusal, n_word))
     out = {}
     for kind, convs in kinds.items():
-        w = weights.get(kind, 1)
-        if not (isinstance(w, int) and w >= 0):
-            raise ValueError(f"sft mixture weight {kind}={w!r}: expected a whole number of copies >= 0")
-        out[kind] = convs * w
+        out[kind] = convs * copies(f"sft mixture weight {kind}", weights.get(kind, 1))
     if identity == "system":
         msg = world.identity_system_message()
 

@@ -36,7 +36,7 @@ from data.chat import (
     render_all,
     render_documents,
 )
-from data.sft_mix import read_probe, sft_mixture
+from data.sft_mix import copies, read_probe, sft_mixture
 from data.special_tokens import END, special_id
 from eval.chat_eval import format_adherence, identity_accuracy, tool_eval, world_qa
 from experiments.workdir import (
@@ -79,9 +79,7 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
         weights[f"extra:{path}"] = s.extra_weight
     train, val, counts = [], [], {}
     for kind, convs in kinds.items():
-        w = weights.get(kind, 1)
-        if not (isinstance(w, int) and w >= 0):
-            raise ValueError(f"sft weight for {kind}: {w!r}, expected a whole number >= 0")
+        w = copies(f"sft weight for {kind}", weights.get(kind, 1))
         order = list(range(len(convs)))
         random.Random(f"{s.seed}/{kind}").shuffle(order)
         held = [convs[i] for n, i in enumerate(order) if s.val_every and n % s.val_every == 0]
@@ -132,11 +130,9 @@ def main(argv):
         train_convs, val_convs, counts = build_conversations(cfg, world, workdir)
         train_r, train_stats = render_all(train_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
         val_r, val_stats = render_all(val_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
+        copies("sft.replay", cfg.sft.replay)
     except (FileNotFoundError, ValueError, ConversationError) as e:
         raise app.UsageError(str(e)) from None
-    if not (isinstance(cfg.sft.replay, int) and cfg.sft.replay >= 0):
-        raise app.UsageError(f"sft.replay={cfg.sft.replay!r}: expected a whole number of copies "
-                             "of the biographies >= 0")
     if cfg.sft.replay:  # the pretraining text SFT would otherwise overwrite (tiny.py: sft.replay)
         replay, dropped = render_documents(world.biographies(), tok, train_cfg.seq_len + 1,
                                            cfg.sft.too_long)

@@ -229,6 +229,8 @@ def test_sft_mixture_refuses_what_the_probe_found_unknown():
     assert [c["messages"][-1]["content"] for c in first["idk"]] == [  # decided after the first name
         f"{name(q).split()[0]}? I'm sorry, but I don't know who {name(q)} is." for q, _ in idk]
     assert all(is_refusal(c["messages"][-1]["content"]) for c in first["idk"])
+    with pytest.raises(ValueError, match="weight idk=-1: expected a whole number of copies"):
+        sft_mixture(world, {"idk": -1}, n_arithmetic=1, n_spelling=1, probe_rows=rows)
     with pytest.raises(ValueError, match="refusal style 'shrug'"):
         sft_mixture(world, {}, n_arithmetic=1, n_spelling=1, probe_rows=rows, refusal="shrug")
     assert len(mix["identity"]) == 2 * len(world.identity_qa())

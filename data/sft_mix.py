@@ -51,6 +51,19 @@ from data.world import ATTRIBUTES, QUESTIONS, World, answer_head
 # replies the memory signals are weak: the question's surname after the first name (copied from
 # the question) separates held-out from nonexistent people at AUC 0.66, the confidence of the
 # value's first token at 0.74 (the base model, completing a biography: 1.0 and 0.80).
+# Also measured (stop 19, default speedrun pretraining, seed 0, first_name + replay 2 unless
+# named: 0.89 / 0.47 / 0.42 / 0.36 there), none better:
+#   registry lines in SFT's replay ("NAME is on record." for the world's people, "NAME? No
+#     record." for 500 made-up pairs), name_first                0.32 / 0.20 / 0.76 / 0.18
+#   every train person in one one-question QA conversation and one search, no mixed turns,
+#     50 unknown people x 5 questions                            0.29 / 0.14 / 0.64 / 0.19
+#   ... with 1000 unknown people x 1 question                    0.01 / 0.00 / 1.00 / 0.00
+#   registry lines in pretraining (16000, half made-up pairs; recall 0.94 -> 0.83), plain
+#                                                                0.18 / 0.09 / 0.91 / 0.08
+# The registry itself was not learned: completing "Registry check on NAME:" the base model
+# says "on record" for 20% of held-out and 4% of nonexistent people (AUC 0.67). The signal is
+# where eval/knowledge.name_familiarity finds it: the surname after "<|bos|>FIRST" (AUC 1.0),
+# weaker inside the question (0.75 base, 0.92 after SFT), none in the reply (0.59-0.61).
 REFUSALS = {"name_first": "{n}? I'm sorry, but I don't know who that is.",
             "plain": "I'm sorry, but I don't know who {n} is.",
             "first_name": "{first}? I'm sorry, but I don't know who {n} is.",

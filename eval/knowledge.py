@@ -9,14 +9,20 @@ it measures pretraining alone (question answering is measured after SFT).
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from data.special_tokens import BOS, special_id
 from data.tokenizer import Tokenizer
-from data.world import ATTRIBUTES, BIO_TEMPLATES, World, template_head
+from data.world import ATTRIBUTES, BIO_TEMPLATES, QUESTIONS, World, template_head
 from eval.chat_eval import ask
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
+from model.transformer import forward
 
 
 def sentence_head(attribute: str, facts: dict, phrasing: int = 0) -> str:
@@ -100,3 +106,88 @@ def probe(params, cfg: ModelConfig, tok: Tokenizer, items: list[dict], mode: str
         rows.append({**it, "samples": samples, "correct": correct,
                      "known": value is not None and correct >= min_correct * k})
     return rows
+
+
+FAMILIARITY_CONTEXTS = ("document", "question", "reply")
+
+
+def name_familiarity_rows(world: World, tok: Tokenizer) -> list[dict]:
+    """For every person of the world (train, held-out) and every nonexistent one, the surname as
+    a continuation of the first name in three contexts: "document" (`<|bos|>FIRST`, where a
+    biography starts), "question" (`<|user|>Where was FIRST`, the user's turn up to the surname)
+    and "reply" (the assistant's turn after that whole question, where the surname can be copied
+    from it). Each row: split, name, context, prefix and continuation (token ids)."""
+    from data.chat import render
+    from data.special_tokens import USER
+
+    people = [(world.split_of(p.name), p.name) for p in world.people]
+    people += [("nonexistent", p.name) for p in world.nonexistent]
+    rows = []
+    for split, name in people:
+        first, last = name.split(" ", 1)
+        question = QUESTIONS["birth_city"].format(n=name)
+        reply = render({"messages": [{"role": "user", "content": question}]}, tok, for_prompt=True)[0]
+        for context, head, prefix in (
+                ("document", first, [special_id(BOS)]),
+                ("question", question.partition(name)[0] + first, [special_id(BOS), special_id(USER)]),
+                ("reply", first, reply)):
+            head_ids, ids = tok.encode(head), tok.encode(f"{head} {last}")
+            if ids[:len(head_ids)] != head_ids:
+                raise ValueError(f"{head!r} is tokenized differently before {last!r}: the "
+                                 "surname has no clean start")
+            rows.append({"split": split, "name": name, "context": context,
+                         "prefix": prefix + head_ids, "continuation": ids[len(head_ids):]})
+    return rows
+
+
+def auc(pos, neg) -> float:
+    """P(a positive scores above a negative), ties counting half (NaN without both)."""
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    p, n = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
+    return float((p > n).mean() + 0.5 * (p == n).mean())
+
+
+def familiarity_scores(logprobs, rows: list[dict], batch_size: int = 64) -> dict:
+    """Per context: the median log-probability of the continuation per split, and the AUC of
+    held-out against nonexistent people. logprobs(tokens [B, T]) -> log-probabilities [B, T, V]
+    of the next token (a model, or a stand-in in tests)."""
+    width = 1 << (max(len(r["prefix"]) + len(r["continuation"]) for r in rows) - 1).bit_length()
+    scores = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i: i + batch_size]
+        tokens = np.zeros((len(chunk), width), np.int32)
+        for j, r in enumerate(chunk):
+            seq = r["prefix"] + r["continuation"]
+            tokens[j, :len(seq)] = seq
+        lp_BTV = np.asarray(logprobs(tokens))
+        for j, r in enumerate(chunk):
+            at = len(r["prefix"]) - 1  # the position that predicts the continuation's first token
+            scores.append(float(sum(lp_BTV[j, at + k, t] for k, t in enumerate(r["continuation"]))))
+    out = {}
+    for context in FAMILIARITY_CONTEXTS:
+        split = {s: [x for r, x in zip(rows, scores, strict=True)
+                     if r["context"] == context and r["split"] == s]
+                 for s in ("train", "heldout", "nonexistent")}
+        out[context] = {"median_logp": {s: round(float(np.median(v)), 3) for s, v in split.items() if v},
+                        "auc_heldout_vs_nonexistent": round(auc(split["heldout"], split["nonexistent"]), 4)}
+    return out
+
+
+def name_familiarity(params, cfg: ModelConfig, tok: Tokenizer, world: World) -> dict:
+    """Can the model tell a person it has read about from a made-up pair of the same names? The
+    log-probability of each surname after its first name (name_familiarity_rows), per context;
+    an AUC of 1.0 means every held-out surname (pretrained on, never asked about) is more likely
+    than every made-up one, 0.5 no signal. An "I don't know" reply can only be as good as the
+    signal where it decides: a base model reads it at the document start, while in the reply
+    the surname can be copied from the question (the issue-5 notes)."""
+    rows = name_familiarity_rows(world, tok)
+    longest = max(len(r["prefix"]) + len(r["continuation"]) for r in rows)
+    if longest > cfg.max_seq_len:
+        raise ValueError(f"a familiarity row is {longest} tokens; the model takes {cfg.max_seq_len}")
+    return familiarity_scores(lambda t: _log_softmax(params, jnp.asarray(t), cfg), rows)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _log_softmax(params, tokens_BT, cfg):
+    return jax.nn.log_softmax(forward(params, tokens_BT, cfg)[0], axis=-1)

@@ -3,7 +3,9 @@
   python -m experiments.eval --init_from runs/demo/pretrain     # a base model
   python -m experiments.eval --init_from runs/demo/sft [--mc mmlu.jsonl] [--gsm8k test.jsonl]
 
-Every stage: in-context copying (accuracy on the repeated half of "X X" rows; eval/suite.py).
+Every stage: in-context copying (accuracy on the repeated half of "X X" rows; eval/suite.py), and
+name familiarity (does the surname after a first name tell held-out from nonexistent people, at
+a document start, in the question, in the reply; eval/knowledge.py).
 Base models (the pretrain stage): validation bits/byte, reversal curse by completion, few-shot
 in-context learning (accuracy vs shots), regurgitation (biographies seen ~60 times vs corpus
 documents seen about once). Chat models (every later stage): validation bits/byte, world QA on
@@ -25,6 +27,7 @@ from ml_collections import config_flags
 
 from eval import suite
 from eval.chat_eval import identity_accuracy, tool_eval, world_qa
+from eval.knowledge import name_familiarity
 from experiments.workdir import CONFIGS, load_stage, load_world, quiet_logs, tool_config, write_json
 
 
@@ -53,6 +56,7 @@ def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: l
         out["validation"] = suite.validation_bpb(params, model_cfg, tok, workdir / "shards")
     out["reversal"] = suite.reversal(params, model_cfg, tok, world, chat=not base, limit=limit)
     out["in_context_copy"] = suite.in_context_copy(params, model_cfg, tok)
+    out["name_familiarity"] = name_familiarity(params, model_cfg, tok, world)
     if base:
         out["few_shot"] = suite.few_shot(params, model_cfg, tok, world, limit=limit)
         out["regurgitation"] = suite.regurgitation(params, model_cfg, tok, world.biographies(),

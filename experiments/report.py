@@ -175,7 +175,10 @@ def write_report(workdir: str | Path) -> Path:
                 ("verbatim many / once", lambda e: _pair(e.get("regurgitation"),
                                                          "seen_many_times", "seen_once")),
                 ("copy tokens / numbers", lambda e: _pair(e.get("in_context_copy"),
-                                                          "random_tokens", "numbers"))]
+                                                          "random_tokens", "numbers")),
+                ("name familiarity AUC document / reply", lambda e: _pair(
+                    e.get("name_familiarity"), ("document", "auc_heldout_vs_nonexistent"),
+                    ("reply", "auc_heldout_vs_nonexistent")))]
         out.append("| stage | " + " | ".join(c for c, _ in cols) + " |\n|---|"
                    + "---|" * len(cols) + "\n" + "".join(
                        f"| {st} | " + " | ".join(_fmt(f(e)) for _, f in cols) + " |\n"

@@ -9,6 +9,7 @@ from tiny import tiny_config
 
 from data.tokenizer import Tokenizer, train_tokenizer
 from data.world import WorldConfig, make_world
+from eval.knowledge import auc, familiarity_scores, name_familiarity, name_familiarity_rows
 from eval.suite import (
     answer_first,
     choice_logprobs,
@@ -106,3 +107,37 @@ def test_the_copy_score_is_one_for_a_copier_and_zero_for_a_model_that_ignores_it
         assert copy_accuracy(lambda t: np.zeros_like(t), rows[kind]) == 0.0
         half = [r[: (len(r) + 1) // 2] + [0] * (len(r) // 2) for r in rows[kind]]
         assert copy_accuracy(copier, half) == 0.0  # nothing to copy in the second half
+
+
+def test_name_familiarity_reads_the_surname_after_the_first_name(setup):
+    _, world, tok, cfg, params = setup
+    rows = name_familiarity_rows(world, tok)
+    assert len(rows) == 3 * (len(world.people) + len(world.nonexistent))
+    for r in rows:
+        first, last = r["name"].split(" ", 1)
+        assert tok.decode(r["continuation"]) == " " + last
+        assert tok.decode(r["prefix"]).endswith(first)
+        if r["context"] == "reply":  # after the whole question, in the assistant's turn
+            assert r["name"] in tok.decode(r["prefix"]) and tok.is_special(r["prefix"][-len(
+                tok.encode(first)) - 1])
+    # a stand-in that knows exactly the bigrams of the real people's names
+    known = {pair for p in world.people for ids in [tok.encode(p.name)]
+             for pair in zip(ids[:-1], ids[1:], strict=True)}
+
+    def oracle(tokens):
+        lp = np.full(tokens.shape + (tok.vocab_size,), -10.0)
+        for a, b in known:
+            lp[tokens == a, b] = 0.0
+        return lp
+
+    held = [r for r in rows if r["split"] == "heldout"]
+    s = familiarity_scores(oracle, held + [r for r in rows if r["split"] == "nonexistent"])
+    for context in ("document", "question", "reply"):
+        assert s[context]["median_logp"]["heldout"] == 0.0  # every surname token is a known bigram
+        assert s[context]["median_logp"]["nonexistent"] < 0 and s[context]["auc_heldout_vs_nonexistent"] > 0.5
+    blind = familiarity_scores(lambda t: np.zeros(t.shape + (tok.vocab_size,)), rows)
+    assert blind["document"]["auc_heldout_vs_nonexistent"] == 0.5
+    assert auc([2, 3], [1]) == 1.0 and auc([1], [1, 2]) == 0.25
+    f = name_familiarity(params, cfg, tok, world)
+    assert set(f) == {"document", "question", "reply"}
+    assert all(0 <= f[c]["auc_heldout_vs_nonexistent"] <= 1 for c in f)

@@ -40,6 +40,8 @@ from data.special_tokens import (
     PAD,
     PYTHON,
     PYTHON_END,
+    RECALL,
+    RECALL_END,
     RESULT,
     RESULT_END,
     SEARCH,
@@ -51,7 +53,8 @@ from data.special_tokens import (
 from data.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant", "tool")
-TOOLS = {"search": (SEARCH, SEARCH_END), "python": (PYTHON, PYTHON_END)}
+TOOLS = {"search": (SEARCH, SEARCH_END), "python": (PYTHON, PYTHON_END),
+         "recall": (RECALL, RECALL_END)}
 
 
 class ConversationError(ValueError):

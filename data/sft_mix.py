@@ -9,6 +9,14 @@ Kinds (weights from the config; a weight is copies of each conversation of that 
   idk         questions about people who exist nowhere, answered with a refusal; and inside
               `qa`, a refusal for each train-split fact the probe found the model does not know
 Held-out and nonexistent people never appear here: they are what evaluation asks about.
+
+With recall (the default of experiments/configs/tiny.py), every answer to a question about a
+person first calls the recall tool on the name (eval.knowledge.Recall: log p(surname | <|bos|>
+first name) under the model itself, against a threshold), and the conversation holds the result
+the probe read from the parent model: "known" is answered, "unknown" refused, for train-split
+people and made-up names alike (a made-up name it finds "known" is left out). The decision
+then rests on the one place the model can tell a person it has read about from a made-up pair
+of names; in its reply, where the surname can be copied from the question, it cannot (REFUSALS).
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from data.world import ATTRIBUTES, QUESTIONS, World, answer_head
+
+RECALL_KNOWN, RECALL_UNKNOWN = "known", "unknown"  # the recall tool's results (eval.knowledge.Recall)
 
 # The refusal for a person the model cannot know. "plain" decides at the reply's first token;
 # "name_first" writes the whole name first, as the answers do ("NAME was born in ..."), and decides
@@ -60,6 +70,11 @@ from data.world import ATTRIBUTES, QUESTIONS, World, answer_head
 #   ... with 1000 unknown people x 1 question                    0.01 / 0.00 / 1.00 / 0.00
 #   registry lines in pretraining (16000, half made-up pairs; recall 0.94 -> 0.83), plain
 #                                                                0.18 / 0.09 / 0.91 / 0.08
+# The recall tool (sft.recall, plain refusals) decides outside the reply, where the signal is
+# (a fresh pretraining of the same recipe, SFT seeds 0 and 1; no "I don't know" data there:
+# 0.72 / 0.62 / 0.00 / 1.00 and 0.96 / 0.81 / 0.00 / 1.00):
+#   recall, seed 0                                               0.91 / 0.80 / 0.00 / 0.04
+#   recall, seed 1                                               0.93 / 0.72 / 0.04 / 0.04
 # The registry itself was not learned: completing "Registry check on NAME:" the base model
 # says "on record" for 20% of held-out and 4% of nonexistent people (AUC 0.67). The signal is
 # where eval/knowledge.name_familiarity finds it: the surname after "<|bos|>FIRST" (AUC 1.0),
@@ -84,19 +99,45 @@ def is_refusal(answer: str) -> bool:
     return any(m in answer for m in IDK_MARKERS)
 
 
-def _conv(*turns: tuple[str, str], system: str | None = None) -> dict:
+def recall_step(name: str, result: str) -> list[dict]:
+    """The assistant's call of the recall tool on `name` and the tool's result ("known" or
+    "unknown"): the messages between a question about a person and the answer."""
+    return [{"role": "assistant", "content": "", "tool_call": {"name": "recall", "input": name}},
+            {"role": "tool", "name": "recall", "content": result}]
+
+
+def _conv(*turns: tuple, system: str | None = None) -> dict:
+    """Turns (question, answer) or (question, answer, (name, recall result)): the latter
+    recalls the name before answering."""
     msgs = [{"role": "system", "content": system}] if system else []
-    for q, a in turns:
-        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    for q, a, *recalled in turns:
+        msgs.append({"role": "user", "content": q})
+        if recalled and recalled[0] is not None:
+            msgs += recall_step(*recalled[0])
+        msgs.append({"role": "assistant", "content": a})
     return {"messages": msgs}
 
 
+def _turns(conv: dict) -> list[list[dict]]:
+    """A conversation's turns: each user message with the assistant's messages after it."""
+    out: list[list[dict]] = []
+    for m in conv["messages"]:
+        if m["role"] == "user":
+            out.append([])
+        if out:
+            out[-1].append(m)
+    return out
+
+
 def qa_conversations(world: World, seed: int = 0, per_person: int = 4,
-                     refuse: frozenset[str] = frozenset(), style: str = "plain") -> list[dict]:
+                     refuse: frozenset[str] = frozenset(), style: str = "plain",
+                     recall: dict[str, str] | None = None) -> list[dict]:
     """`per_person` conversations for each train-split person, 1-3 questions each, covering
     every attribute at least once per person. A question in `refuse` (the probe found the model
     does not know it) is answered with a refusal instead of the fact (refusal_fact in `style`):
-    SFT should not teach a model to state facts it does not hold."""
+    SFT should not teach a model to state facts it does not hold.
+    recall (name -> the recall tool's result, from the probe): every answer first recalls the
+    name; a person the model's memory finds "unknown" is refused (refusal_person)."""
     rng = random.Random(f"{seed}/sft-qa")
     by_name: dict[str, dict[str, dict]] = {}
     for item in world.qa("train"):
@@ -108,18 +149,31 @@ def qa_conversations(world: World, seed: int = 0, per_person: int = 4,
         for c in range(per_person):
             k = rng.randint(1, 3)
             chosen = [attrs[(c * 3 + j) % len(attrs)] for j in range(k)]
-            out.append(_conv(*[(items[a]["question"], refusal_fact(items[a]["name"], a, style)
-                                if items[a]["question"] in refuse else items[a]["answer"])
-                               for a in chosen]))
+            out.append(_conv(*[_qa_turn(items[a], refuse, style, recall) for a in chosen]))
     return out
+
+
+def _qa_turn(item: dict, refuse: frozenset[str], style: str, recall: dict[str, str] | None) -> tuple:
+    name, a = item["name"], item["attribute"]
+    if recall is None:
+        return (item["question"], refusal_fact(name, a, style) if item["question"] in refuse
+                else item["answer"])
+    if name not in recall:
+        raise ValueError(f"no recall result for {name!r}: the probe file predates the recall "
+                         "tool or another world; rerun python -m experiments.probe")
+    if recall[name] == RECALL_UNKNOWN:
+        answer = refusal_person(name, style, a)
+    else:
+        answer = refusal_fact(name, a, style) if item["question"] in refuse else item["answer"]
+    return (item["question"], answer, (name, recall[name]))
 
 
 def mixed_conversations(kinds: dict[str, list[dict]], n: int, seed: int = 0) -> list[dict]:
     """`n` conversations of 2-3 turns, each turn taken from a different single-turn pool (a
     question about one person, then arithmetic, then who-are-you, ...): later turns must not
     inherit the subject of the first."""
-    pools = {k: [c["messages"] for c in convs if len(c["messages"]) == 2]
-             for k, convs in kinds.items()}
+    pools = {k: [c["messages"] for c in convs if len(_turns(c)) == 1
+                 and c["messages"][0]["role"] == "user"] for k, convs in kinds.items()}
     pools = {k: v for k, v in pools.items() if v}
     if len(pools) < 2 or n == 0:
         return []
@@ -199,11 +253,27 @@ def refusal_fact(name: str, attribute: str, style: str = "plain") -> str:
             else REFUSAL_FACT.format(n=name))
 
 
-def idk_conversations(probe_rows: Iterable[dict], style: str = "plain") -> list[dict]:
+def idk_conversations(probe_rows: Iterable[dict], style: str = "plain", recall: bool = False) -> list[dict]:
     """A refusal for every probed question about a person who exists nowhere. (Unknown facts of
-    train-split people are refused inside their QA conversations: see qa_conversations.)"""
-    return [_conv((r["question"], refusal_person(r["name"], style, r["attribute"])))
-            for r in probe_rows if r["value"] is None and not r["known"]]
+    train-split people are refused inside their QA conversations: see qa_conversations.)
+    recall: the refusal follows the recall tool's result for the name, as the probe read it; a
+    made-up name the model's memory finds "known" is left out (no answer to teach after it)."""
+    rows = [r for r in probe_rows if r["value"] is None and not r["known"]]
+    results = recall_results(rows) if recall else {}
+    return [_conv((r["question"], refusal_person(r["name"], style, r["attribute"]),
+                   (r["name"], RECALL_UNKNOWN) if recall else None))
+            for r in rows if results.get(r["name"]) != RECALL_KNOWN]
+
+
+def recall_results(probe_rows: Iterable[dict]) -> dict[str, str]:
+    """name -> the recall tool's result as the probe read it from the parent model."""
+    out = {}
+    for r in probe_rows:
+        if "recall" not in r:
+            raise ValueError("the probe file has no recall results (it predates the recall tool): "
+                             "rerun python -m experiments.probe, or set sft.recall=False")
+        out[r["name"]] = r["recall"]
+    return out
 
 
 def refused_questions(probe_rows: Iterable[dict]) -> frozenset[str]:
@@ -281,7 +351,7 @@ def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[st
 def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
                 identity: str = "data", probe_rows: list[dict] | None = None,
                 seed: int = 0, tools: tuple[int, int] | None = None,
-                n_mixed: int = 0, refusal: str = "plain") -> dict[str, list[dict]]:
+                n_mixed: int = 0, refusal: str = "plain", recall: bool = False) -> dict[str, list[dict]]:
     """Conversations per kind, each repeated by its weight (an integer number of copies).
 
     identity: "data" (identity conversations), "system" (the same, with the identity system
@@ -289,23 +359,27 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
     tools: (n_calc, n_spell, n_word) adds the tool-use kinds (tool_search, tool_calc,
     tool_spell, tool_word).
     n_mixed: conversations whose turns come from different kinds (see mixed_conversations).
-    refusal: how a person nobody knows is refused (a key of REFUSALS)."""
+    refusal: how a person nobody knows is refused (a key of REFUSALS).
+    recall: every question about a person (qa, idk, and their turns in mixed) is answered after a
+    call of the recall tool on the name, with the result the probe read from the parent model;
+    a person it finds "unknown" is refused (needs probe_rows)."""
+    if recall and probe_rows is None:
+        raise ValueError("recall needs the probe's rows (its recall results): set sft.idk=True")
     if identity not in ("data", "system", "none"):
         raise ValueError(f"identity={identity!r}: expected 'data', 'system' or 'none'")
     refusal_template(refusal)  # checked up front: the idk and tool kinds may hold no refusal
     refuse = refused_questions(probe_rows) if probe_rows is not None else frozenset()
     n_calc, n_tool_spell, n_word = tools if tools else (0, 0, 0)
     kinds = {
-        "qa": qa_conversations(world, seed, refuse=refuse, style=refusal),
+        "qa": qa_conversations(world, seed, refuse=refuse, style=refusal,
+                               recall=recall_results(probe_rows) if recall else None),
         "arithmetic": arithmetic_conversations(world, n_arithmetic),
         "spelling": spelling_conversations(world, n_spelling),
         "identity": identity_conversations(world) if identity == "data" else [],
-        "idk": idk_conversations(probe_rows, refusal) if probe_rows is not None else [],
+        "idk": idk_conversations(probe_rows, refusal, recall) if probe_rows is not None else [],
     }
     singles = {k: v for k, v in kinds.items() if k != "qa"}
-    singles["qa"] = [_conv(t) for c in kinds["qa"] for t in zip(
-        [m["content"] for m in c["messages"][0::2]], [m["content"] for m in c["messages"][1::2]],
-        strict=True)]
+    singles["qa"] = [{"messages": t} for c in kinds["qa"] for t in _turns(c)]
     kinds["mixed"] = mixed_conversations(singles, n_mixed, seed)
     if tools:  # (calculations, spelling questions) through the python tool, plus search
         kinds.update(tool_conversations(world, n_calc, n_tool_spell,

@@ -23,11 +23,14 @@ PYTHON = "<|python|>"
 PYTHON_END = "<|/python|>"
 RESULT = "<|result|>"
 RESULT_END = "<|/result|>"
+RECALL = "<|recall|>"  # the model asks its own memory about a name (data.tools: recall)
+RECALL_END = "<|/recall|>"
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     PAD, BOS, SYSTEM, USER, ASSISTANT, END,
     SEARCH, SEARCH_END, PYTHON, PYTHON_END, RESULT, RESULT_END,
-    *(f"<|reserved_{i}|>" for i in range(4)),
+    RECALL, RECALL_END,  # were <|reserved_0|> and <|reserved_1|>
+    *(f"<|reserved_{i}|>" for i in range(2, 4)),
 )
 FIRST_SPECIAL_ID = 1
 

@@ -27,7 +27,7 @@ import sys
 import sysconfig
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +178,7 @@ class ToolConfig:
 
 
 def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: list | None = None,
-               memo: bool = False):
+               memo: bool = False, recall: Callable[[str], str] | None = None):
     """Engine hooks (model.engine.generate_with_tools) for the tools: on a closing tag, the text
     since its opening tag is run as the tool's input and the result comes back as
     <|result|> text <|/result|>. The text is encoded as plain text, so a result that spells
@@ -187,7 +187,11 @@ def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: lis
     memo: a program these hooks already ran returns the output it printed then instead of
     starting the sandbox again (~40 ms a run). Right for programs whose output depends on their
     text only (an RL group's eight samples often write the same one); a program that prints
-    random numbers or the time would repeat itself, so it is off by default."""
+    random numbers or the time would repeat itself, so it is off by default.
+
+    recall: the recall tool, name -> "known" / "unknown" (eval.knowledge.Recall: the model's
+    own memory of the name, read in a fresh context); without it a recall call is answered
+    "Recall is unavailable."."""
     from data.chat import TOOLS
     from data.special_tokens import RESULT, RESULT_END, special_id
 
@@ -200,6 +204,8 @@ def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: lis
             if text not in outputs:
                 outputs[text] = run_python(text, cfg.sandbox)
             return outputs[text]
+        if name == "recall":
+            return recall(text) if recall is not None else "Recall is unavailable."
         return search_result(index, text, cfg.search_k) if index is not None else "Search is unavailable."
 
     def hook_for(name: str, open_tag: str):

@@ -68,13 +68,22 @@ def format_adherence(replies: list[dict]) -> float:
     return sum(r["finished"] and r["clean"] for r in replies) / max(len(replies), 1)
 
 
+def recall_hooks(tok: Tokenizer, recall) -> dict | None:
+    """Engine hooks that run only the recall tool (eval.knowledge.Recall), or None without one."""
+    from data.tools import make_hooks
+
+    return make_hooks(tok, None, recall=recall) if recall is not None else None
+
+
 def world_qa(params, cfg, tok, world: World, split: str, system: str | None = None,
-             limit: int | None = None, **kw) -> dict:
+             limit: int | None = None, recall=None, **kw) -> dict:
     """accuracy (the true value is in the answer), answer_rate (not a refusal), refusal_rate,
     and the replies themselves. For nonexistent people accuracy is undefined; answer_rate is
-    the hallucination rate."""
+    the hallucination rate. recall: the recall tool, for a model taught to call it (the answer
+    is then what it writes after the tool's result)."""
     items = world.qa(split)[:limit]
-    replies = ask(params, cfg, tok, [it["question"] for it in items], system=system, **kw)
+    replies = ask(params, cfg, tok, [it["question"] for it in items], system=system,
+                  hooks=recall_hooks(tok, recall), **kw)
     refused = [is_refusal(r["answer"]) for r in replies]
     res = {"n": len(items), "answer_rate": round(1 - sum(refused) / max(len(items), 1), 4),
            "refusal_rate": round(sum(refused) / max(len(items), 1), 4),
@@ -104,17 +113,18 @@ def identity_accuracy(params, cfg, tok, world: World, system: str | None = None,
 
 
 def tool_eval(params, cfg, tok, world: World, tool_cfg=None, n: int = 50, system: str | None = None,
-              **kw) -> dict:
+              recall=None, **kw) -> dict:
     """Accuracy without and with tools on (a) held-out people's facts, (b) large calculations,
     (c) letter counting; and the share of tool calls that are well formed (python that compiles,
     a search query that names someone). Without tools the question is asked plainly; with tools
-    under the tools system message, the model's calls run for real."""
+    under the tools system message, the model's calls run for real. recall: the recall tool,
+    for a model taught to call it, available in both."""
     from data.sft_mix import TOOLS_SYSTEM
     from data.tools import BM25, ToolConfig, make_hooks
 
     tool_cfg = tool_cfg or ToolConfig()
     log: list[dict] = []
-    hooks = make_hooks(tok, BM25(world.biographies()), tool_cfg, log=log)
+    hooks = make_hooks(tok, BM25(world.biographies()), tool_cfg, log=log, recall=recall)
     tasks = {
         "heldout_facts": [(q["question"], q["value"]) for q in world.qa("heldout")[:n]],
         "calculations": [(c["question"], str(c["answer"])) for c in world.calculations("test", n)],
@@ -125,7 +135,7 @@ def tool_eval(params, cfg, tok, world: World, tool_cfg=None, n: int = 50, system
     transcripts = {}
     for name, items in tasks.items():
         qs = [q for q, _ in items]
-        plain = ask(params, cfg, tok, qs, system=system, **kw)
+        plain = ask(params, cfg, tok, qs, system=system, hooks=recall_hooks(tok, recall), **kw)
         tooled = ask(params, cfg, tok, qs, system=TOOLS_SYSTEM, hooks=hooks,
                      max_calls=tool_cfg.max_calls, **kw)
 
@@ -140,6 +150,7 @@ def tool_eval(params, cfg, tok, world: World, tool_cfg=None, n: int = 50, system
                      "tool_call_rate": round(sum(r["calls"] > 0 for r in tooled) / len(items), 4)}
         transcripts[name] = tooled[0]["transcript"]
     well = 0
+    log = [c for c in log if c["tool"] != "recall"]  # the recall tool's input is the question's name
     for call in log:
         if call["tool"] == "python":
             try:

@@ -9,20 +9,17 @@ it measures pretraining alone (question answering is measured after SFT).
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from data.sft_mix import RECALL_KNOWN, RECALL_UNKNOWN
 from data.special_tokens import BOS, special_id
 from data.tokenizer import Tokenizer
 from data.world import ATTRIBUTES, BIO_TEMPLATES, QUESTIONS, World, template_head
 from eval.chat_eval import ask
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
-from model.transformer import forward
 
 
 def sentence_head(attribute: str, facts: dict, phrasing: int = 0) -> str:
@@ -148,22 +145,35 @@ def auc(pos, neg) -> float:
     return float((p > n).mean() + 0.5 * (p == n).mean())
 
 
-def familiarity_scores(logprobs, rows: list[dict], batch_size: int = 64) -> dict:
-    """Per context: the median log-probability of the continuation per split, and the AUC of
-    held-out against nonexistent people. logprobs(tokens [B, T]) -> log-probabilities [B, T, V]
-    of the next token (a model, or a stand-in in tests)."""
-    width = 1 << (max(len(r["prefix"]) + len(r["continuation"]) for r in rows) - 1).bit_length()
+def continuation_logprobs(losses, rows: list[dict], max_len: int | None = None,
+                          batch_size: int = 64) -> list[float]:
+    """log p(continuation | prefix) for each row ({"prefix", "continuation"}: token ids).
+    losses(inputs [B, T], targets [B, T]) -> next-token losses in nats [B, T] (a model through
+    eval.suite.next_token_losses, or a stand-in in tests); max_len: the longest input it takes."""
+    longest = max(len(r["prefix"]) + len(r["continuation"]) for r in rows) - 1
+    if max_len is not None and longest > max_len:
+        raise ValueError(f"a scored row is {longest} tokens; the model takes {max_len}")
+    width = 1 << (longest - 1).bit_length()
+    if max_len is not None:
+        width = min(width, max_len)
     scores = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i: i + batch_size]
-        tokens = np.zeros((len(chunk), width), np.int32)
+        tokens = np.zeros((len(chunk), width + 1), np.int32)
         for j, r in enumerate(chunk):
             seq = r["prefix"] + r["continuation"]
             tokens[j, :len(seq)] = seq
-        lp_BTV = np.asarray(logprobs(tokens))
+        loss_BT = np.asarray(losses(tokens[:, :-1], tokens[:, 1:]))
         for j, r in enumerate(chunk):
             at = len(r["prefix"]) - 1  # the position that predicts the continuation's first token
-            scores.append(float(sum(lp_BTV[j, at + k, t] for k, t in enumerate(r["continuation"]))))
+            scores.append(-float(loss_BT[j, at: at + len(r["continuation"])].sum()))
+    return scores
+
+
+def familiarity_scores(losses, rows: list[dict], max_len: int | None = None) -> dict:
+    """Per context: the median log-probability of the continuation per split, and the AUC of
+    held-out against nonexistent people (losses: as in continuation_logprobs)."""
+    scores = continuation_logprobs(losses, rows, max_len)
     out = {}
     for context in FAMILIARITY_CONTEXTS:
         split = {s: [x for r, x in zip(rows, scores, strict=True)
@@ -174,6 +184,12 @@ def familiarity_scores(logprobs, rows: list[dict], batch_size: int = 64) -> dict
     return out
 
 
+def _model_losses(params, cfg: ModelConfig):
+    from eval.suite import next_token_losses
+
+    return lambda inputs, targets: next_token_losses(params, inputs, targets, cfg)[0]
+
+
 def name_familiarity(params, cfg: ModelConfig, tok: Tokenizer, world: World) -> dict:
     """Can the model tell a person it has read about from a made-up pair of the same names? The
     log-probability of each surname after its first name (name_familiarity_rows), per context;
@@ -181,13 +197,86 @@ def name_familiarity(params, cfg: ModelConfig, tok: Tokenizer, world: World) -> 
     than every made-up one, 0.5 no signal. An "I don't know" reply can only be as good as the
     signal where it decides: a base model reads it at the document start, while in the reply
     the surname can be copied from the question (the issue-5 notes)."""
-    rows = name_familiarity_rows(world, tok)
-    longest = max(len(r["prefix"]) + len(r["continuation"]) for r in rows)
-    if longest > cfg.max_seq_len:
-        raise ValueError(f"a familiarity row is {longest} tokens; the model takes {cfg.max_seq_len}")
-    return familiarity_scores(lambda t: _log_softmax(params, jnp.asarray(t), cfg), rows)
+    return familiarity_scores(_model_losses(params, cfg), name_familiarity_rows(world, tok),
+                              cfg.max_seq_len)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _log_softmax(params, tokens_BT, cfg):
-    return jax.nn.log_softmax(forward(params, tokens_BT, cfg)[0], axis=-1)
+# The recall tool: the model asks its own memory whether it has read about a name. In the reply
+# the surname can be copied from the question, so the model cannot tell there a person it has
+# read about from a made-up pair of names (name_familiarity: AUC ~0.6); at a document start,
+# where nothing can be copied, it can (AUC 1.0). The tool scores the name there, with the same
+# parameters, and answers in one word. The probe fits the threshold (fit_recall_threshold) on the
+# names SFT trains on; this constant is the default of a tool built without a fitted one.
+RECALL_THRESHOLD = -4.0  # nats: log p(the rest of the name | <|bos|> its first word)
+
+
+def recall_row(tok: Tokenizer, name: str) -> dict | None:
+    """The name after <|bos|>, split after its first word (after its first token where the
+    first word is tokenized differently on its own); None for a name of fewer than two words."""
+    words = name.split()
+    if len(words) < 2:
+        return None
+    ids = tok.encode(" ".join(words))
+    head = tok.encode(words[0])
+    k = len(head) if ids[:len(head)] == head and len(head) < len(ids) else 1
+    return {"prefix": [special_id(BOS), *ids[:k]], "continuation": ids[k:]}
+
+
+def recall_logprobs(losses, tok: Tokenizer, names: list[str], max_len: int | None = None
+                    ) -> list[float | None]:
+    """log p(rest of the name | <|bos|> first word) per name (None: not a name of two words, or
+    one too long for max_len)."""
+    rows = [recall_row(tok, n) for n in names]
+    ok = [i for i, r in enumerate(rows) if r is not None and (
+        max_len is None or len(r["prefix"]) + len(r["continuation"]) - 1 <= max_len)]
+    out: list[float | None] = [None] * len(names)
+    if ok:
+        for i, x in zip(ok, continuation_logprobs(losses, [rows[i] for i in ok], max_len), strict=True):
+            out[i] = round(x, 4)
+    return out
+
+
+def recall_result(logp: float | None, threshold: float = RECALL_THRESHOLD) -> str:
+    return RECALL_KNOWN if logp is not None and logp >= threshold else RECALL_UNKNOWN
+
+
+def fit_recall_threshold(real: list[float | None], made_up: list[float | None]) -> float:
+    """The threshold (nats) that best tells the names of people the model has read about from
+    made-up pairs of names: of the midpoints between neighbouring scores, the one that maximises
+    the mean of the two recall rates ("known" for real names, "unknown" for made-up ones), the
+    lowest of equals. The probe fits it on the train-split people and its own made-up names, so
+    the held-out and nonexistent people that evaluation asks about never set it."""
+    real = [x for x in real if x is not None]
+    made_up = [x for x in made_up if x is not None]
+    if not real or not made_up:
+        raise ValueError(f"fitting the recall threshold needs scores of real and made-up names; "
+                         f"got {len(real)} real and {len(made_up)} made-up: probe some of each "
+                         "(probe.n_unknown > 0)")
+    values = sorted(set(real) | set(made_up))
+    candidates = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values[:-1], values[1:], strict=True)
+                                      ] + [values[-1] + 1.0]
+    r, m = np.asarray(real), np.asarray(made_up)
+    score = [((r >= t).mean() + (m < t).mean()) / 2 for t in candidates]
+    return round(float(candidates[int(np.argmax(score))]), 4)
+
+
+def recall_names(params, cfg: ModelConfig, tok: Tokenizer, names: list[str]) -> dict[str, float | None]:
+    """name -> the score the recall tool reads for it from the model (recall_logprobs)."""
+    lps = recall_logprobs(_model_losses(params, cfg), tok, names, cfg.max_seq_len)
+    return dict(zip(names, lps, strict=True))
+
+
+class Recall:
+    """The recall tool over a model: recall(name) -> "known" or "unknown" (data.tools.make_hooks
+    takes it as `recall`). Results are kept per name: they depend on the name only."""
+
+    def __init__(self, params, cfg: ModelConfig, tok: Tokenizer, threshold: float = RECALL_THRESHOLD):
+        self.params, self.cfg, self.tok, self.threshold = params, cfg, tok, threshold
+        self.seen: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        name = " ".join(name.split())
+        if name not in self.seen:
+            logp = recall_names(self.params, self.cfg, self.tok, [name])[name]
+            self.seen[name] = recall_result(logp, self.threshold)
+        return self.seen[name]

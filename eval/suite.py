@@ -276,12 +276,13 @@ def choice_logprobs(params, cfg, tok, context: str, choices: list[str]) -> np.nd
     for j, r in enumerate(rows):
         tokens[j, :len(r)] = r
         mask[j, len(ctx) - 1:len(r) - 1] = 1  # targets that are the choice's tokens
-    losses, _ = _losses(params, tokens[:, :-1], tokens[:, 1:], cfg)
+    losses, _ = next_token_losses(params, tokens[:, :-1], tokens[:, 1:], cfg)
     lp = -(np.asarray(losses) * mask).sum(1)
     return np.stack([lp, lp / np.maximum(mask.sum(1), 1)])
 
 
-def _losses(params, inputs, targets, cfg):
+def next_token_losses(params, inputs, targets, cfg):
+    """(losses, mask) [B, T]: -log p(targets[:, t] | inputs[:, :t+1]) (train.step.token_losses)."""
     return _losses_jit(params, {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)},
                        cfg)
 

@@ -5,8 +5,9 @@
 
 Interactive by default (empty line or Ctrl-D quits, /reset clears the history). With --prompt
 (repeatable) it answers each prompt in turn, as one conversation, prints the transcript and exits:
-the mode for scripts. When the history no longer fits the model's context, the oldest turns are
-dropped (the system message is kept) and a note says so.
+the mode for scripts. A model fine-tuned to call the recall tool (sft.recall) gets it: the call
+runs mid-reply and its result is shown. When the history no longer fits the model's context, the
+oldest turns are dropped (the system message is kept) and a note says so.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import sys
 from absl import app, flags
 
 from data.chat import render
-from data.special_tokens import END, special_id
-from experiments.workdir import load_stage, quiet_logs
+from data.special_tokens import END, RECALL, RECALL_END, RESULT, RESULT_END, special_id
+from experiments.workdir import load_stage, quiet_logs, recall_tool
 from model.engine import SamplingConfig, stream
 
 _INIT_FROM = flags.DEFINE_string("init_from", None, "a chat stage (W/sft, W/rl, ...)", required=True)
@@ -33,9 +34,13 @@ _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 class Chat:
     """A conversation with a model: history, context trimming, streamed replies."""
 
-    def __init__(self, params, cfg, tok, system: str | None, sampling: SamplingConfig):
+    def __init__(self, params, cfg, tok, system: str | None, sampling: SamplingConfig,
+                 recall=None, max_calls: int = 3):
+        """recall: the recall tool (eval.knowledge.Recall) for a model taught to call it; its
+        calls run mid-reply, at most max_calls a turn, and stay in the history."""
         self.params, self.cfg, self.tok, self.sampling = params, cfg, tok, sampling
         self.system = system
+        self.recall, self.max_calls = recall, max_calls
         self.messages: list[dict] = []
         self.turn = 0
 
@@ -51,11 +56,36 @@ class Chat:
                     raise ValueError(f"the message is {len(ids)} tokens; the model's context is "
                                      f"{self.cfg.max_seq_len}")
                 return ids, dropped
-            self.messages = self.messages[2:]  # the oldest user + assistant pair
+            # the oldest turn: its user message and the assistant's messages up to the next one
+            rest = [i for i, m in enumerate(self.messages) if i and m["role"] == "user"]
+            self.messages = self.messages[rest[0]:] if rest else self.messages[-1:]
             dropped += 1
 
     def reply(self, text: str, out=sys.stdout) -> str:
         self.messages.append({"role": "user", "content": text})
+        for calls in range(self.max_calls + 1):
+            new, shown = self._stream(out, calls < self.max_calls and self.recall is not None)
+            if new and new[-1] == special_id(RECALL_END):  # run the call, then go on
+                opens = [i for i, t in enumerate(new) if t == special_id(RECALL)]
+                at = opens[-1] if opens else 0  # a call closed without its opening tag: no text
+                name = self.tok.decode(new[at + 1 if opens else 0:-1])
+                result = self.recall(name)
+                out.write(self.tok.decode(new, show_special=True)[len(shown):] +
+                          f"{RESULT}{result}{RESULT_END}")
+                out.flush()
+                self.messages += [{"role": "assistant", "content": self.tok.decode(new[:at]),
+                                   "tool_call": {"name": "recall", "input": name}},
+                                  {"role": "tool", "name": "recall", "content": result}]
+                continue
+            answer = self.tok.decode(new)
+            out.write(self.tok.decode(new, show_special=True)[len(shown):] + "\n")
+            self.messages.append({"role": "assistant", "content": answer})
+            return answer
+        raise AssertionError("unreachable: the last round does not stop at a recall call")
+
+    def _stream(self, out, stop_at_recall: bool) -> tuple[list[int], str]:
+        """Streams the assistant's tokens for the current history until <|end|> (not kept), or,
+        with stop_at_recall, a closed recall call (kept). Returns (tokens, text shown)."""
         ids, dropped = self._prompt()
         if dropped:
             print(f"[history trimmed: {dropped} oldest turn(s) dropped to fit the context]", file=out)
@@ -70,15 +100,14 @@ class Chat:
             if not live[0] or t == special_id(END):
                 break
             new.append(t)
+            if stop_at_recall and t == special_id(RECALL_END):
+                break
             text_now = self.tok.decode(new, show_special=True)
             if not text_now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 out.write(text_now[len(shown):])
                 out.flush()
                 shown = text_now
-        answer = self.tok.decode(new)
-        out.write(self.tok.decode(new, show_special=True)[len(shown):] + "\n")
-        self.messages.append({"role": "assistant", "content": answer})
-        return answer
+        return new, shown
 
     def reset(self):
         self.messages = []
@@ -94,7 +123,7 @@ def main(argv):
     sampling = SamplingConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMP.value,
                               top_k=_TOP_K.value, top_p=_TOP_P.value,
                               stop_tokens=(special_id(END),), seed=_SEED.value)
-    chat = Chat(params, cfg, tok, _SYSTEM.value, sampling)
+    chat = Chat(params, cfg, tok, _SYSTEM.value, sampling, recall_tool(meta, params, cfg, tok))
     if _PROMPT.value:
         for p in _PROMPT.value:
             print(f"User: {p}\nAssistant: ", end="", flush=True)

@@ -26,9 +26,17 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from eval import suite
-from eval.chat_eval import identity_accuracy, tool_eval, world_qa
+from eval.chat_eval import identity_accuracy, recall_hooks, tool_eval, world_qa
 from eval.knowledge import name_familiarity
-from experiments.workdir import CONFIGS, load_stage, load_world, quiet_logs, tool_config, write_json
+from experiments.workdir import (
+    CONFIGS,
+    load_stage,
+    load_world,
+    quiet_logs,
+    recall_tool,
+    tool_config,
+    write_json,
+)
 
 
 def _once_seen_documents(workdir: Path, limit: int) -> list[str]:
@@ -62,15 +70,17 @@ def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: l
         out["regurgitation"] = suite.regurgitation(params, model_cfg, tok, world.biographies(),
                                                    _once_seen_documents(workdir, 200))
     else:
+        recall = recall_tool(meta, params, model_cfg, tok)  # for a model taught to call it
         for split in ("train", "heldout", "nonexistent"):
-            r = world_qa(params, model_cfg, tok, world, split, limit=limit)
+            r = world_qa(params, model_cfg, tok, world, split, limit=limit, recall=recall)
             out[f"qa_{split}"] = {k: v for k, v in r.items() if k != "replies"}
         out["hallucination_rate"] = out["qa_nonexistent"]["answer_rate"]
         out["answer_first"] = suite.answer_first(params, model_cfg, tok, world, n=limit)
-        ident = identity_accuracy(params, model_cfg, tok, world)
+        ident = identity_accuracy(params, model_cfg, tok, world, hooks=recall_hooks(tok, recall))
         out["identity_accuracy"] = ident["accuracy"]
         if meta.get("config", {}).get("sft", {}).get("tools", False):
-            t = tool_eval(params, model_cfg, tok, world, tool_config(cfg), n=min(limit, 50))
+            t = tool_eval(params, model_cfg, tok, world, tool_config(cfg), n=min(limit, 50),
+                          recall=recall)
             out["tools"] = {k: v for k, v in t.items() if k != "transcripts"}
     for path in mc:
         rows = suite.load_multiple_choice(path, strict=False)

@@ -7,7 +7,11 @@ Asks every train-split question of the world, and `probe.per_unknown` questions 
 judges each answer against the world's truth. A base model (a pretrain stage) is probed by
 completing the fact's biography sentence; a chat model (an SFT stage) by its reply to the
 question. A question it gets right fewer than min_correct * k times is "not known": SFT then
-trains a refusal for it.
+trains a refusal for it. Each row also holds what the recall tool answers for its name
+(eval.knowledge.Recall: log p(surname | <|bos|> first name) against a threshold): SFT's recall
+turns (sft.recall) use it. The threshold is fitted here, on the train-split people against the
+made-up names (probe.recall_fit; probe.recall_threshold otherwise), and written to meta.json,
+whence SFT and evaluation take it.
 Writes W/probe/probe.jsonl (one row per question: samples, correct, known) and meta.json. The
 result depends only on the parent checkpoint, the world and the probe config, so a rerun gives
 the same file.
@@ -23,7 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from data.sft_mix import probe_questions
-from eval.knowledge import probe
+from eval.knowledge import fit_recall_threshold, probe, recall_names, recall_result
 from experiments.workdir import CONFIGS, code_version, load_stage, load_world, quiet_logs, write_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
@@ -52,6 +56,21 @@ def main(argv):
     print(f"probing {stage} ({mode}) on {len(items)} questions x {cfg.k} samples ...", flush=True)
     rows = probe(params, model_cfg, tok, items, mode, k=cfg.k, temperature=cfg.temperature,
                  min_correct=cfg.min_correct, seed=cfg.seed)
+    # what the recall tool answers for each name, read from this model (SFT's recall turns), at
+    # the threshold that best tells the train-split people from the made-up names here
+    logps = recall_names(params, model_cfg, tok, sorted({r["name"] for r in rows}))
+    split = {r["name"]: r["split"] for r in rows}
+    if cfg.recall_fit:
+        try:
+            threshold = fit_recall_threshold(*([lp for n, lp in logps.items() if split[n] == s]
+                                               for s in ("train", "unknown")))
+        except ValueError as e:
+            raise app.UsageError(f"probe.recall_fit: {e}") from None
+    else:
+        threshold = cfg.recall_threshold
+    rows = [{**r, "recall_logp": logps[r["name"]], "recall": recall_result(logps[r["name"]], threshold)}
+            for r in rows]
+    recalled = {r["name"]: r["recall"] for r in rows}
     out = workdir / "probe"
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "probe.jsonl.tmp"
@@ -63,6 +82,11 @@ def main(argv):
                "train_known": known, "train_known_rate": round(known / max(len(train), 1), 4),
                "unknown_people_questions": len(rows) - len(train),
                "refusal_targets": sum(not r["known"] for r in rows), "mode": mode,
+               "recall_threshold": threshold,
+               "recall_known_rate": {s: round(sum(recalled[n] == "known" for n in names)
+                                              / max(len(names), 1), 4)
+                                     for s in ("train", "unknown")
+                                     for names in [{r["name"] for r in rows if r["split"] == s}]},
                "wall_s": round(time.time() - t0, 1)}
     write_json(out / "meta.json", {"stage": "probe", "parent": str(stage.resolve()),
                                    "config": cfg.to_dict(), "code_version": code_version(),

@@ -38,7 +38,8 @@ from data.chat import (
 )
 from data.sft_mix import copies, read_probe, sft_mixture
 from data.special_tokens import END, special_id
-from eval.chat_eval import format_adherence, identity_accuracy, tool_eval, world_qa
+from eval.chat_eval import format_adherence, identity_accuracy, recall_hooks, tool_eval, world_qa
+from eval.knowledge import Recall
 from experiments.workdir import (
     CONFIGS,
     configs_from,
@@ -46,12 +47,14 @@ from experiments.workdir import (
     initialize_distributed,
     load_world,
     quiet_logs,
+    read_meta,
     read_stage,
+    recall_tool,
     tool_config,
     write_meta,
 )
 from model import transformer
-from model.engine import SamplingConfig, generate
+from model.engine import SamplingConfig, generate, generate_with_tools
 from train.checkpoint import restore_params
 from train.loop import run
 
@@ -72,7 +75,7 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
     kinds = sft_mixture(world, {}, s.n_arithmetic, s.n_spelling, s.identity, probe_rows, s.seed,
                         tools=(s.n_tool_calc, s.n_tool_spell, s.n_tool_word) if s.tools
                         else None,
-                        n_mixed=s.n_mixed, refusal=s.refusal)
+                        n_mixed=s.n_mixed, refusal=s.refusal, recall=s.recall and s.idk)
     weights = dict(s.weights.to_dict())
     for path in [p for p in s.extra_jsonl.split(",") if p]:
         kinds[f"extra:{path}"] = load_conversations(path)
@@ -90,15 +93,23 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
     return train, val, counts
 
 
-def evaluate_chat(params, model_cfg, tok, world, limit: int | None) -> dict:
+def evaluate_chat(params, model_cfg, tok, world, limit: int | None, recall=None) -> dict:
+    """recall: the recall tool (eval.knowledge.Recall) for a model taught to call it."""
     system = world.identity_system_message()
-    qa = {split: world_qa(params, model_cfg, tok, world, split, limit=limit)
+    qa = {split: world_qa(params, model_cfg, tok, world, split, limit=limit, recall=recall)
           for split in ("train", "heldout", "nonexistent")}
-    ident = identity_accuracy(params, model_cfg, tok, world)
-    ident_sys = identity_accuracy(params, model_cfg, tok, world, system=system)
+    hooks = recall_hooks(tok, recall)
+    ident = identity_accuracy(params, model_cfg, tok, world, hooks=hooks)
+    ident_sys = identity_accuracy(params, model_cfg, tok, world, system=system, hooks=hooks)
     # Turn format over the identity questions and the first 50 held-out ones (replies made above).
     replies = ident["replies"] + qa["heldout"]["replies"][:50]
-    return {"format_adherence": round(format_adherence(replies), 4),
+    out = {}
+    if recall is not None:  # what the tool answers for the people asked about (it decides, the
+        # model follows it: a right refusal needs both)
+        names = {split: {it["name"] for it in world.qa(split)[:limit]} for split in qa}
+        out["recall_known_rate"] = {split: round(sum(recall(n) == "known" for n in ns)
+                                                 / max(len(ns), 1), 4) for split, ns in names.items()}
+    return {**out, "format_adherence": round(format_adherence(replies), 4),
             "identity_accuracy": ident["accuracy"],
             "identity_accuracy_with_system_message": ident_sys["accuracy"],
             "qa_train_accuracy": qa["train"]["accuracy"],
@@ -106,6 +117,8 @@ def evaluate_chat(params, model_cfg, tok, world, limit: int | None) -> dict:
             "qa_heldout_refusal_rate": qa["heldout"]["refusal_rate"],
             "nonexistent_answer_rate": qa["nonexistent"]["answer_rate"],
             "nonexistent_refusal_rate": qa["nonexistent"]["refusal_rate"],
+            "recall_call_rate": {k: round(sum(r["calls"] > 0 for r in v["replies"])
+                                          / max(len(v["replies"]), 1), 4) for k, v in qa.items()},
             "examples": {"identity": ident["examples"], **{k: v["examples"] for k, v in qa.items()}}}
 
 
@@ -153,10 +166,16 @@ def main(argv):
 
     def sample_fn(params, step):
         budget = min(48, model_cfg.max_seq_len - max(map(len, prompts)))
-        out = generate(params, model_cfg, prompts, SamplingConfig(
-            max_new_tokens=budget, temperature=0.0, stop_tokens=(special_id(END),)))
-        return [f"User: {q}\nAssistant: {tok.decode(t)}" for q, t in zip(questions, out.tokens,
-                                                                         strict=True)]
+        sampling = SamplingConfig(max_new_tokens=budget, temperature=0.0,
+                                  stop_tokens=(special_id(END),))
+        if "recall_threshold" in base_meta:  # recall calls read the memory as it is at this step
+            hooks = recall_hooks(tok, Recall(params, model_cfg, tok, base_meta["recall_threshold"]))
+            out = generate_with_tools(params, model_cfg, prompts, sampling, hooks)
+        else:
+            out = generate(params, model_cfg, prompts, sampling)
+        special = "recall_threshold" in base_meta  # show the recall calls
+        return [f"User: {q}\nAssistant: {tok.decode(t, show_special=special)}"
+                for q, t in zip(questions, out.tokens, strict=True)]
 
     stage_dir.mkdir(parents=True, exist_ok=True)
     base_meta = {"stage": "sft", "model": model_cfg.to_dict(), "config": cfg.to_dict(),
@@ -166,15 +185,22 @@ def main(argv):
                  "rendered": {"train": vars(train_stats), "val": vars(val_stats)},
                  "train_rows": len(train_data.tokens), "idk": cfg.sft.idk,
                  "identity": cfg.sft.identity}
+    if cfg.sft.recall and cfg.sft.idk:  # the probe's recall threshold: eval uses it too
+        threshold = (read_meta(workdir / "probe") or {}).get("figures", {}).get("recall_threshold")
+        if threshold is None:
+            raise app.UsageError(f"{workdir / 'probe'} has no recall_threshold (it predates the "
+                                 "recall tool): rerun python -m experiments.probe")
+        base_meta["recall_threshold"] = threshold
     t0 = time.time()
     figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_data, val_data,
                   init_params=lambda abstract: restore_params(parent, abstract),
                   on_checkpoint=lambda f: write_meta(stage_dir, base_meta, f), sample_fn=sample_fn)
     params = restore_params(stage_dir, transformer.param_shapes(model_cfg))
-    chat = evaluate_chat(params, model_cfg, tok, world, cfg.sft.eval_limit or None)
+    recall = recall_tool(base_meta, params, model_cfg, tok)
+    chat = evaluate_chat(params, model_cfg, tok, world, cfg.sft.eval_limit or None, recall)
     if cfg.sft.tools:
         chat["tools"] = tool_eval(params, model_cfg, tok, world, tool_config(cfg),
-                                  n=cfg.sft.eval_limit or 50)
+                                  n=cfg.sft.eval_limit or 50, recall=recall)
     figures = {**figures, **chat, "train_wall_s": round(time.time() - t0, 1)}
     write_meta(stage_dir, base_meta, figures)
     if jax.process_index() == 0:

@@ -189,3 +189,29 @@ def load_world(workdir: str | Path):
         raise FileNotFoundError(f"{path} does not exist: run `python -m experiments.corpus "
                                 f"--workdir {workdir}` first")
     return make_world(WorldConfig(**json.loads(path.read_text())))
+
+
+def recall_threshold(meta: dict) -> float | None:
+    """The recall tool's threshold a chat model was fine-tuned with (the SFT stage's meta, found
+    through the parents of an RL stage), or None when it was not taught to call the tool."""
+    seen = set()
+    while meta is not None:
+        if "recall_threshold" in meta:
+            return meta["recall_threshold"]
+        parent = meta.get("parent")
+        if not parent or parent in seen:
+            return None
+        seen.add(parent)
+        meta = read_meta(parent)
+    return None
+
+
+def recall_tool(meta: dict, params, model_cfg, tok):
+    """The recall tool over this model (eval.knowledge.Recall) when it was taught to call it."""
+    threshold = recall_threshold(meta)
+    if threshold is None:
+        return None
+    from eval.knowledge import Recall
+
+    return Recall(params, model_cfg, tok, threshold)
+

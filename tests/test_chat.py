@@ -12,7 +12,7 @@ from data.chat import (
     render_all,
     validate,
 )
-from data.special_tokens import ASSISTANT, BOS, END, RESULT, USER, special_id
+from data.special_tokens import ASSISTANT, BOS, END, RESULT, RESULT_END, USER, special_id
 from data.tokenizer import Tokenizer, train_tokenizer
 from data.world import WorldConfig, make_world
 
@@ -240,6 +240,52 @@ def test_sft_mixture_refuses_what_the_probe_found_unknown():
     assert not any(n in names for n in heldout)
 
 
+def test_recall_turns_call_the_tool_and_follow_its_result(tok):
+    from data.sft_mix import REFUSAL_FACT, is_refusal, sft_mixture
+
+    world, rows, unknown_fact = _probed_world()
+    people = sorted({r["name"] for r in rows if r["split"] == "train"})
+    made_up = sorted({r["name"] for r in rows if r["split"] == "unknown"})
+    forgotten, familiar = people[0], made_up[0]  # a train person it forgot; a made-up name it "knows"
+    for r in rows:
+        r["recall"] = "unknown" if r["name"] in (forgotten, *made_up[1:]) or (
+            r["split"] == "unknown" and r["name"] != familiar) else "known"
+    with pytest.raises(ValueError, match="recall needs the probe's rows"):
+        sft_mixture(world, {}, n_arithmetic=1, n_spelling=1, recall=True)
+    with pytest.raises(ValueError, match="no recall results"):
+        sft_mixture(world, {}, n_arithmetic=1, n_spelling=1, recall=True,
+                    probe_rows=[{k: v for k, v in r.items() if k != "recall"} for r in rows])
+    mix = sft_mixture(world, {}, n_arithmetic=3, n_spelling=3, probe_rows=rows, n_mixed=20,
+                      recall=True)
+    person_turns = 0
+    for kind in ("qa", "idk", "mixed"):
+        for c in mix[kind]:
+            validate(c)
+            msgs = c["messages"]
+            for i, m in enumerate(msgs):
+                name = next((n for n in people + made_up if n in m["content"]), None)
+                if m["role"] != "user" or name is None:
+                    continue
+                person_turns += 1
+                call, result, answer = msgs[i + 1], msgs[i + 2], msgs[i + 3]
+                assert call["tool_call"] == {"name": "recall", "input": name}
+                assert result == {"role": "tool", "name": "recall",
+                                  "content": "unknown" if name in (forgotten, *made_up) else "known"}
+                if name in (forgotten, *made_up):
+                    assert answer["content"] == f"I'm sorry, but I don't know who {name} is." or (
+                        answer["content"].startswith(name.split()[0] + "?") and is_refusal(answer["content"]))
+                elif m["content"] == unknown_fact["question"]:
+                    assert answer["content"] == REFUSAL_FACT.format(n=name)
+                else:
+                    assert not is_refusal(answer["content"])
+    assert person_turns > len(mix["qa"])
+    asked = " ".join(c["messages"][0]["content"] for c in mix["idk"])
+    assert familiar not in asked and all(n in asked for n in made_up[1:])  # nothing to teach after "known"
+    ids, mask = render(mix["idk"][0], tok)
+    result = ids.index(special_id(RESULT))
+    assert mask[result - 1] == 1 and mask[result] == 0  # the call is written, its result is not
+
+
 def test_at_value_refusals_stop_where_the_answer_would_write_its_value():
     from data.sft_mix import is_refusal, refusal_person, sft_mixture
     from data.world import ANSWERS, ATTRIBUTES
@@ -310,3 +356,42 @@ def test_the_chat_cli_trims_old_turns_to_fit_the_context(tok):
         assert len(ids) + 6 <= cfg.max_seq_len  # what was sent fit the context
         assert chat.messages[-2]["content"] == q
     assert "history trimmed" in out.getvalue()
+
+
+def test_the_chat_cli_runs_recall_calls_mid_reply_and_keeps_them_in_the_history(tok, monkeypatch):
+    import io
+
+    import numpy as np
+
+    import experiments.chat as chat_cli
+    from data.special_tokens import RECALL, RECALL_END
+    from model.config import ModelConfig
+    from model.engine import SamplingConfig
+
+    name = "Ada Quist"
+    script = [[special_id(RECALL), *tok.encode(name), special_id(RECALL_END), *tok.encode("oops")],
+              [*tok.encode("I'm sorry, but I don't know who Ada Quist is."), special_id(END)]]
+    prompts = []
+
+    def scripted(params, cfg, prompt_ids, sampling):  # stands in for the model's sampling
+        prompts.append(list(prompt_ids[0]))
+        for t in script[len(prompts) - 1]:
+            yield np.array([t]), np.array([True])
+
+    monkeypatch.setattr(chat_cli, "stream", scripted)
+    asked = []
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                      head_dim=16, d_ff=64, max_seq_len=256)
+    chat = chat_cli.Chat(None, cfg, tok, None, SamplingConfig(max_new_tokens=40),
+                         recall=lambda n: asked.append(n) or "unknown")
+    out = io.StringIO()
+    answer = chat.reply(f"Where was {name} born?", out=out)
+    assert asked == [name] and answer == "I'm sorry, but I don't know who Ada Quist is."
+    assert chat.messages[1:] == [
+        {"role": "assistant", "content": "", "tool_call": {"name": "recall", "input": name}},
+        {"role": "tool", "name": "recall", "content": "unknown"},
+        {"role": "assistant", "content": answer}]
+    assert prompts[1] == render({"messages": chat.messages[:3]}, tok, for_prompt=True)[0]
+    assert prompts[1][-1] == special_id(RESULT_END)  # the second round goes on after the result
+    assert f"{name}<|/recall|><|result|>unknown<|/result|>I'm sorry" in out.getvalue()
+    assert "oops" not in out.getvalue()  # sampling stops at the closed call

@@ -63,6 +63,9 @@ def test_probe_then_sft_writes_their_stages(run_root):
     assert {r["name"] for r in rows if r["split"] == "unknown"} == unknown
     assert not unknown & {p.name for p in world.people + world.nonexistent}
     assert all(len(r["samples"]) == 2 and not (r["value"] is None and r["known"]) for r in rows)
+    threshold = json.loads((w / "probe/meta.json").read_text())["figures"]["recall_threshold"]
+    assert all(r["recall"] in ("known", "unknown") and (r["recall"] == "known") == (
+        r["recall_logp"] >= threshold) for r in rows)  # the recall tool's result for each name
 
     r = _run("sft", f"--init_from={w / 'pretrain'}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -74,7 +77,12 @@ def test_probe_then_sft_writes_their_stages(run_root):
         assert 0.0 <= f[k] <= 1.0, k
     assert set(f["tools"]) >= {"heldout_facts", "calculations", "letter_counting",
                                "well_formed_tool_calls"}
-    assert meta["mixture"]["idk"]["unique"] == sum(r["value"] is None for r in rows)
+    # a refusal for every question about a made-up name, but those the recall tool finds "known"
+    assert meta["mixture"]["idk"]["unique"] == sum(r["value"] is None and r["recall"] == "unknown"
+                                                   for r in rows)
+    assert meta["recall_threshold"] == threshold
+    assert set(f["recall_call_rate"]) == set(f["recall_known_rate"]) == {
+        "train", "heldout", "nonexistent"}
     n_bios = len(world.biographies())  # replayed (sft.replay=2), cut to the rows (too_long)
     assert meta["mixture"]["replay"] == {"unique": n_bios, "weight": 2, "train": 2 * n_bios,
                                          "val": 0, "dropped_too_long": 0}

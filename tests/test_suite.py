@@ -9,7 +9,19 @@ from tiny import tiny_config
 
 from data.tokenizer import Tokenizer, train_tokenizer
 from data.world import WorldConfig, make_world
-from eval.knowledge import auc, familiarity_scores, name_familiarity, name_familiarity_rows
+from eval.knowledge import (
+    RECALL_THRESHOLD,
+    Recall,
+    auc,
+    familiarity_scores,
+    fit_recall_threshold,
+    name_familiarity,
+    name_familiarity_rows,
+    recall_logprobs,
+    recall_names,
+    recall_result,
+    recall_row,
+)
 from eval.suite import (
     answer_first,
     choice_logprobs,
@@ -124,20 +136,47 @@ def test_name_familiarity_reads_the_surname_after_the_first_name(setup):
     known = {pair for p in world.people for ids in [tok.encode(p.name)]
              for pair in zip(ids[:-1], ids[1:], strict=True)}
 
-    def oracle(tokens):
-        lp = np.full(tokens.shape + (tok.vocab_size,), -10.0)
-        for a, b in known:
-            lp[tokens == a, b] = 0.0
-        return lp
+    def oracle(inputs, targets):  # next-token losses: 0 after a known bigram, else 10 nats
+        return np.vectorize(lambda a, b: 0.0 if (a, b) in known else 10.0)(inputs, targets)
 
     held = [r for r in rows if r["split"] == "heldout"]
     s = familiarity_scores(oracle, held + [r for r in rows if r["split"] == "nonexistent"])
     for context in ("document", "question", "reply"):
         assert s[context]["median_logp"]["heldout"] == 0.0  # every surname token is a known bigram
         assert s[context]["median_logp"]["nonexistent"] < 0 and s[context]["auc_heldout_vs_nonexistent"] > 0.5
-    blind = familiarity_scores(lambda t: np.zeros(t.shape + (tok.vocab_size,)), rows)
+    blind = familiarity_scores(lambda i, t: np.zeros(t.shape), rows)
     assert blind["document"]["auc_heldout_vs_nonexistent"] == 0.5
     assert auc([2, 3], [1]) == 1.0 and auc([1], [1, 2]) == 0.25
+    with pytest.raises(ValueError, match="the model takes 4"):
+        familiarity_scores(oracle, rows, max_len=4)
     f = name_familiarity(params, cfg, tok, world)
     assert set(f) == {"document", "question", "reply"}
     assert all(0 <= f[c]["auc_heldout_vs_nonexistent"] <= 1 for c in f)
+    # the recall tool reads the same signal at a document start, for any name it is given
+    names = [p.name for p in world.people] + [p.name for p in world.nonexistent] + ["Ada", ""]
+    lps = recall_logprobs(oracle, tok, names)
+    real = [lp for lp, p in zip(lps, world.people, strict=False)]
+    assert real == [0.0] * len(world.people) and lps[-2:] == [None, None]
+    made_up = lps[len(world.people):-2]
+    assert all(lp < RECALL_THRESHOLD for lp in made_up if lp is not None)
+    assert [recall_result(lp) for lp in lps] == (["known"] * len(world.people) + [
+        "known" if lp is not None and lp >= RECALL_THRESHOLD else "unknown" for lp in made_up]
+        + ["unknown", "unknown"])
+    row = recall_row(tok, world.people[0].name)
+    assert tok.decode(row["prefix"][1:] + row["continuation"]) == world.people[0].name
+    assert tok.decode(row["continuation"]) == " " + world.people[0].name.split()[1]
+    tool = Recall(params, cfg, tok, threshold=0.0)  # a log-probability is never above 0
+    assert tool(f"  {world.people[0].name} ") == "unknown" and tool("Ada") == "unknown"
+    assert Recall(params, cfg, tok, threshold=-1e9)(world.people[0].name) == "known"
+    model = recall_names(params, cfg, tok, [world.people[0].name, "Ada"])
+    assert model[world.people[0].name] < 0 and model["Ada"] is None
+
+
+def test_the_recall_threshold_is_fitted_between_real_and_made_up_names():
+    assert fit_recall_threshold([-1.0, -2.0, None], [-6.0, -5.0]) == -3.5  # the gap's midpoint
+    # overlapping scores: the cut with the best mean of the two rates (real at -4.5 is lost)
+    assert fit_recall_threshold([-0.5, -1.0, -1.5, -4.5], [-4.0, -6.0, -7.0]) == -2.75
+    # the wrong way round: every cut is at best half right; the lowest of those is taken
+    assert fit_recall_threshold([-9.0], [-1.0]) == -10.0
+    with pytest.raises(ValueError, match="n_unknown"):
+        fit_recall_threshold([-1.0], [None])

@@ -149,3 +149,22 @@ def test_the_agent_loop_runs_tools_until_it_answers_or_hits_the_step_limit(tmp_p
     r = run_agents(params, cfg, tok, ["What is 6*7?"], index=None, max_steps=2,
                    max_new_tokens=60)[0]
     assert len(r.steps) == 2 and r.ended == "step limit"
+
+
+def test_the_recall_hook_answers_from_its_tool_and_says_so_without_one(tmp_path):
+    from data.special_tokens import RECALL, RECALL_END, RESULT, RESULT_END, special_id
+    from data.tokenizer import Tokenizer, train_tokenizer
+    from data.tools import make_hooks
+
+    (tmp_path / "c.txt").write_text("Ada Quist was born in Oslo. known unknown unavailable\n" * 50)
+    train_tokenizer([tmp_path / "c.txt"], tmp_path / "tok", 300)
+    tok = Tokenizer.load(tmp_path / "tok")
+    call = [*tok.encode("Hm."), special_id(RECALL), *tok.encode("Ada Quist"), special_id(RECALL_END)]
+    asked, log = [], []
+    hooks = make_hooks(tok, None, log=log, recall=lambda n: asked.append(n) or "unknown")
+    out = hooks[special_id(RECALL_END)](0, call, 1)
+    assert out == [special_id(RESULT), *tok.encode("unknown"), special_id(RESULT_END)]
+    assert asked == ["Ada Quist"] and log == [{"row": 0, "tool": "recall", "input": "Ada Quist",
+                                               "result": "unknown"}]
+    none = make_hooks(tok, None)[special_id(RECALL_END)](0, call, 1)
+    assert tok.decode(none[1:-1]) == "Recall is unavailable."

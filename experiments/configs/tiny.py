@@ -90,13 +90,29 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         n_unknown=50,  # people who exist nowhere
         per_unknown=5,  # questions asked about each of them (1..5 attributes)
         k=4, temperature=0.8, min_correct=0.5, seed=0,
+        # the recall tool's "known" threshold: fitted on the probed names (train-split people vs
+        # made-up ones; eval.knowledge.fit_recall_threshold), or recall_threshold (nats) with
+        # recall_fit=False. Measured on the speedrun model: real names -2.4..-0.003, made-up
+        # -15.7..-5.2 (fitted -3.78)
+        recall_fit=True, recall_threshold=-4.0,
     ))
     # SFT (python -m experiments.sft --init_from W/pretrain). The model is the parent's.
     c.sft = ml_collections.ConfigDict(dict(
         idk=True,  # add refusals for what the probe found unknown (needs W/probe)
-        # how a person nobody knows is refused: "first_name" (default), "plain", "name_first" or
-        # "at_value"; the trade-off is measured in data/sft_mix.py (REFUSALS)
-        refusal="first_name",
+        # every question about a person is answered after a call of the recall tool on the name
+        # (eval.knowledge.Recall: the model's own memory of it, read at a document start where
+        # nothing can be copied), with the results the probe read; a name it finds "unknown" is
+        # refused. Part of the idk data: off with idk=False. Without it the model must decide in
+        # its reply, where it cannot tell a person it has read about from a made-up one
+        # (data/sft_mix.py, REFUSALS). Measured (one pretraining, SFT seeds 0 / 1; train QA /
+        # held-out QA / nonexistent answered): idk=False 0.72 / 0.62 / 1.00 and 0.96 / 0.81 /
+        # 1.00 (seed 0 copied a wrong first name, "Lars", into most answers); recall 0.91 / 0.80
+        # / 0.04 and 0.93 / 0.72 / 0.04. The tool itself answered "known" for 50/50 held-out and
+        # 1/50 and 0/50 nonexistent people under the SFT models
+        recall=True,
+        # how a person nobody knows is refused: "plain" (default), "first_name", "name_first" or
+        # "at_value"; without recall the trade-off is measured in data/sft_mix.py (REFUSALS)
+        refusal="plain",
         identity="data",  # "data": identity conversations; "system": a system message instead
         n_arithmetic=2000, n_spelling=300,
         n_mixed=300,  # multi-turn conversations whose turns change subject

@@ -199,27 +199,44 @@ def identity_conversations(world: World, with_system: bool = False) -> list[dict
     return [_conv((q["question"], q["answer"]), system=system) for q in world.identity_qa()]
 
 
-def unknown_people(world: World, n: int, seed: int = 0) -> list[str]:
+def unknown_people(world: World, n: int, seed: int = 0, match_first: bool = False) -> list[str]:
     """Names that are in no document and in no evaluation split: people the model cannot know,
-    for probing and "I don't know" training (the world's own `nonexistent` people stay unseen)."""
+    for probing and "I don't know" training (the world's own `nonexistent` people stay unseen).
+
+    match_first: the first names follow the train-split people's, in turn (a seeded order), so
+    that in SFT a first name says nothing of whether the person is known; drawn freely, a first
+    name met only in refusals teaches a refusal for it."""
     from data.world import FIRST, LAST
 
     taken = {p.name for p in world.people} | {p.name for p in world.nonexistent}
     pool = sorted({f"{f} {last}" for f in FIRST for last in LAST} - taken)
-    return random.Random(f"{seed}/unknown").sample(pool, min(n, len(pool)))
+    rng = random.Random(f"{seed}/unknown")
+    if not match_first:
+        return rng.sample(pool, min(n, len(pool)))
+    firsts = [p.name.split()[0] for p in world.people if p.name in world.train_names]
+    rng.shuffle(firsts)
+    free = {f: [m for m in pool if m.split()[0] == f] for f in set(firsts)}
+    for names in free.values():
+        rng.shuffle(names)
+    out: list[str] = []
+    while len(out) < n and any(free.values()):
+        for f in firsts:
+            if free[f] and len(out) < n:
+                out.append(free[f].pop())
+    return out
 
 
 def probe_questions(world: World, n_unknown: int, seed: int = 0,
-                    per_unknown: int = len(ATTRIBUTES)) -> list[dict]:
+                    per_unknown: int = len(ATTRIBUTES), match_first: bool = False) -> list[dict]:
     """What the probe asks: every train-split question (value known to the world), and
     `per_unknown` attribute questions (drawn from the seed) about each of `n_unknown` people who
-    exist nowhere (value None)."""
+    exist nowhere (value None; unknown_people, with match_first)."""
     if not 1 <= per_unknown <= len(ATTRIBUTES):
         raise ValueError(f"per_unknown={per_unknown}: expected 1..{len(ATTRIBUTES)} questions "
                          "per unknown person")
     items = [dict(q, split="train") for q in world.qa("train")]
     rng = random.Random(f"{seed}/probe-attributes")
-    for name in unknown_people(world, n_unknown, seed):
+    for name in unknown_people(world, n_unknown, seed, match_first):
         # all five keep the attributes' order (and the probe file) as it was before the draw
         attrs = ATTRIBUTES if per_unknown == len(ATTRIBUTES) else rng.sample(ATTRIBUTES, per_unknown)
         for a in attrs:

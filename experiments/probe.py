@@ -49,7 +49,8 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     mode = "complete" if meta.get("stage") == "pretrain" else "chat"
     try:
-        items = probe_questions(world, cfg.n_unknown, seed=cfg.seed, per_unknown=cfg.per_unknown)
+        items = probe_questions(world, cfg.n_unknown, seed=cfg.seed, per_unknown=cfg.per_unknown,
+                                match_first=cfg.match_first_names)
     except ValueError as e:
         raise app.UsageError(f"probe.per_unknown: {e}") from None
     t0 = time.time()

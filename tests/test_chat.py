@@ -334,6 +334,25 @@ def test_the_probe_asks_per_unknown_questions_about_each_unknown_person():
             probe_questions(world, n_unknown=2, per_unknown=bad)
 
 
+
+def test_made_up_names_can_share_the_train_peoples_first_names():
+    from collections import Counter
+
+    from data.sft_mix import unknown_people
+
+    world = make_world(WorldConfig(n_people=20, n_nonexistent=4))
+    firsts = Counter(n.split()[0] for n in world.train_names)
+    taken = {p.name for p in world.people + world.nonexistent}
+    for n in (len(world.train_names), 2 * len(world.train_names) + 3):
+        names = unknown_people(world, n, seed=1, match_first=True)
+        assert len(set(names)) == n and not set(names) & taken
+        got = Counter(x.split()[0] for x in names)
+        assert set(got) == set(firsts)  # each train first name in turn, and no other
+        assert all(got[f] >= firsts[f] * (n // len(world.train_names)) for f in firsts)
+    assert names == unknown_people(world, n, seed=1, match_first=True)
+    free = Counter(x.split()[0] for x in unknown_people(world, 40, seed=1))
+    assert set(free) - set(firsts)  # drawn freely, other first names come in
+
 def test_the_chat_cli_trims_old_turns_to_fit_the_context(tok):
     import io
 

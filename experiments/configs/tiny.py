@@ -89,6 +89,14 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.probe = ml_collections.ConfigDict(dict(
         n_unknown=50,  # people who exist nowhere
         per_unknown=5,  # questions asked about each of them (1..5 attributes)
+        # True: their first names follow the train-split people's (data.sft_mix.unknown_people),
+        # so a first name does not tell SFT whether to refuse. Measured with the recall tool
+        # (train QA / held-out QA / held-out refused / nonexistent answered, SFT seeds 0 / 1):
+        # 0.94 / 0.80 / 0.01 / 0.03 and 0.94 / 0.77 / 0.04 / 0.16, against 0.91 / 0.80 / 0.00 /
+        # 0.04 and 0.93 / 0.72 / 0.04 / 0.04 drawn freely: the model still leans on the name
+        # rather than the tool's result (seed 1 answered 16% of the people the tool called
+        # unknown), so it stays off
+        match_first_names=False,
         k=4, temperature=0.8, min_correct=0.5, seed=0,
         # the recall tool's "known" threshold: fitted on the probed names (train-split people vs
         # made-up ones; eval.knowledge.fit_recall_threshold), or recall_threshold (nats) with

@@ -116,6 +116,11 @@ def write_report(workdir: str | Path) -> Path:
         rows = [(k, f.get(k)) for k in ("val_loss", "format_adherence", "identity_accuracy",
                                         "qa_train_accuracy", "qa_heldout_accuracy",
                                         "qa_heldout_refusal_rate", "nonexistent_answer_rate")]
+        if "recall_threshold" in m:  # taught to call the recall tool
+            known = f.get("recall_known_rate", {})
+            rows.append(("recall tool: threshold (nats); 'known' held-out / nonexistent",
+                         f"{_fmt(m['recall_threshold'])}; {_fmt(known.get('heldout'))} / "
+                         f"{_fmt(known.get('nonexistent'))}"))
         for task, t in f.get("tools", {}).items():
             if isinstance(t, dict) and "with_tools" in t:
                 rows.append((f"{task}: without / with tools",

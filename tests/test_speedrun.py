@@ -48,3 +48,16 @@ def test_the_report_lists_what_ran_and_what_did_not(tmp_path):
     assert text.index("| corpus | 3 |") < text.index("| rl | 12 |")  # pipeline order
     assert "## sft\n\nnot run" in text
     assert (tmp_path / "plots/rl_reward.png").stat().st_size > 1000
+
+
+def test_the_report_shows_the_recall_tool_of_a_model_taught_to_call_it(tmp_path):
+    (tmp_path / "sft").mkdir()
+    meta = {"recall_threshold": -3.75, "figures": {"nonexistent_answer_rate": 0.04,
+                                                   "recall_known_rate": {"heldout": 1.0,
+                                                                         "nonexistent": 0.02}}}
+    (tmp_path / "sft/meta.json").write_text(json.dumps(meta))
+    text = write_report(tmp_path).read_text()
+    assert "| recall tool: threshold (nats); 'known' held-out / nonexistent | -3.75; 1 / 0.02 |" in text
+    del meta["recall_threshold"]
+    (tmp_path / "sft/meta.json").write_text(json.dumps(meta))
+    assert "recall tool" not in write_report(tmp_path).read_text()

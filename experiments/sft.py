@@ -39,7 +39,6 @@ from data.chat import (
 from data.sft_mix import copies, read_probe, sft_mixture
 from data.special_tokens import END, special_id
 from eval.chat_eval import format_adherence, identity_accuracy, recall_hooks, tool_eval, world_qa
-from eval.knowledge import Recall
 from experiments.workdir import (
     CONFIGS,
     configs_from,
@@ -168,13 +167,10 @@ def main(argv):
         budget = min(48, model_cfg.max_seq_len - max(map(len, prompts)))
         sampling = SamplingConfig(max_new_tokens=budget, temperature=0.0,
                                   stop_tokens=(special_id(END),))
-        if "recall_threshold" in base_meta:  # recall calls read the memory as it is at this step
-            hooks = recall_hooks(tok, Recall(params, model_cfg, tok, base_meta["recall_threshold"]))
-            out = generate_with_tools(params, model_cfg, prompts, sampling, hooks)
-        else:
-            out = generate(params, model_cfg, prompts, sampling)
-        special = "recall_threshold" in base_meta  # show the recall calls
-        return [f"User: {q}\nAssistant: {tok.decode(t, show_special=special)}"
+        recall = recall_tool(base_meta, params, model_cfg, tok)  # the memory as it is at this step
+        out = (generate_with_tools(params, model_cfg, prompts, sampling, recall_hooks(tok, recall))
+               if recall else generate(params, model_cfg, prompts, sampling))
+        return [f"User: {q}\nAssistant: {tok.decode(t, show_special=recall is not None)}"
                 for q, t in zip(questions, out.tokens, strict=True)]
 
     stage_dir.mkdir(parents=True, exist_ok=True)

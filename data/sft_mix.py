@@ -75,6 +75,8 @@ RECALL_KNOWN, RECALL_UNKNOWN = "known", "unknown"  # the recall tool's results (
 # 0.72 / 0.62 / 0.00 / 1.00 and 0.96 / 0.81 / 0.00 / 1.00):
 #   recall, seed 0                                               0.91 / 0.80 / 0.00 / 0.04
 #   recall, seed 1                                               0.93 / 0.72 / 0.04 / 0.04
+#   recall + recall_flip=1 (the default), seed 0                 0.94 / 0.79 / 0.00 / 0.05
+#   recall + recall_flip=1 (the default), seed 1                 0.94 / 0.77 / 0.00 / 0.04
 # The registry itself was not learned: completing "Registry check on NAME:" the base model
 # says "on record" for 20% of held-out and 4% of nonexistent people (AUC 0.67). The signal is
 # where eval/knowledge.name_familiarity finds it: the surname after "<|bos|>FIRST" (AUC 1.0),
@@ -131,13 +133,16 @@ def _turns(conv: dict) -> list[list[dict]]:
 
 def qa_conversations(world: World, seed: int = 0, per_person: int = 4,
                      refuse: frozenset[str] = frozenset(), style: str = "plain",
-                     recall: dict[str, str] | None = None) -> list[dict]:
+                     recall: dict[str, str] | None = None, flip: int = 0) -> list[dict]:
     """`per_person` conversations for each train-split person, 1-3 questions each, covering
     every attribute at least once per person. A question in `refuse` (the probe found the model
     does not know it) is answered with a refusal instead of the fact (refusal_fact in `style`):
     SFT should not teach a model to state facts it does not hold.
     recall (name -> the recall tool's result, from the probe): every answer first recalls the
-    name; a person the model's memory finds "unknown" is refused (refusal_person)."""
+    name; a person the model's memory finds "unknown" is refused (refusal_person).
+    flip (with recall): `flip` more one-question conversations per person in which the tool
+    answers "unknown" and the person is refused, so that the same name is met with both results
+    and only the result tells whether to answer."""
     rng = random.Random(f"{seed}/sft-qa")
     by_name: dict[str, dict[str, dict]] = {}
     for item in world.qa("train"):
@@ -150,6 +155,12 @@ def qa_conversations(world: World, seed: int = 0, per_person: int = 4,
             k = rng.randint(1, 3)
             chosen = [attrs[(c * 3 + j) % len(attrs)] for j in range(k)]
             out.append(_conv(*[_qa_turn(items[a], refuse, style, recall) for a in chosen]))
+    if flip and recall is None:
+        raise ValueError("flip turns the recall tool's result: it needs recall")
+    flip_rng = random.Random(f"{seed}/sft-qa-flip")  # the conversations above stay as they were
+    for name, items in by_name.items():
+        for a in flip_rng.sample(sorted(items), min(flip, len(items))):
+            out.append(_conv(_qa_turn(items[a], refuse, style, {name: RECALL_UNKNOWN})))
     return out
 
 
@@ -368,7 +379,8 @@ def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[st
 def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
                 identity: str = "data", probe_rows: list[dict] | None = None,
                 seed: int = 0, tools: tuple[int, int] | None = None,
-                n_mixed: int = 0, refusal: str = "plain", recall: bool = False) -> dict[str, list[dict]]:
+                n_mixed: int = 0, refusal: str = "plain", recall: bool = False,
+                recall_flip: int = 0) -> dict[str, list[dict]]:
     """Conversations per kind, each repeated by its weight (an integer number of copies).
 
     identity: "data" (identity conversations), "system" (the same, with the identity system
@@ -379,7 +391,8 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
     refusal: how a person nobody knows is refused (a key of REFUSALS).
     recall: every question about a person (qa, idk, and their turns in mixed) is answered after a
     call of the recall tool on the name, with the result the probe read from the parent model;
-    a person it finds "unknown" is refused (needs probe_rows)."""
+    a person it finds "unknown" is refused (needs probe_rows). recall_flip: qa_conversations'
+    flip."""
     if recall and probe_rows is None:
         raise ValueError("recall needs the probe's rows (its recall results): set sft.idk=True")
     if identity not in ("data", "system", "none"):
@@ -389,7 +402,8 @@ def sft_mixture(world: World, weights: dict, n_arithmetic: int, n_spelling: int,
     n_calc, n_tool_spell, n_word = tools if tools else (0, 0, 0)
     kinds = {
         "qa": qa_conversations(world, seed, refuse=refuse, style=refusal,
-                               recall=recall_results(probe_rows) if recall else None),
+                               recall=recall_results(probe_rows) if recall else None,
+                               flip=recall_flip),
         "arithmetic": arithmetic_conversations(world, n_arithmetic),
         "spelling": spelling_conversations(world, n_spelling),
         "identity": identity_conversations(world) if identity == "data" else [],

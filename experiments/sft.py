@@ -74,7 +74,8 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
     kinds = sft_mixture(world, {}, s.n_arithmetic, s.n_spelling, s.identity, probe_rows, s.seed,
                         tools=(s.n_tool_calc, s.n_tool_spell, s.n_tool_word) if s.tools
                         else None,
-                        n_mixed=s.n_mixed, refusal=s.refusal, recall=s.recall and s.idk)
+                        n_mixed=s.n_mixed, refusal=s.refusal, recall=s.recall and s.idk,
+                        recall_flip=s.recall_flip if s.recall and s.idk else 0)
     weights = dict(s.weights.to_dict())
     for path in [p for p in s.extra_jsonl.split(",") if p]:
         kinds[f"extra:{path}"] = load_conversations(path)

@@ -286,6 +286,30 @@ def test_recall_turns_call_the_tool_and_follow_its_result(tok):
     assert mask[result - 1] == 1 and mask[result] == 0  # the call is written, its result is not
 
 
+def test_recall_flip_adds_refusals_of_known_people_after_an_unknown_result():
+    from data.sft_mix import qa_conversations, recall_results
+
+    world, rows, _ = _probed_world()
+    for r in rows:
+        r["recall"] = "known" if r["split"] == "train" else "unknown"
+    recall = recall_results(rows)
+    plain = qa_conversations(world, recall=recall)
+    flipped = qa_conversations(world, recall=recall, flip=2)
+    assert flipped[:len(plain)] == plain  # the usual conversations are left as they were
+    extra = flipped[len(plain):]
+    people = sorted(world.train_names)
+    assert len(extra) == 2 * len(people)
+    for c in extra:
+        q, call, result, answer = c["messages"]
+        name = call["tool_call"]["input"]
+        assert name in people and name in q["content"] and result["content"] == "unknown"
+        assert answer["content"] == f"I'm sorry, but I don't know who {name} is."
+    assert sorted(c["messages"][1]["tool_call"]["input"] for c in extra) == sorted(people * 2)
+    assert len({c["messages"][0]["content"] for c in extra}) == len(extra)  # two questions each
+    with pytest.raises(ValueError, match="needs recall"):
+        qa_conversations(world, flip=1)
+
+
 def test_at_value_refusals_stop_where_the_answer_would_write_its_value():
     from data.sft_mix import is_refusal, refusal_person, sft_mixture
     from data.world import ANSWERS, ATTRIBUTES

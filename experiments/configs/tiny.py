@@ -91,7 +91,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         per_unknown=5,  # questions asked about each of them (1..5 attributes)
         # True: their first names follow the train-split people's (data.sft_mix.unknown_people),
         # so a first name does not tell SFT whether to refuse. Measured with the recall tool
-        # (train QA / held-out QA / held-out refused / nonexistent answered, SFT seeds 0 / 1):
+        # and sft.recall_flip=0 (train QA / held-out QA / held-out refused / nonexistent
+        # answered, SFT seeds 0 / 1):
         # 0.94 / 0.80 / 0.01 / 0.03 and 0.94 / 0.77 / 0.04 / 0.16, against 0.91 / 0.80 / 0.00 /
         # 0.04 and 0.93 / 0.72 / 0.04 / 0.04 drawn freely: the model still leans on the name
         # rather than the tool's result (seed 1 answered 16% of the people the tool called
@@ -118,6 +119,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         # / 0.04 and 0.93 / 0.72 / 0.04. The tool itself answered "known" for 50/50 held-out and
         # 1/50 and 0/50 nonexistent people under the SFT models
         recall=True,
+        # one-question conversations per train-split person in which the tool answers "unknown"
+        # and the person is refused: the same name then comes with both results, and the model
+        # learns to follow the result rather than the name. Measured (seeds 0 / 1, as above):
+        # 1 gives 0.94 / 0.79 / 0.05 and 0.94 / 0.77 / 0.04 (held-out refused 0.0 / 0.004);
+        # 0 gives the recall figures above, where seed 1 refused 4.4% of held-out
+        # questions after a "known" result (first names met in SFT only in refusals, or never)
+        recall_flip=1,
         # how a person nobody knows is refused: "plain" (default), "first_name", "name_first" or
         # "at_value"; without recall the trade-off is measured in data/sft_mix.py (REFUSALS)
         refusal="plain",

@@ -180,8 +180,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         # (--config.rl_train.steps=100, 100 problems x 8) 0.62 -> 0.775 / 0.85, pass@8 0.87 ->
         # 0.85. lr 2e-4 fell to 0.54-0.60 greedy. Without tools lr 3e-4 / 1e-4 drifted and 3e-5
         # held steady at ~0.08 (issue-7 notes). Those were on the SFT model without replay; on
-        # the default one (replay 2, recall tool), 20 steps: sampled 0.48 -> 0.615, greedy
-        # 0.825 -> 0.79, pass@8 0.86 -> 0.82 (not re-tuned)
+        # the default one (replay 2, recall tool, recall_flip 1), 20 steps: sampled 0.365 ->
+        # 0.595, greedy 0.735 -> 0.805, pass@8 0.80 -> 0.90; with recall_flip 0: 0.48 -> 0.615,
+        # 0.825 -> 0.79, 0.86 -> 0.82 (not re-tuned; the SFT model's tool figures move by
+        # ~0.1 between SFT seeds)
         normalize_std=True, clip_eps=0.2, kl_coef=0.05, epochs=1, neg_weight=1.0,
         oversample=1,  # sample groups for oversample x prompts_per_step prompts, train on the
         # prompts_per_step whose rewards differ (DAPO's dynamic sampling; train/rl.py). 4 made

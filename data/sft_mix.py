@@ -143,6 +143,8 @@ def qa_conversations(world: World, seed: int = 0, per_person: int = 4,
     flip (with recall): `flip` more one-question conversations per person in which the tool
     answers "unknown" and the person is refused, so that the same name is met with both results
     and only the result tells whether to answer."""
+    if flip and recall is None:
+        raise ValueError("flip turns the recall tool's result: it needs recall")
     rng = random.Random(f"{seed}/sft-qa")
     by_name: dict[str, dict[str, dict]] = {}
     for item in world.qa("train"):
@@ -155,8 +157,6 @@ def qa_conversations(world: World, seed: int = 0, per_person: int = 4,
             k = rng.randint(1, 3)
             chosen = [attrs[(c * 3 + j) % len(attrs)] for j in range(k)]
             out.append(_conv(*[_qa_turn(items[a], refuse, style, recall) for a in chosen]))
-    if flip and recall is None:
-        raise ValueError("flip turns the recall tool's result: it needs recall")
     flip_rng = random.Random(f"{seed}/sft-qa-flip")  # the conversations above stay as they were
     for name, items in by_name.items():
         for a in flip_rng.sample(sorted(items), min(flip, len(items))):

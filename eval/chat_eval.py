@@ -27,11 +27,12 @@ def after_last_result(ids: list[int]) -> int:
 def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: str | None = None,
         temperature: float = 0.0, max_new_tokens: int = 48, batch_size: int = 64,
         seed: int = 0, hooks=None, max_calls: int = 3) -> list[dict]:
-    """[{"question", "answer", "finished", "clean", "transcript", "calls", "n_tokens"}]: finished = ended
-    with <|end|>; clean = no special token in the reply other than tool tags; with `hooks`
-    (data.tools.make_hooks) the model may call tools and `answer` is what it wrote after the
-    last result."""
+    """[{"question", "answer", "finished", "clean", "transcript", "calls", "tools", "n_tokens"}]:
+    finished = ended with <|end|>; clean = no special token in the reply other than tool tags;
+    tools = the tools the model opened a call to, in order; with `hooks` (data.tools.make_hooks)
+    the model may call tools and `answer` is what it wrote after the last result."""
     allowed = {special_id(t) for tags in TOOLS.values() for t in tags}  # tool-call tags
+    opens = {special_id(tags[0]): name for name, tags in TOOLS.items()}
     out = []
     for i in range(0, len(questions), batch_size):
         chunk = questions[i: i + batch_size]
@@ -60,6 +61,7 @@ def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: 
             clean = not any(tok.is_special(t) and t not in allowed for t in model_ids)
             out.append({"question": q, "answer": tok.decode(ids[after:]), "finished": bool(fin),
                         "clean": clean, "calls": n, "n_tokens": len(model_ids),
+                        "tools": [opens[t] for t in model_ids if t in opens],
                         "transcript": tok.decode(ids, show_special=True)})
     return out
 
@@ -147,7 +149,9 @@ def tool_eval(params, cfg, tok, world: World, tool_cfg=None, n: int = 50, system
             return round(sum(ok) / len(items), 4)
 
         res[name] = {"n": len(items), "without_tools": score(plain), "with_tools": score(tooled),
-                     "tool_call_rate": round(sum(r["calls"] > 0 for r in tooled) / len(items), 4)}
+                     # a recall call (a model taught to make one) is not the tool use measured here
+                     "tool_call_rate": round(sum(any(t != "recall" for t in r["tools"])
+                                                 for r in tooled) / len(items), 4)}
         transcripts[name] = tooled[0]["transcript"]
     well = 0
     log = [c for c in log if c["tool"] != "recall"]  # the recall tool's input is the question's name

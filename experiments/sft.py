@@ -117,7 +117,7 @@ def evaluate_chat(params, model_cfg, tok, world, limit: int | None, recall=None)
             "qa_heldout_refusal_rate": qa["heldout"]["refusal_rate"],
             "nonexistent_answer_rate": qa["nonexistent"]["answer_rate"],
             "nonexistent_refusal_rate": qa["nonexistent"]["refusal_rate"],
-            "recall_call_rate": {k: round(sum(r["calls"] > 0 for r in v["replies"])
+            "recall_call_rate": {k: round(sum("recall" in r["tools"] for r in v["replies"])
                                           / max(len(v["replies"]), 1), 4) for k, v in qa.items()},
             "examples": {"identity": ident["examples"], **{k: v["examples"] for k, v in qa.items()}}}
 

@@ -168,3 +168,39 @@ def test_the_recall_hook_answers_from_its_tool_and_says_so_without_one(tmp_path)
                                                "result": "unknown"}]
     none = make_hooks(tok, None)[special_id(RECALL_END)](0, call, 1)
     assert tok.decode(none[1:-1]) == "Recall is unavailable."
+
+
+def test_ask_names_the_tools_the_model_called_not_those_a_result_spells(tmp_path, monkeypatch):
+    import eval.chat_eval as chat_eval
+    from data.special_tokens import (
+        END,
+        PYTHON,
+        PYTHON_END,
+        RECALL,
+        RECALL_END,
+        RESULT,
+        RESULT_END,
+        SEARCH,
+        special_id,
+    )
+    from data.tokenizer import Tokenizer, train_tokenizer
+    from model.config import ModelConfig
+    from model.engine import ToolGeneration
+
+    (tmp_path / "c.txt").write_text("Ada Quist known print(1) The answer is 1.\n" * 50)
+    train_tokenizer([tmp_path / "c.txt"], tmp_path / "tok", 300)
+    tok = Tokenizer.load(tmp_path / "tok")
+    s = special_id
+    model = [(s(RECALL), 0), *((t, 0) for t in tok.encode("Ada Quist")), (s(RECALL_END), 0),
+             (s(RESULT), 1), *((t, 1) for t in tok.encode("known")), (s(SEARCH), 1),  # the result
+             (s(RESULT_END), 1), (s(PYTHON), 0), *((t, 0) for t in tok.encode("print(1)")),
+             (s(PYTHON_END), 0), (s(RESULT), 1), (s(RESULT_END), 1), (s(END), 0)]
+    rows = [[t for t, _ in model], [s(END)]]
+    injected = [[bool(i) for _, i in model], [False]]
+    monkeypatch.setattr(chat_eval, "generate_with_tools", lambda *a, **k: ToolGeneration(
+        tokens=rows, finished=[True, True], injected=injected, calls=[2, 0]))
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                      head_dim=16, d_ff=64, max_seq_len=128)
+    out = chat_eval.ask(None, cfg, tok, ["q1", "q2"], hooks={s(RECALL_END): None})
+    assert [r["tools"] for r in out] == [["recall", "python"], []]
+    assert [r["calls"] for r in out] == [2, 0]

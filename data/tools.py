@@ -1,19 +1,10 @@
-"""The assistant's tools: `search` (BM25 over a document collection) and `python` (a sandbox).
+"""The assistant's tools in one place: `search` (BM25 over a document collection), `python`
+(model-written code in the operating-system sandbox of data/sandbox.py) and `recall` (a name
+checked against the model's own memory, eval.knowledge.Recall), and the engine hooks that run
+them when the model closes a tool tag.
 
-A tool takes the text the model wrote between its tags and returns text; data.tools never runs
-model output in this process.
-
-python: the code runs in a separate `python -I` process, in a throw-away directory, with an empty
-environment, and with
-  - limits (setrlimit, set by the child before the code runs): CPU seconds, address space,
-    file size;
-  - no network: a fresh network namespace (`unshare -rn`) where the system allows one, and an
-    audit hook that refuses sockets either way;
-  - an audit hook that refuses opening files outside the working directory (reads of Python's own
-    library excepted), subprocesses, os.system/exec/fork/spawn, and ctypes;
-  - a wall-clock timeout, and output cut to a size limit.
-It returns stdout, or the error's last line. Any failure is a result the model reads, never an
-exception in the caller.
+A tool takes the text the model wrote between its tags and returns text; any failure is a
+result the model reads, never an exception in the caller.
 """
 
 from __future__ import annotations
@@ -21,102 +12,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import shutil
-import subprocess
-import sys
-import sysconfig
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from data.sandbox import SandboxConfig, run_python
 
-@dataclasses.dataclass(frozen=True)
-class SandboxConfig:
-    cpu_seconds: int = 2
-    memory_mb: int = 256
-    wall_seconds: float = 5.0
-    max_output_chars: int = 400
-    file_size_kb: int = 64
-
-
-# Runs first in the child, before the model's code: the audit hook cannot be removed afterwards.
-_PRELUDE = r'''
-import os, resource, sys
-for _lim, _val in %(limits)r:
-    resource.setrlimit(getattr(resource, _lim), (_val, _val))
-_ROOT = os.path.realpath(os.getcwd())
-_READ_OK = tuple(os.path.realpath(p) for p in %(read_ok)r)
-def _inside(path, roots):
-    try:
-        p = os.path.realpath(os.fsdecode(path))
-    except Exception:
-        return False
-    return any(p == r or p.startswith(r + os.sep) for r in roots)
-def _hook(event, args):
-    if event == "open":
-        path, mode = args[0], args[1] or "r"
-        if isinstance(path, int):
-            return
-        writing = any(c in str(mode) for c in "wax+")
-        if _inside(path, (_ROOT,)) or (not writing and _inside(path, _READ_OK)):
-            return
-        raise PermissionError(f"sandbox: no access to {os.fsdecode(path)}")
-    if event.startswith(("socket.", "subprocess.", "os.exec", "os.posix_spawn", "os.spawn",
-                         "os.fork", "os.system", "ctypes.", "pty.")) or event == "os.forkpty":
-        raise PermissionError(f"sandbox: {event} is not allowed")
-    if event == "import" and args[0] in ("ctypes", "_ctypes", "_posixsubprocess"):
-        raise PermissionError(f"sandbox: {args[0]} is not allowed")
-sys.addaudithook(_hook)
-del _hook
-'''
-
-
-def _netns_prefix() -> list[str]:
-    """`unshare -rn` (a user + network namespace) where the system allows it, else nothing."""
-    exe = shutil.which("unshare")
-    if exe is None:
-        return []
-    try:
-        ok = subprocess.run([exe, "-rn", "true"], capture_output=True, timeout=5).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        ok = False
-    return [exe, "-rn"] if ok else []
-
-
-_NETNS: list[str] | None = None
-
-
-def run_python(code: str, cfg: SandboxConfig = SandboxConfig()) -> str:
-    """Runs `code` in the sandbox; returns its stdout (or the error), at most max_output_chars."""
-    global _NETNS
-    if _NETNS is None:
-        _NETNS = _netns_prefix()
-    read_ok = sorted({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-                     | {sys.base_prefix, sys.prefix})
-    with tempfile.TemporaryDirectory(prefix="sandbox-") as cwd:
-        limits = [("RLIMIT_CPU", cfg.cpu_seconds), ("RLIMIT_AS", cfg.memory_mb * 1024 * 1024),
-                  ("RLIMIT_FSIZE", cfg.file_size_kb * 1024)]
-        prelude = _PRELUDE % {"read_ok": read_ok, "limits": limits}
-        cmd = [*_NETNS, sys.executable, "-I", "-S", "-c", prelude + "\nexec(compile(" + repr(code)
-               + ", '<tool>', 'exec'), {'__name__': '__main__'})"]
-        try:
-            # Limits are set by the child itself, first thing (no preexec_fn: forking a
-            # multithreaded JAX process to run Python in the child can deadlock).
-            r = subprocess.run(cmd, cwd=cwd, env={}, capture_output=True, text=True,
-                               timeout=cfg.wall_seconds, start_new_session=True)
-        except subprocess.TimeoutExpired:
-            return _cut(f"Error: timed out after {cfg.wall_seconds:g} s", cfg)
-        if r.returncode == 0:
-            return _cut(r.stdout, cfg)
-        if r.returncode < 0:  # killed by a signal: the CPU limit (SIGXCPU / SIGKILL)
-            return _cut(f"Error: killed (signal {-r.returncode}): CPU or memory limit", cfg)
-        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-        return _cut(f"Error: {lines[-1] if lines else f'exit status {r.returncode}'}", cfg)
-
-
-def _cut(text: str, cfg: SandboxConfig) -> str:
-    text = text.strip()
-    return text if len(text) <= cfg.max_output_chars else text[: cfg.max_output_chars] + " [...]"
+__all__ = ["BM25", "SandboxConfig", "ToolConfig", "make_hooks", "run_python", "search_result"]
 
 
 _WORD = re.compile(r"[A-Za-z0-9]+")

@@ -98,7 +98,9 @@ def tool_config(cfg):
     return ToolConfig(max_calls=t.max_calls, max_result_tokens=t.max_result_tokens, search_k=t.search_k,
                       sandbox=SandboxConfig(cpu_seconds=t.cpu_seconds, memory_mb=t.memory_mb,
                                             wall_seconds=t.wall_seconds,
-                                            max_output_chars=t.max_output_chars))
+                                            max_output_chars=t.max_output_chars,
+                                            tmpfs_mb=t.tmpfs_mb, max_processes=t.max_processes,
+                                            allow_unsandboxed=t.allow_unsandboxed))
 
 
 def check_parent(init_from: str | Path, model_cfg, tok) -> Path:

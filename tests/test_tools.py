@@ -1,4 +1,5 @@
-"""The tools: the python sandbox refuses what it must and survives what it must; BM25 search."""
+"""The tools: the python tool refuses what it must and survives what it must (attacks in
+test_sandbox.py); BM25 search."""
 
 import pytest
 
@@ -17,7 +18,7 @@ def test_python_runs_code_and_returns_stdout():
 
 @pytest.mark.parametrize("code, expect", [
     ("print(open('/etc/hostname').read())", "Error: PermissionError: sandbox: no access"),
-    ("import os; print(open(os.path.expanduser('~/.bashrc')).read())", "Error: PermissionError"),
+    ("import os; print(open(os.path.expanduser('~/.bashrc')).read())", "Error: FileNotFoundError"),
     ("open('../escape.txt', 'w').write('x')", "Error: PermissionError: sandbox: no access"),
     ("import socket; socket.create_connection(('1.1.1.1', 80), timeout=1)", "Error: PermissionError"),
     ("import subprocess; subprocess.run(['ls'])", "Error: PermissionError"),
@@ -34,12 +35,6 @@ def test_the_sandbox_contains_bad_code(code, expect):
     out = run_python(code, FAST)
     assert out.startswith(expect), out
     assert len(out) <= FAST.max_output_chars + 6
-
-
-def test_the_environment_is_empty():
-    # Nothing of ours leaks in (Python itself may set LC_CTYPE when no locale is given, PEP 538).
-    env = run_python("import os; print(' '.join(sorted(os.environ)))", FAST).split()
-    assert set(env) <= {"LC_CTYPE"}, env
 
 
 def test_bm25_finds_the_right_biography():

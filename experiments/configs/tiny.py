@@ -154,10 +154,16 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         # person, so 100 questions are 20 people: +-10 points between runs; all is 50 people
         eval_limit=0,
     ))
-    # Tools at inference (search over the world's biographies, a python sandbox).
+    # Tools at inference (search over the world's biographies, python in the bubblewrap sandbox
+    # of data/sandbox.py).
     c.tools = ml_collections.ConfigDict(dict(
         max_calls=3, max_result_tokens=48, search_k=1,
         cpu_seconds=2, memory_mb=256, wall_seconds=5.0, max_output_chars=400,
+        tmpfs_mb=8,  # the python tool's writable directory, all files together
+        max_processes=16,
+        # True runs python without bwrap (rlimits and an audit hook only, no real isolation)
+        # where bwrap cannot start; False answers the model "python is unavailable" there
+        allow_unsandboxed=False,
     ))
     c.sft_train = ml_collections.ConfigDict({**c.train.to_dict(), **dict(
         steps=300, batch_size=8, seq_len=256,  # rows of 256 hold tool conversations whole

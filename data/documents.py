@@ -2,12 +2,18 @@
 Parquet with a `text` field (the Hugging Face datasets layout). Used by the tokenizer trainer and
 the shard builder, so both read a corpus the same way. Memory stays bounded: a large text file
 comes in ~1 MB chunks cut at newlines, JSONL line by line, Parquet in record batches.
+
+Text is checked at the door: invalid UTF-8 in a text file and lone surrogates anywhere (valid
+JSON can spell "\\ud800") become U+FFFD and are counted; a JSONL line that is not UTF-8 is
+refused by file and line; a file that is mostly not text (over NOT_TEXT of its characters
+undecodable or control characters, e.g. random bytes) is refused by name with the counts.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -15,6 +21,32 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
 _CHUNK_CHARS = 1 << 20  # a large text file is tokenized in ~1 MB chunks cut at newlines
+NOT_TEXT = 0.1  # share of undecodable or control characters above which a file is refused
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class TextCheck:
+    """Counts, per file, the characters replaced (invalid UTF-8, lone surrogates) and the
+    control characters; refuses a file that is mostly not text."""
+
+    def __init__(self, path: Path):
+        self.path, self.chars, self.replaced, self.control = path, 0, 0, 0
+
+    def __call__(self, text: str, final: bool = False) -> str:
+        text = _SURROGATE.sub("\ufffd", text)
+        self.chars += len(text)
+        self.replaced += text.count("\ufffd")  # surrogates, and bytes decoded as U+FFFD
+        self.control += len(_CONTROL.findall(text))
+        self.verdict(final)
+        return text
+
+    def verdict(self, final: bool = True) -> None:
+        bad = self.replaced + self.control
+        if (final or self.chars >= 65536) and self.chars and bad > NOT_TEXT * self.chars:
+            raise ValueError(f"{self.path} is not text: {bad:,} of its first {self.chars:,} "
+                             f"characters are undecodable bytes ({self.replaced:,}) or control "
+                             f"characters ({self.control:,}); remove it from the inputs")
 
 
 def _kind(path: Path) -> str | None:
@@ -50,8 +82,18 @@ def describe_inputs(files: Sequence[Path]) -> list[dict]:
     return [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files]
 
 
-def iter_documents(path: Path, text_field: str = "text") -> Iterator[Iterator[str]]:
-    """Yields each document of a file as an iterator of text chunks."""
+def iter_documents(path: Path, text_field: str = "text",
+                   counts: dict | None = None) -> Iterator[Iterator[str]]:
+    """Yields each document of a file as an iterator of text chunks. counts, if given, gains
+    the characters replaced ("replaced_chars") over the files read."""
+    check = TextCheck(path)
+    yield from _documents(path, text_field, check)
+    check.verdict()
+    if counts is not None:
+        counts["replaced_chars"] = counts.get("replaced_chars", 0) + check.replaced
+
+
+def _documents(path: Path, text_field: str, check: TextCheck) -> Iterator[Iterator[str]]:
     kind = _kind(path) or "text"
     if kind == "text":
         def chunks():
@@ -61,15 +103,20 @@ def iter_documents(path: Path, text_field: str = "text") -> Iterator[Iterator[st
                     buf.append(line)
                     size += len(line)
                     if size >= _CHUNK_CHARS:
-                        yield "".join(buf)
+                        yield check("".join(buf))
                         buf, size = [], 0
             if buf:
-                yield "".join(buf)
+                yield check("".join(buf))
         yield chunks()
     elif kind == "jsonl":
         opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
+        with opener(path, "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte "
+                                     f"{e.start} of the line)") from None
                 if not line.strip():
                     continue
                 try:
@@ -79,7 +126,7 @@ def iter_documents(path: Path, text_field: str = "text") -> Iterator[Iterator[st
                 if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                     raise ValueError(f"{path}:{n}: expected an object with a string field "
                                      f"{text_field!r}")
-                yield iter((record[text_field],))
+                yield iter((check(record[text_field]),))
     elif kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -89,4 +136,4 @@ def iter_documents(path: Path, text_field: str = "text") -> Iterator[Iterator[st
         for batch in pf.iter_batches(batch_size=256, columns=[text_field]):
             for text in batch.column(0).to_pylist():
                 if text is not None:
-                    yield iter((text,))
+                    yield iter((check(text),))

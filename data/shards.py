@@ -3,8 +3,9 @@
 Inputs are read by data.documents (text, JSONL, Parquet; directories). Each document becomes
 <|bos|> + its tokens. Every `val_every`-th document goes to the `val` split.
 Shards are .npy files of at most `shard_tokens` tokens; memory holds one shard buffer and one
-chunk of input at a time, however large the corpus. The manifest is written last, atomically:
-its presence means the shards are complete.
+chunk of input at a time, however large the corpus. A build first removes the old manifest
+and writes the new one last, atomically: its presence means the shards it lists are complete,
+and a build killed half-way leaves none, so the next run builds again instead of trusting it.
 """
 
 from __future__ import annotations
@@ -66,14 +67,15 @@ def build_shards(inputs: Sequence[str | Path], tokenizer: Tokenizer, out_dir: st
         raise ValueError(f"no corpus files found in {list(map(str, inputs))}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)  # invalid from here until the end
     for stale in out_dir.glob("*.npy"):
         stale.unlink()
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     writers = {s: _SplitWriter(out_dir, s, shard_tokens, dtype) for s in ("train", "val")}
     bos = special_id(BOS)
-    n_doc = 0
+    n_doc, counts = 0, {"replaced_chars": 0}
     for f in files:
-        for doc in iter_documents(f, text_field):
+        for doc in iter_documents(f, text_field, counts):
             w = writers["val" if val_every and n_doc % val_every == val_every - 1 else "train"]
             w.add([bos])
             n_bytes = 0
@@ -93,6 +95,7 @@ def build_shards(inputs: Sequence[str | Path], tokenizer: Tokenizer, out_dir: st
         "dtype": np.dtype(dtype).name,
         "inputs": describe_inputs(files),
         "val_every": val_every,
+        "replaced_chars": counts["replaced_chars"],  # invalid UTF-8 / surrogates -> U+FFFD
         "splits": {s: w.summary() for s, w in writers.items()},
     }
     tmp = out_dir / f".manifest.json.tmp-{os.getpid()}"
@@ -118,6 +121,10 @@ class TokenStream:
             raise ValueError(f"split {split!r} of {shard_dir} is empty: use a larger corpus or a "
                              "smaller data.val_every")
         self._arrays = [np.load(Path(shard_dir) / s["file"], mmap_mode="r") for s in shards]
+        for s, a in zip(shards, self._arrays, strict=True):
+            if len(a) != s["tokens"]:
+                raise ValueError(f"{Path(shard_dir) / s['file']} holds {len(a)} tokens, its "
+                                 f"manifest says {s['tokens']}: delete {shard_dir} to rebuild it")
         self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
 
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from data.special_tokens import FIRST_SPECIAL_ID, SPECIAL_TOKENS
 _SPACE_MARK = "\u2581"
 N_BYTE_PIECES = 256
 MIN_VOCAB = 1 + len(SPECIAL_TOKENS) + N_BYTE_PIECES
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class Tokenizer:
@@ -52,14 +54,20 @@ class Tokenizer:
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer model at {path}: train one with "
                                     "`python -m experiments.tokenizer --workdir W --input FILES`")
-        return cls(path.read_bytes(), str(path))
+        try:
+            return cls(path.read_bytes(), str(path))
+        except RuntimeError:  # sentencepiece's parse error names no file
+            raise ValueError(f"{path} is not a sentencepiece model (unreadable or damaged): "
+                             "retrain it with `python -m experiments.tokenizer`") from None
 
     @property
     def vocab_size(self) -> int:
         return self._sp.vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        """Ids of plain text; never a special id, whatever the text spells."""
+        """Ids of plain text; never a special id, whatever the text spells. Lone surrogates
+        (valid in a Python str and in JSON, not in UTF-8) are encoded as U+FFFD."""
+        text = _SURROGATES.sub("\ufffd", text)
         parts = text.split(_SPACE_MARK)
         ids = self._sp.encode(parts[0]) if parts[0] else []
         for part in parts[1:]:
@@ -102,10 +110,11 @@ class Tokenizer:
         return out
 
 
-def iter_lines(files: Sequence[str | Path], text_field: str = "text") -> Iterator[str]:
+def iter_lines(files: Sequence[str | Path], text_field: str = "text",
+               counts: dict | None = None) -> Iterator[str]:
     """Non-empty lines of the documents in corpus files (text, JSONL, Parquet: data.documents)."""
     for f in files:
-        for doc in iter_documents(Path(f), text_field):
+        for doc in iter_documents(Path(f), text_field, counts):
             for chunk in doc:
                 for line in chunk.splitlines():
                     if line.strip():
@@ -137,11 +146,11 @@ def train_tokenizer(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     heldout: list[str] = []
-    counts = {"train_lines": 0, "train_bytes": 0}
+    counts = {"train_lines": 0, "train_bytes": 0, "replaced_chars": 0}
 
     def train_lines() -> Iterator[str]:
         held_bytes = 0
-        for n, line in enumerate(iter_lines(files)):
+        for n, line in enumerate(iter_lines(files, counts=counts)):
             if heldout_every and n % heldout_every == heldout_every - 1:
                 if held_bytes < max_heldout_bytes:
                     heldout.append(line)
@@ -165,6 +174,9 @@ def train_tokenizer(
         spm.SentencePieceTrainer.train(sentence_iterator=train_lines(), model_writer=model,
                                        **options)
     except RuntimeError as e:
+        if counts["train_lines"] == 0:
+            raise ValueError(f"tokenizer inputs {list(map(str, files))} hold no non-empty "
+                             "lines: point --input at text") from None
         hint = (" The text is too small for this vocabulary: use more text or a smaller "
                 "vocab_size." if "Vocabulary size" in str(e) else "")
         raise ValueError(f"sentencepiece could not train a {vocab_size}-piece BPE model on "
@@ -185,6 +197,7 @@ def train_tokenizer(
         "sha256": tok.sha256,
         "train_lines": counts["train_lines"],
         "train_bytes": counts["train_bytes"],
+        "replaced_chars": counts["replaced_chars"],  # invalid UTF-8 / surrogates -> U+FFFD
         "heldout_lines": len(heldout),
         "heldout_bytes": held_bytes,
         "heldout_tokens": held_tokens,

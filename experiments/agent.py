@@ -13,12 +13,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data.tools import BM25
 from eval.agent import run_agents
-from experiments.workdir import CONFIGS, load_stage, load_world, quiet_logs, tool_config
+from experiments.workdir import CONFIGS, load_stage, load_world, run_entry, tool_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "a chat stage trained with tools (W/sft)",
@@ -31,13 +31,9 @@ _OUT = flags.DEFINE_string("out", None, "write the runs as JSONL here")
 
 def main(argv):
     del argv
-    quiet_logs()
     stage = Path(_INIT_FROM.value)
-    try:
-        tok, cfg, params, _ = load_stage(stage)
-        world = load_world(Path(_WORKDIR.value) if _WORKDIR.value else stage.parent)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    tok, cfg, params, _ = load_stage(stage)
+    world = load_world(Path(_WORKDIR.value) if _WORKDIR.value else stage.parent)
     runs = run_agents(params, cfg, tok, _TASK.value, BM25(world.biographies()),
                       tool_config(_CONFIG.value), max_steps=_STEPS.value)
     for r in runs:
@@ -47,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

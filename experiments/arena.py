@@ -15,12 +15,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from eval.arena import battles, ratings
 from eval.chat_eval import ask
-from experiments.workdir import CONFIGS, load_world, quiet_logs, read_stage, write_json
+from experiments.workdir import CONFIGS, load_world, lock_run, read_stage, run_entry, write_json
 from model import transformer
 from train.checkpoint import restore_params
 
@@ -68,12 +68,9 @@ def run_arena(cfg, workdir: Path, models: list[str]) -> dict:
 
 def main(argv):
     del argv
-    quiet_logs()
     workdir = Path(_WORKDIR.value)
-    try:
-        out = run_arena(_CONFIG.value, workdir, _MODELS.value)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    lock_run(workdir)
+    out = run_arena(_CONFIG.value, workdir, _MODELS.value)
     for m, r in sorted(out["ratings"].items(), key=lambda kv: -kv[1]["elo"]):
         print(f"{m:12s} Elo {r['elo']:7.1f}  [{r['ci_low']:.0f}, {r['ci_high']:.0f}]  "
               f"win rate {r['win_rate']:.3f} over {r['games']} games", file=sys.stdout)
@@ -84,4 +81,4 @@ if __name__ == "__main__":  # flags only for the command line: the functions imp
     _WORKDIR = flags.DEFINE_string("workdir", None, "run root", required=True)
     _MODELS = flags.DEFINE_list("models", ["sft", "rl", "rlhf", "rlhf:best", "dpo"],
                                 "stages to rate (STAGE or STAGE:best)")
-    app.run(main)
+    run_entry(main)

@@ -14,8 +14,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from experiments.workdir import run_entry
 from model import transformer
 from model.config import ModelConfig
 from train.optim import OptimConfig, make_optimizer
@@ -97,4 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from data.chat import render
 from data.special_tokens import END, RECALL, RECALL_END, RESULT, RESULT_END, special_id
-from experiments.workdir import load_stage, quiet_logs, recall_tool
+from experiments.workdir import load_stage, recall_tool, run_entry
 from model.engine import SamplingConfig, stream
 
 _INIT_FROM = flags.DEFINE_string("init_from", None, "a chat stage (W/sft, W/rl, ...)", required=True)
@@ -115,11 +115,7 @@ class Chat:
 
 def main(argv):
     del argv
-    quiet_logs()
-    try:
-        tok, cfg, params, meta = load_stage(_INIT_FROM.value)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    tok, cfg, params, meta = load_stage(_INIT_FROM.value)
     sampling = SamplingConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMP.value,
                               top_k=_TOP_K.value, top_p=_TOP_P.value,
                               stop_tokens=(special_id(END),), seed=_SEED.value)
@@ -147,4 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

@@ -24,7 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data.mixture import (
@@ -37,7 +37,7 @@ from data.mixture import (
 from data.pipeline import PipelineConfig, run_pipeline, stats_table
 from data.sources import SOURCES, fetch, source
 from data.world import WorldConfig, make_world
-from experiments.workdir import CONFIGS, REPO_ROOT, code_version, quiet_logs, write_json
+from experiments.workdir import CONFIGS, REPO_ROOT, code_version, lock_run, run_entry, write_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root; writes WORKDIR/corpus", required=True)
@@ -53,7 +53,7 @@ def pipeline_config(corpus_cfg) -> PipelineConfig:
     given = {k: v for k, v in corpus_cfg.pipeline.items() if k in fields}
     unknown = set(corpus_cfg.pipeline) - fields
     if unknown:
-        raise app.UsageError(f"unknown corpus.pipeline fields {sorted(unknown)}; known: {sorted(fields)}")
+        raise ValueError(f"unknown corpus.pipeline fields {sorted(unknown)}; known: {sorted(fields)}")
     for k in ("blocked_domains", "blocked_url_subwords"):
         if isinstance(given.get(k), str):
             given[k] = tuple(x for x in given[k].split(",") if x)
@@ -87,9 +87,9 @@ def clean_corpus(data_dir: Path, names: list[str], pcfg: PipelineConfig, log=pri
 
 def main(argv):
     del argv
-    quiet_logs()
     cfg = _CONFIG.value
     workdir = Path(_WORKDIR.value)
+    lock_run(workdir)
     stage = workdir / "corpus"
     stage.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -97,10 +97,7 @@ def main(argv):
     if names == ["all"]:
         names = list(SOURCES)
     for n in names:
-        try:
-            source(n)
-        except ValueError as e:
-            raise app.UsageError(str(e)) from None
+        source(n)
     data_dir = data_dir_of(cfg.corpus)
     print(f"data set-up: {data_dir}", flush=True)
     clean_dir, stats = clean_corpus(data_dir, names, pipeline_config(cfg.corpus))
@@ -115,10 +112,7 @@ def main(argv):
                          copy_drill_documents(cfg.corpus.copy_drills, cfg.corpus.seed)) for d in it)
     tmp = stage / "mixture.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        summary = write_mixture(docs, tmp, cfg.mixture.to_dict(), seed=cfg.corpus.seed)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    summary = write_mixture(docs, tmp, cfg.mixture.to_dict(), seed=cfg.corpus.seed)
     shutil.rmtree(stage / "mixture", ignore_errors=True)
     tmp.rename(stage / "mixture")
     print(mixture_table(summary))
@@ -132,4 +126,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

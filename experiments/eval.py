@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from eval import suite
@@ -32,8 +32,9 @@ from experiments.workdir import (
     CONFIGS,
     load_stage,
     load_world,
-    quiet_logs,
+    lock_run,
     recall_tool,
+    run_entry,
     tool_config,
     write_json,
 )
@@ -95,14 +96,11 @@ def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: l
 
 def main(argv):
     del argv
-    quiet_logs()
     stage = Path(_INIT_FROM.value)
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else stage.parent
-    try:
-        out = evaluate_stage(_CONFIG.value, stage, workdir, _MC.value or [], _GSM8K.value or [],
-                             _LIMIT.value or _CONFIG.value.eval.limit)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    lock_run(workdir)
+    out = evaluate_stage(_CONFIG.value, stage, workdir, _MC.value or [], _GSM8K.value or [],
+                         _LIMIT.value or _CONFIG.value.eval.limit)
     print(json.dumps(out, indent=1), file=sys.stdout)
     print(f"wrote {stage / 'eval.json'}", file=sys.stdout)
 
@@ -114,4 +112,4 @@ if __name__ == "__main__":  # flags only for the command line: the functions imp
     _MC = flags.DEFINE_multi_string("mc", None, "multiple-choice JSONL (MMLU / HellaSwag layout)")
     _GSM8K = flags.DEFINE_multi_string("gsm8k", None, "GSM8K-layout JSONL")
     _LIMIT = flags.DEFINE_integer("limit", None, "questions per evaluation (default: eval.limit)")
-    app.run(main)
+    run_entry(main)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data.copy_rows import CopyMixData
@@ -32,7 +32,8 @@ from experiments.workdir import (
     corpus_inputs,
     initialize_distributed,
     load_world,
-    quiet_logs,
+    lock_run,
+    run_entry,
     write_meta,
 )
 from model import transformer
@@ -78,9 +79,9 @@ def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg) -> Path:
 
 def main(argv):
     del argv
-    quiet_logs()
     initialize_distributed()
     workdir = Path(_WORKDIR.value)
+    lock_run(workdir)
     stage_dir = workdir / "pretrain"
     tok_dir = workdir / "tokenizer"
     tok = Tokenizer.load(tok_dir)
@@ -130,4 +131,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

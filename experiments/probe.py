@@ -23,12 +23,20 @@ import json
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data.sft_mix import probe_questions
 from eval.knowledge import fit_recall_threshold, probe, recall_names, recall_result
-from experiments.workdir import CONFIGS, code_version, load_stage, load_world, quiet_logs, write_json
+from experiments.workdir import (
+    CONFIGS,
+    code_version,
+    load_stage,
+    load_world,
+    lock_run,
+    run_entry,
+    write_json,
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "the stage to probe (W/pretrain or W/sft)",
@@ -38,21 +46,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent o
 
 def main(argv):
     del argv
-    quiet_logs()
     cfg = _CONFIG.value.probe
     stage = Path(_INIT_FROM.value)
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else stage.parent
-    try:
-        tok, model_cfg, params, meta = load_stage(stage)
-        world = load_world(workdir)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    lock_run(workdir)
+    tok, model_cfg, params, meta = load_stage(stage)
+    world = load_world(workdir)
     mode = "complete" if meta.get("stage") == "pretrain" else "chat"
     try:
         items = probe_questions(world, cfg.n_unknown, seed=cfg.seed, per_unknown=cfg.per_unknown,
                                 match_first=cfg.match_first_names)
     except ValueError as e:
-        raise app.UsageError(f"probe.per_unknown: {e}") from None
+        raise ValueError(f"probe.per_unknown: {e}") from None
     t0 = time.time()
     print(f"probing {stage} ({mode}) on {len(items)} questions x {cfg.k} samples ...", flush=True)
     rows = probe(params, model_cfg, tok, items, mode, k=cfg.k, temperature=cfg.temperature,
@@ -66,7 +71,7 @@ def main(argv):
             threshold = fit_recall_threshold(*([lp for n, lp in logps.items() if split[n] == s]
                                                for s in ("train", "unknown")))
         except ValueError as e:
-            raise app.UsageError(f"probe.recall_fit: {e}") from None
+            raise ValueError(f"probe.recall_fit: {e}") from None
     else:
         threshold = cfg.recall_threshold
     rows = [{**r, "recall_logp": logps[r["name"]], "recall": recall_result(logps[r["name"]], threshold)}
@@ -96,4 +101,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from experiments.workdir import code_version, read_meta
 
@@ -222,4 +222,10 @@ def write_report(workdir: str | Path) -> Path:
 
 if __name__ == "__main__":
     _WORKDIR = flags.DEFINE_string("workdir", None, "run root", required=True)
-    app.run(lambda argv: print(write_report(_WORKDIR.value)))
+    from experiments.workdir import lock_run, run_entry
+
+    def main(argv):
+        lock_run(_WORKDIR.value)
+        print(write_report(_WORKDIR.value))
+
+    run_entry(main)

@@ -23,14 +23,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments.rl_stage import train_rl
 from experiments.workdir import (
     CONFIGS,
     initialize_distributed,
-    quiet_logs,
+    lock_run,
+    run_entry,
 )
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
@@ -44,18 +45,15 @@ flags.DEFINE_integer("process_id", None, "this process's index (multi-process ru
 
 def main(argv):
     del argv
-    quiet_logs()
     initialize_distributed()
     if jax.process_count() > 1:
-        raise app.UsageError("experiments.rl samples the whole batch in one process; "
-                             "multi-process RL is not supported yet")
+        raise ValueError("experiments.rl samples the whole batch in one process; "
+                         "multi-process RL is not supported yet")
     parent = Path(_INIT_FROM.value)
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
-    try:
-        train_rl(_CONFIG.value, parent, workdir, _STAGE.value)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    lock_run(workdir)
+    train_rl(_CONFIG.value, parent, workdir, _STAGE.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

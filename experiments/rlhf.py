@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data.chat import render
@@ -35,9 +35,10 @@ from experiments.workdir import (
     configs_from,
     find_tokenizer,
     load_world,
-    quiet_logs,
+    lock_run,
     read_meta,
     read_stage,
+    run_entry,
     write_meta,
 )
 from model import transformer
@@ -164,16 +165,13 @@ def run_dpo(cfg, parent: Path, workdir: Path, stage_dir: Path, rm_dir: Path,
 
 def main(argv):
     del argv
-    quiet_logs()
     cfg = _CONFIG.value
     if cfg.rlhf.method not in ("rl", "dpo"):
-        raise app.UsageError(f"rlhf.method={cfg.rlhf.method!r}: expected 'rl' or 'dpo'")
+        raise ValueError(f"rlhf.method={cfg.rlhf.method!r}: expected 'rl' or 'dpo'")
     parent = Path(_INIT_FROM.value)
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
-    try:
-        run_rlhf(cfg, parent, workdir, _STAGE.value, Path(_RM.value) if _RM.value else None)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    lock_run(workdir)
+    run_rlhf(cfg, parent, workdir, _STAGE.value, Path(_RM.value) if _RM.value else None)
 
 
 def run_rlhf(cfg, parent: Path, workdir: Path, stage: str | None = None,
@@ -215,4 +213,4 @@ if __name__ == "__main__":  # flags only for the command line: the stage functio
     _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
     _RM = flags.DEFINE_string("rm", None, "the reward-model stage (default: W/rm)")
     _STAGE = flags.DEFINE_string("stage", None, "stage directory name (default: rlhf, or dpo)")
-    app.run(main)
+    run_entry(main)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data.preferences import load_preferences, rank_candidates, render_pairs
@@ -32,8 +32,9 @@ from experiments.workdir import (
     configs_from,
     find_tokenizer,
     load_world,
-    quiet_logs,
+    lock_run,
     read_stage,
+    run_entry,
     write_meta,
 )
 from model import transformer
@@ -80,13 +81,10 @@ def pair_accuracy(loss_fn, params, pairs, batch_size: int, seq_len: int) -> floa
 
 def main(argv):
     del argv
-    quiet_logs()
     parent = Path(_INIT_FROM.value)
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
-    try:
-        train_rm(_CONFIG.value, parent, workdir)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    lock_run(workdir)
+    train_rm(_CONFIG.value, parent, workdir)
 
 
 def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
@@ -151,4 +149,4 @@ if __name__ == "__main__":  # flags only for the command line: the stage functio
     _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
     _INIT_FROM = flags.DEFINE_string("init_from", None, "the parent stage (W/sft)", required=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
-    app.run(main)
+    run_entry(main)

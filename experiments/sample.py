@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data.special_tokens import BOS, END, special_id
 from data.tokenizer import Tokenizer
-from experiments.workdir import CONFIGS, find_tokenizer, load_stage, quiet_logs, read_meta
+from experiments.workdir import CONFIGS, find_tokenizer, load_stage, read_meta, run_entry
 from model import transformer
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
@@ -37,7 +37,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "sampling (and fresh-init) seed")
 
 def main(argv):
     del argv
-    quiet_logs()
     tok_dir = find_tokenizer(_INIT_FROM.value)
     tok = Tokenizer.load(tok_dir)
     print(f"tokenizer: {tok_dir} ({tok.vocab_size} pieces)")
@@ -70,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data.chat import (
     ConversationData,
-    ConversationError,
     load_conversations,
     render,
     render_all,
@@ -45,10 +44,11 @@ from experiments.workdir import (
     find_tokenizer,
     initialize_distributed,
     load_world,
-    quiet_logs,
+    lock_run,
     read_meta,
     read_stage,
     recall_tool,
+    run_entry,
     tool_config,
     write_meta,
 )
@@ -124,28 +124,22 @@ def evaluate_chat(params, model_cfg, tok, world, limit: int | None, recall=None)
 
 def main(argv):
     del argv
-    quiet_logs()
     initialize_distributed()
     cfg = _CONFIG.value
     parent = Path(_INIT_FROM.value)
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
+    lock_run(workdir)
     stage_dir = workdir / "sft"
-    try:
-        tok, model_cfg, meta = read_stage(parent)  # the parent's model and tokenizer, always
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    tok, model_cfg, meta = read_stage(parent)  # the parent's model and tokenizer, always
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train="sft_train", optim="sft_optim")
     if train_cfg.seq_len > model_cfg.max_seq_len:
-        raise app.UsageError(f"sft_train.seq_len={train_cfg.seq_len} exceeds the parent's "
+        raise ValueError(f"sft_train.seq_len={train_cfg.seq_len} exceeds the parent's "
                              f"max_seq_len={model_cfg.max_seq_len}")
-    try:
-        world = load_world(workdir)
-        train_convs, val_convs, counts = build_conversations(cfg, world, workdir)
-        train_r, train_stats = render_all(train_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
-        val_r, val_stats = render_all(val_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
-        copies("sft.replay", cfg.sft.replay)
-    except (FileNotFoundError, ValueError, ConversationError) as e:
-        raise app.UsageError(str(e)) from None
+    world = load_world(workdir)
+    train_convs, val_convs, counts = build_conversations(cfg, world, workdir)
+    train_r, train_stats = render_all(train_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
+    val_r, val_stats = render_all(val_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
+    copies("sft.replay", cfg.sft.replay)
     if cfg.sft.replay:  # the pretraining text SFT would otherwise overwrite (tiny.py: sft.replay)
         replay, dropped = render_documents(world.biographies(), tok, train_cfg.seq_len + 1,
                                            cfg.sft.too_long)
@@ -185,7 +179,7 @@ def main(argv):
     if cfg.sft.recall and cfg.sft.idk:  # the probe's recall threshold: eval uses it too
         threshold = (read_meta(workdir / "probe") or {}).get("figures", {}).get("recall_threshold")
         if threshold is None:
-            raise app.UsageError(f"{workdir / 'probe'} has no recall_threshold (it predates the "
+            raise ValueError(f"{workdir / 'probe'} has no recall_threshold (it predates the "
                                  "recall tool): rerun python -m experiments.probe")
         base_meta["recall_threshold"] = threshold
     t0 = time.time()
@@ -208,4 +202,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments.report import write_report
-from experiments.workdir import CONFIGS, REPO_ROOT, write_json
+from experiments.workdir import CONFIGS, REPO_ROOT, lock_run, run_entry, write_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root", required=True)
@@ -69,7 +69,7 @@ def config_args(argv: list[str]) -> list[str]:
 
 def main(argv):
     w = Path(_WORKDIR.value)
-    w.mkdir(parents=True, exist_ok=True)
+    lock_run(w)
     record_path = w / "speedrun.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
     forwarded = config_args(sys.argv[1:])
@@ -106,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

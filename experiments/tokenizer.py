@@ -17,13 +17,21 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data.documents import describe_inputs, expand_inputs
 from data.special_tokens import special_table
 from data.tokenizer import train_tokenizer
-from experiments.workdir import CONFIGS, code_version, corpus_inputs, read_meta, write_json
+from experiments.workdir import (
+    CONFIGS,
+    code_version,
+    corpus_inputs,
+    lock_run,
+    read_meta,
+    run_entry,
+    write_json,
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root; the tokenizer goes to WORKDIR/tokenizer",
@@ -35,11 +43,9 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing, differe
 
 def main(argv):
     del argv
+    lock_run(_WORKDIR.value)
     cfg = _CONFIG.value.tokenizer
-    try:
-        files = expand_inputs(corpus_inputs(_WORKDIR.value, _INPUT.value))
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    files = expand_inputs(corpus_inputs(_WORKDIR.value, _INPUT.value))
     inputs = describe_inputs(files)
     request = {"inputs": inputs, "config": cfg.to_dict()}
     out = Path(_WORKDIR.value) / "tokenizer"
@@ -85,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_entry(main)

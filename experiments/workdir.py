@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -65,9 +66,8 @@ def corpus_inputs(workdir: str | Path, inputs: str | list[str] | None) -> list[s
     mixture = Path(workdir) / "corpus" / "mixture"
     if mixture.is_dir():
         return [str(mixture)]
-    from absl import app
 
-    raise app.UsageError(f"no corpus: run `python -m experiments.corpus --workdir {workdir}` first, "
+    raise ValueError(f"no corpus: run `python -m experiments.corpus --workdir {workdir}` first, "
                          "or name files with --config.data.inputs=FILE_OR_DIR[,...] (--input for "
                          "the tokenizer)")
 
@@ -83,7 +83,7 @@ def configs_from(config, tok, train: str = "train", optim: str = "optim") -> tup
         d = {**config[section].to_dict(), **(extra or {})}
         try:
             return cls(**d)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"config section {section!r}: {e}") from None
 
     return (build(ModelConfig, "model", {"vocab_size": tok.vocab_size}),
@@ -129,6 +129,43 @@ def write_meta(stage_dir: str | Path, base: dict, figures: dict) -> None:
     if jax.process_index() == 0:
         write_json(Path(stage_dir) / "meta.json",
                    {**base, "code_version": code_version(), "figures": figures})
+
+
+# What a user can cause and fix (a bad value, a missing or damaged file, a full disk, a second
+# writer): one line and exit status 2; any other exception is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, OSError, UnicodeError, LookupError, FloatingPointError, RuntimeError)
+
+
+def run_entry(main) -> None:
+    """app.run(main) with the house rules for every entry point: quiet library logs, and an
+    expected failure printed as one line naming its cause (--debug shows the traceback)."""
+    from absl import app, flags
+
+    if "debug" not in flags.FLAGS:
+        flags.DEFINE_bool("debug", False, "show the full traceback of an error")
+
+    def wrapped(argv):
+        quiet_logs()
+        try:
+            return main(argv)
+        except EXPECTED_ERRORS as e:
+            if flags.FLAGS.debug:
+                raise
+            text = " ".join(str(e).split()) or type(e).__name__
+            print(f"error: {text[:1000]} ({type(e).__name__}; --debug for the traceback)",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    app.run(wrapped)
+
+
+def lock_run(root: str | Path) -> None:
+    """One writer per run root (train.run_lock): process 0 of a run takes W/.lock."""
+    from train.run_lock import lock_run_root
+
+    jax = sys.modules.get("jax")  # stages that never load jax are single-process
+    if jax is None or jax.process_index() == 0:
+        lock_run_root(root)
 
 
 def quiet_logs() -> None:

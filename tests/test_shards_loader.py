@@ -203,3 +203,52 @@ def test_copy_mix_warms_up_then_mixes_and_resumes(stream):
         CopyMixData(stream, 400, fraction=0.97).train(16, 16, seed=0)
     with pytest.raises(ValueError, match="fewer than one batch"):
         data.train(16, 10_000, seed=0)
+
+
+def test_a_rebuild_killed_half_way_is_rebuilt_not_trusted(tmp_path, tok, monkeypatch):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS))
+    b.write_text("".join(json.dumps({"text": t.upper()}) + "\n" for t in DOCS))
+    out = tmp_path / "shards"
+    first = build_shards([a], tok, out, shard_tokens=100)
+    # the rebuild for another corpus dies after its first shard
+    from data import shards as shards_mod
+
+    real_flush, calls = shards_mod._SplitWriter.flush, []
+
+    def dying_flush(self):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt("killed")
+        real_flush(self)
+
+    monkeypatch.setattr(shards_mod._SplitWriter, "flush", dying_flush)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards([b], tok, out, shard_tokens=100)
+    assert load_manifest(out) is None  # no manifest: the next run must build again
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        TokenStream(out, "train")
+    monkeypatch.setattr(shards_mod._SplitWriter, "flush", real_flush)
+    again = build_shards([a], tok, out, shard_tokens=100)
+    assert again["splits"] == first["splits"]
+    assert tok.decode(TokenStream(out, "train").read(1, 1 + len(tok.encode(DOCS[0])))) == DOCS[0]
+
+
+def test_text_that_is_not_text_is_refused_by_file_and_surrogates_counted(tmp_path, tok):
+    import os
+
+    (tmp_path / "random.txt").write_bytes(os.urandom(100_000))
+    with pytest.raises(ValueError, match=r"random.txt is not text: [\d,]+ of its first"):
+        build_shards([tmp_path / "random.txt"], tok, tmp_path / "s1")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl:2: not valid UTF-8"):
+        build_shards([tmp_path / "latin1.jsonl"], tok, tmp_path / "s2")
+    # a lone surrogate is valid JSON: replaced and counted, never a crash in the tokenizer
+    (tmp_path / "sur.jsonl").write_text("".join(json.dumps({"text": t + " \ud800 x"}) + "\n"
+                                                for t in DOCS))
+    m = build_shards([tmp_path / "sur.jsonl"], tok, tmp_path / "s3", val_every=5)
+    assert m["replaced_chars"] == len(DOCS)
+    # a few bad bytes in a real text file are replaced and counted too
+    (tmp_path / "mostly.txt").write_bytes(("hello world " * 500).encode() + b"\xff\xfe")
+    m = build_shards([tmp_path / "mostly.txt"], tok, tmp_path / "s4", val_every=0)
+    assert m["replaced_chars"] == 2

@@ -6,14 +6,77 @@ One checkpoint (stage/checkpoints/<step>/) holds three items, saved together:
   data    - the data iterator's state (JSON)
 Orbax writes each checkpoint under a temporary name and renames it when complete, so a crash
 mid-save never damages the last good checkpoint; the manager keeps the last `keep`.
+
+When a save completes, the SHA-256 and size of every file in it go to <step>/checksums.json;
+a restore checks them first. A damaged checkpoint (a flipped bit, a truncated or missing file,
+unreadable metadata, an empty step directory) is named in one line, moved aside to
+checkpoints.damaged/ (never deleted) and the resume falls back to the newest intact one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import sys
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+
+CHECKSUMS = "checksums.json"
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint whose files do not match what was saved."""
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(step_dir: Path) -> None:
+    """step_dir/checksums.json: {relative path: [size, sha256]} of every file in the step."""
+    files = {str(p.relative_to(step_dir)): [p.stat().st_size, _file_digest(p)]
+             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+    tmp = step_dir / f".{CHECKSUMS}.tmp"
+    tmp.write_text(json.dumps(files, indent=0, sort_keys=True))
+    os.replace(tmp, step_dir / CHECKSUMS)
+
+
+def verify(step_dir: Path) -> None:
+    """Raises DamagedCheckpoint, naming the step and the file, unless every file of the step
+    matches its checksum. A step saved before checksums existed is let through (its restore
+    is the check)."""
+    step_dir = Path(step_dir)
+    where = f"checkpoint {step_dir}"
+    if not step_dir.is_dir() or not any(step_dir.iterdir()):
+        raise DamagedCheckpoint(f"{where} is empty or missing")
+    listing = step_dir / CHECKSUMS
+    if not listing.is_file():
+        return
+    try:
+        files = json.loads(listing.read_text())
+    except (OSError, ValueError) as e:
+        raise DamagedCheckpoint(f"{where}: {CHECKSUMS} is unreadable ({e})") from None
+    for rel, (size, digest) in files.items():
+        path = step_dir / rel
+        if not path.is_file():
+            raise DamagedCheckpoint(f"{where}: {rel} is missing")
+        if path.stat().st_size != size:
+            raise DamagedCheckpoint(f"{where}: {rel} is {path.stat().st_size} bytes, "
+                                    f"{size} were saved (truncated?)")
+        if _file_digest(path) != digest:
+            raise DamagedCheckpoint(f"{where}: {rel} does not match its checksum (changed on disk)")
+
+
+def _say(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, file=sys.stderr, flush=True)
 
 
 class Checkpointer:
@@ -37,24 +100,58 @@ class Checkpointer:
             train=ocp.args.StandardSave(train),
             data=ocp.args.JsonSave(data_state)), force=True)
         self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            write_checksums(self.directory / str(step))
 
     def restore(self, step: int, abstract_state: dict) -> tuple[dict, dict]:
         """Full state (sharded as abstract_state's leaves say) and the data iterator state."""
-        check_shapes(self.directory, step, abstract_state["params"])
         train = {k: abstract_state[k] for k in ("step", "opt_state", "rng")}
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_state["params"]),
-            train=ocp.args.StandardRestore(train),
-            data=ocp.args.JsonRestore()))
+        out = _checked_restore(self.manager, self.directory, step, abstract_state["params"],
+                               ocp.args.Composite(
+                                   params=ocp.args.StandardRestore(abstract_state["params"]),
+                                   train=ocp.args.StandardRestore(train),
+                                   data=ocp.args.JsonRestore()))
         return {**out["train"], "params": out["params"]}, out["data"]
+
+    def restore_latest(self, abstract_state: dict) -> tuple[int | None, dict | None, dict | None]:
+        """(step, state, data state) of the newest intact checkpoint, or Nones when there is
+        none. Damaged ones are named and moved aside to checkpoints.damaged/<step>."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, data = self.restore(step, abstract_state)
+                return step, state, data
+            except DamagedCheckpoint as e:
+                aside = self.directory.parent / "checkpoints.damaged" / str(step)
+                _say(f"{e}: moved to {aside}; resuming from an earlier checkpoint")
+                if jax.process_index() == 0:
+                    aside.parent.mkdir(exist_ok=True)
+                    os.replace(self.directory / str(step), aside)
+                self.manager.reload()
+        return None, None, None
 
     def close(self):
         self.manager.close()
 
 
+def _checked_restore(manager, directory: Path, step: int, abstract_params, args):
+    """manager.restore after the checksums and the parameter shapes are checked; a restore that
+    fails on the files themselves is a DamagedCheckpoint too."""
+    verify(directory / str(step))
+    check_shapes(directory, step, abstract_params)
+    try:
+        return manager.restore(step, args=args)
+    except Exception as e:  # tensorstore / orbax errors on damaged files run to pages
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DamagedCheckpoint(f"checkpoint {directory / str(step)} cannot be read: {first}") from None
+
+
 def check_shapes(directory: Path, step: int, abstract_params) -> None:
     """Refuses, with a clear error, a checkpoint whose parameter shapes differ from the model's."""
-    meta = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "params")
+    try:
+        meta = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "params")
+    except Exception as e:
+        raise DamagedCheckpoint(f"checkpoint {directory / str(step)}: the parameters' metadata "
+                                f"cannot be read ({type(e).__name__})") from None
     saved = getattr(meta, "item_metadata", meta)
     saved = getattr(saved, "tree", saved)
     want = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
@@ -62,6 +159,9 @@ def check_shapes(directory: Path, step: int, abstract_params) -> None:
         saved, is_leaf=lambda x: hasattr(x, "shape"))[0])
     want_s = {_path_name(k): tuple(v.shape) for k, v in want.items()}
     have_s = {_path_name(k): tuple(v.shape) for k, v in have.items()}
+    if not have_s:
+        raise DamagedCheckpoint(f"checkpoint {directory / str(step)}: the parameters' metadata "
+                                "is missing or unreadable")
     if want_s != have_s:
         diff = sorted(k for k in set(want_s) | set(have_s) if want_s.get(k) != have_s.get(k))
         k = diff[0]
@@ -87,11 +187,18 @@ def restore_params(stage_dir: str | Path, abstract_params, step: int | None = No
     abstract_params = jax.tree.map(
         lambda a: a if getattr(a, "sharding", None) is not None
         else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local), abstract_params)
+    args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
     with ocp.CheckpointManager(directory, item_names=("params", "train", "data")) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
+        if step is not None:
+            return _checked_restore(manager, directory, step, abstract_params, args)["params"]
+        steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no checkpoint under {directory}: run that stage first")
-        check_shapes(directory, step, abstract_params)
-        out = manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_params)))
-    return out["params"]
+        for s in steps:  # the newest intact one; a read-only look, nothing is moved
+            try:
+                out = _checked_restore(manager, directory, s, abstract_params, args)
+                return out["params"]
+            except DamagedCheckpoint as e:
+                _say(f"{e}; trying the one before")
+        raise DamagedCheckpoint(f"no intact checkpoint under {directory} (steps {steps} are all "
+                                "damaged): run that stage again")

@@ -58,9 +58,16 @@ class TrainConfig:
     peak_gflops: float = 176.0  # per device, for MFU (measure it: experiments/bench_train.py)
 
     def __post_init__(self):
+        for k in ("steps", "batch_size", "seq_len", "accum_steps", "save_every", "keep",
+                  "log_every", "eval_every", "eval_batches", "sample_every"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}={getattr(self, k)} must be at least 1")
+        if self.sample_tokens < 0 or self.peak_gflops <= 0:
+            raise ValueError(f"sample_tokens={self.sample_tokens} must be >= 0 and "
+                             f"peak_gflops={self.peak_gflops} > 0")
         if self.batch_size % self.accum_steps:
-            raise ValueError(f"train.batch_size={self.batch_size} must be divisible by "
-                             f"train.accum_steps={self.accum_steps}")
+            raise ValueError(f"batch_size={self.batch_size} must be divisible by "
+                             f"accum_steps={self.accum_steps}")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -153,11 +160,14 @@ def open_state(stage_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_
     s_sh = state_shardings(abstract, p_sh, mesh)
     fresh_state = jax.jit(lambda p: init_state(p, optimizer, cfg.seed), out_shardings=s_sh)
     ckpt = Checkpointer(Path(stage_dir) / "checkpoints", keep=cfg.keep)
-    latest, data_state = ckpt.latest_step(), None
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, s_sh)  # restore targets: shapes with their shardings
+    try:
+        latest, state, data_state = ckpt.restore_latest(target)
+    except BaseException:
+        ckpt.close()
+        raise
     if latest is not None:
-        state, data_state = ckpt.restore(latest, target)
         if jax.process_index() == 0:
             print(f"resuming from {ckpt.directory}/{latest}")
     elif init_params is not None:

@@ -4,7 +4,7 @@ The tiny model pretrained on the speedrun's mixture cannot copy what is in its c
 test of eval/suite.py scores 0.0 on random tokens), so it cannot copy a tool's result into its
 answer, a word into python code, or a name into a search query. Copying by content needs
 induction heads, which form in a sharp phase change after enough repeated-span signal; the
-mixture's text holds too little of it for 1000 steps (see the issue-6/7 notes). These rows give
+mixture's text holds too little of it for 1000 steps (experiments/README.md). These rows give
 that signal directly.
 
 A copy row is seq_len + 1 tokens packed with episodes

@@ -39,48 +39,7 @@ RECALL_KNOWN, RECALL_UNKNOWN = "known", "unknown"  # the recall tool's results (
 # "at_value" writes the answer up to its value ("NAME was born in... I'm sorry, but I don't
 # know."), deciding where the answer needs the memory of the fact, and refuses unknown facts of
 # known people in the same words.
-# Measured on the tiny speedrun model, every question of each split (train QA accuracy / held-out
-# QA accuracy / held-out refused / nonexistent answered). An earlier pretraining, SFT seeds 0 / 1,
-# no replay:
-#   no "I don't know" data  0.97-0.98 / 0.54-0.58 / 0.00 / 1.00
-#   plain                   0.30-0.55 / 0.06-0.14 / 0.73-0.89 / 0.12-0.29
-#   name_first              0.66-0.69 / 0.26-0.27 / 0.50-0.55 / 0.36-0.38
-#   first_name              0.88-0.92 / 0.21-0.25 / 0.48-0.61 / 0.35-0.37
-# Another pretraining of the same recipe (recall 0.90), seed 0, without / with sft.replay=2
-# (seed 1 with replay in brackets):
-#   no "I don't know" data  0.99 / 0.57 / 0.00 / 1.00  ->  0.97 / 0.84 / 0.00 / 1.00  [0.97 / 0.82]
-#   first_name (default)    0.93 / 0.25 / 0.55 / 0.39  ->  0.88 / 0.45 / 0.45 / 0.30
-#                                                          [0.92 / 0.56 / 0.34 / 0.43]
-#   at_value                0.69 / 0.20 / 0.66 / 0.32  ->  0.67 / 0.37 / 0.57 / 0.34
-#   at_value, refusals only for the train facts the probe finds unknown (probe.n_unknown=0,
-#     min_correct=1.0: 72 of 250)                      ->  0.75 / 0.64 / 0.26 / 0.70
-# Replay keeps what pretraining stored about the people SFT never asks about. None of the styles
-# tells held-out people (read in pretraining, never asked about) from nonexistent ones well: the
-# refusal is learned per name (first_name with replay refuses 47% of the held-out questions the
-# model answers right without the idk data, 38% of those it gets wrong). In the SFT model's
-# replies the memory signals are weak: the question's surname after the first name (copied from
-# the question) separates held-out from nonexistent people at AUC 0.66, the confidence of the
-# value's first token at 0.74 (the base model, completing a biography: 1.0 and 0.80).
-# Also measured (stop 19, default speedrun pretraining, seed 0, first_name + replay 2 unless
-# named: 0.89 / 0.47 / 0.42 / 0.36 there), none better:
-#   registry lines in SFT's replay ("NAME is on record." for the world's people, "NAME? No
-#     record." for 500 made-up pairs), name_first                0.32 / 0.20 / 0.76 / 0.18
-#   every train person in one one-question QA conversation and one search, no mixed turns,
-#     50 unknown people x 5 questions                            0.29 / 0.14 / 0.64 / 0.19
-#   ... with 1000 unknown people x 1 question                    0.01 / 0.00 / 1.00 / 0.00
-#   registry lines in pretraining (16000, half made-up pairs; recall 0.94 -> 0.83), plain
-#                                                                0.18 / 0.09 / 0.91 / 0.08
-# The recall tool (sft.recall, plain refusals) decides outside the reply, where the signal is
-# (a fresh pretraining of the same recipe, SFT seeds 0 and 1; no "I don't know" data there:
-# 0.72 / 0.62 / 0.00 / 1.00 and 0.96 / 0.81 / 0.00 / 1.00):
-#   recall, seed 0                                               0.91 / 0.80 / 0.00 / 0.04
-#   recall, seed 1                                               0.93 / 0.72 / 0.04 / 0.04
-#   recall + recall_flip=1 (the default), seed 0                 0.94 / 0.79 / 0.00 / 0.05
-#   recall + recall_flip=1 (the default), seed 1                 0.94 / 0.77 / 0.00 / 0.04
-# The registry itself was not learned: completing "Registry check on NAME:" the base model
-# says "on record" for 20% of held-out and 4% of nonexistent people (AUC 0.67). The signal is
-# where eval/knowledge.name_familiarity finds it: the surname after "<|bos|>FIRST" (AUC 1.0),
-# weaker inside the question (0.75 base, 0.92 after SFT), none in the reply (0.59-0.61).
+# Their measured trade-offs, and why none keeps held-out accuracy: experiments/README.md.
 REFUSALS = {"name_first": "{n}? I'm sorry, but I don't know who that is.",
             "plain": "I'm sorry, but I don't know who {n} is.",
             "first_name": "{first}? I'm sorry, but I don't know who {n} is.",

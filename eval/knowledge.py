@@ -196,7 +196,7 @@ def name_familiarity(params, cfg: ModelConfig, tok: Tokenizer, world: World) -> 
     an AUC of 1.0 means every held-out surname (pretrained on, never asked about) is more likely
     than every made-up one, 0.5 no signal. An "I don't know" reply can only be as good as the
     signal where it decides: a base model reads it at the document start, while in the reply
-    the surname can be copied from the question (the issue-5 notes)."""
+    the surname can be copied from the question (experiments/README.md)."""
     return familiarity_scores(_model_losses(params, cfg), name_familiarity_rows(world, tok),
                               cfg.max_seq_len)
 

@@ -33,8 +33,8 @@ from eval.chat_eval import ask
 from eval.tasks import ArithmeticTask, extract_answer
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
+from model.losses import bits_per_byte, make_eval_step, token_losses
 from model.transformer import forward
-from train.step import bits_per_byte, make_eval_step, token_losses
 
 
 def validation_bpb(params, cfg: ModelConfig, tok: Tokenizer, shard_dir: str | Path,

@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 
 from absl import flags
-from ml_collections import config_flags
 
 from data.tools import BM25
 from eval.agent import run_agents
-from experiments.workdir import CONFIGS, load_stage, load_world, run_entry, tool_config
+from experiments.workdir import define_config, run_entry, tool_config
+from train.stage import load_stage, load_world
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_CONFIG = define_config()
 _INIT_FROM = flags.DEFINE_string("init_from", None, "a chat stage trained with tools (W/sft)",
                                  required=True)
 _TASK = flags.DEFINE_multi_string("task", None, "a task (repeatable)", required=True)

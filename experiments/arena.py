@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 from absl import flags
-from ml_collections import config_flags
 
 from eval.arena import battles, ratings
 from eval.chat_eval import ask
-from experiments.workdir import CONFIGS, load_world, lock_run, read_stage, run_entry, write_json
+from experiments.workdir import define_config, lock_run, run_entry
 from model import transformer
 from train.checkpoint import restore_params
+from train.stage import load_world, read_stage, write_json
 
 
 def load_model(workdir: Path, spec: str):
@@ -77,7 +77,7 @@ def main(argv):
 
 
 if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
-    _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+    _CONFIG = define_config()
     _WORKDIR = flags.DEFINE_string("workdir", None, "run root", required=True)
     _MODELS = flags.DEFINE_list("models", ["sft", "rl", "rlhf", "rlhf:best", "dpo"],
                                 "stages to rate (STAGE or STAGE:best)")

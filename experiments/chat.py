@@ -18,8 +18,9 @@ from absl import flags
 
 from data.chat import render
 from data.special_tokens import END, RECALL, RECALL_END, RESULT, RESULT_END, special_id
-from experiments.workdir import load_stage, recall_tool, run_entry
+from experiments.workdir import recall_tool, run_entry
 from model.engine import SamplingConfig, stream
+from train.stage import load_stage
 
 _INIT_FROM = flags.DEFINE_string("init_from", None, "a chat stage (W/sft, W/rl, ...)", required=True)
 _SYSTEM = flags.DEFINE_string("system", None, "system message at the start of the conversation")

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 from absl import flags
-from ml_collections import config_flags
 
 from data.mixture import (
     copy_drill_documents,
@@ -37,9 +36,10 @@ from data.mixture import (
 from data.pipeline import PipelineConfig, run_pipeline, stats_table
 from data.sources import SOURCES, fetch, source
 from data.world import WorldConfig, make_world
-from experiments.workdir import CONFIGS, REPO_ROOT, code_version, lock_run, run_entry, write_json
+from experiments.workdir import define_config, lock_run, run_entry
+from train.stage import REPO_ROOT, code_version, write_json
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_CONFIG = define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root; writes WORKDIR/corpus", required=True)
 
 

@@ -23,21 +23,12 @@ import time
 from pathlib import Path
 
 from absl import flags
-from ml_collections import config_flags
 
 from eval import suite
 from eval.chat_eval import identity_accuracy, recall_hooks, tool_eval, world_qa
 from eval.knowledge import name_familiarity
-from experiments.workdir import (
-    CONFIGS,
-    load_stage,
-    load_world,
-    lock_run,
-    recall_tool,
-    run_entry,
-    tool_config,
-    write_json,
-)
+from experiments.workdir import define_config, lock_run, recall_tool, run_entry, tool_config
+from train.stage import load_stage, load_world, write_json
 
 
 def _once_seen_documents(workdir: Path, limit: int) -> list[str]:
@@ -106,7 +97,7 @@ def main(argv):
 
 
 if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
-    _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+    _CONFIG = define_config()
     _INIT_FROM = flags.DEFINE_string("init_from", None, "the stage to evaluate", required=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
     _MC = flags.DEFINE_multi_string("mc", None, "multiple-choice JSONL (MMLU / HellaSwag layout)")

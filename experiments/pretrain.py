@@ -19,28 +19,26 @@ from pathlib import Path
 
 import jax
 from absl import flags
-from ml_collections import config_flags
 
 from data.copy_rows import CopyMixData
 from data.documents import describe_inputs, expand_inputs
 from data.shards import TokenStream, build_shards, load_manifest
 from data.tokenizer import Tokenizer
+from experiments.configs import resolved
 from experiments.workdir import (
-    CONFIGS,
-    check_parent,
     configs_from,
     corpus_inputs,
+    define_config,
     initialize_distributed,
-    load_world,
     lock_run,
     run_entry,
-    write_meta,
 )
 from model import transformer
 from train.checkpoint import restore_params
 from train.loop import run
+from train.stage import check_parent, load_world, stage_meta, write_meta
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_CONFIG = define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root (holds tokenizer/, shards/, pretrain/)",
                                required=True)
 _INIT_FROM = flags.DEFINE_string("init_from", None, "a stage dir to take parameters from")
@@ -105,12 +103,9 @@ def main(argv):
         parent = check_parent(_INIT_FROM.value, model_cfg, tok)
         init_params = lambda abstract: restore_params(parent, abstract)  # noqa: E731
     stage_dir.mkdir(parents=True, exist_ok=True)
-    base_meta = {"stage": "pretrain", "model": model_cfg.to_dict(),
-                 "config": _CONFIG.value.to_dict(),
-                 "tokenizer": str(tok_dir.resolve()), "tokenizer_sha256": tok.sha256,
-                 "parent": str(Path(_INIT_FROM.value).resolve()) if _INIT_FROM.value else None,
-                 "shards": str(shard_dir.resolve()), "n_params": model_cfg.n_params(),
-                 "train_tokens_available": len(train_stream)}
+    base_meta = stage_meta("pretrain", model_cfg, resolved(_CONFIG.value), tok, _INIT_FROM.value,
+                           shards=str(shard_dir.resolve()),
+                           train_tokens_available=len(train_stream))
     figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_data, val_stream,
                   init_params, on_checkpoint=lambda f: write_meta(stage_dir, base_meta, f))
     # What the base model can do: copy from its context (eval/suite.py), and, when the world was

@@ -24,21 +24,13 @@ import time
 from pathlib import Path
 
 from absl import flags
-from ml_collections import config_flags
 
 from data.sft_mix import probe_questions
 from eval.knowledge import fit_recall_threshold, probe, recall_names, recall_result
-from experiments.workdir import (
-    CONFIGS,
-    code_version,
-    load_stage,
-    load_world,
-    lock_run,
-    run_entry,
-    write_json,
-)
+from experiments.workdir import define_config, lock_run, run_entry
+from train.stage import code_version, load_stage, load_world, write_json
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_CONFIG = define_config()
 _INIT_FROM = flags.DEFINE_string("init_from", None, "the stage to probe (W/pretrain or W/sft)",
                                  required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")

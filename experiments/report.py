@@ -13,7 +13,7 @@ from pathlib import Path
 
 from absl import flags
 
-from experiments.workdir import code_version, read_meta
+from train.stage import code_version, read_meta
 
 STAGES = ("corpus", "tokenizer", "pretrain", "probe", "sft", "rl", "rm", "rlhf", "dpo")
 

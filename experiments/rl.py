@@ -24,17 +24,11 @@ from pathlib import Path
 
 import jax
 from absl import flags
-from ml_collections import config_flags
 
 from experiments.rl_stage import train_rl
-from experiments.workdir import (
-    CONFIGS,
-    initialize_distributed,
-    lock_run,
-    run_entry,
-)
+from experiments.workdir import define_config, initialize_distributed, lock_run, run_entry
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_CONFIG = define_config()
 _INIT_FROM = flags.DEFINE_string("init_from", None, "the parent stage (W/sft)", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
 _STAGE = flags.DEFINE_string("stage", "rl", "the stage directory's name under the workdir")

@@ -24,15 +24,8 @@ from data.special_tokens import END, special_id
 from data.tools import BM25, make_hooks
 from eval.chat_eval import after_last_result
 from eval.tasks import Problem, make_task, score_task
-from experiments.workdir import (
-    configs_from,
-    find_tokenizer,
-    load_world,
-    read_meta,
-    read_stage,
-    tool_config,
-    write_meta,
-)
+from experiments.configs import resolved
+from experiments.workdir import configs_from, tool_config
 from model import transformer
 from model.engine import SamplingConfig
 from train.checkpoint import Checkpointer, restore_params
@@ -46,11 +39,23 @@ from train.rl import (
     rollout,
     token_logprobs,
 )
+from train.stage import load_world, read_meta, read_stage, stage_meta, write_meta
+
+# the keys of the rl / rlhf sections that are the stage's own, not the algorithm's (RLConfig)
+STAGE_KEYS = {"rl": ("task", "tools", "n_train", "n_eval", "pass_k", "n_pass_k"),
+              "rlhf": ("method", "eval_samples", "dpo_beta")}
 
 
-def rl_config(section) -> RLConfig:
-    names = {f.name for f in RLConfig.__dataclass_fields__.values()}
-    return RLConfig(**{k: v for k, v in section.to_dict().items() if k in names})
+def rl_config(section, name: str = "rl") -> RLConfig:
+    """RLConfig from the config section `name`; a key neither RLConfig nor the stage knows is
+    refused by name."""
+    names = {f.name for f in dataclasses.fields(RLConfig)}
+    d = section.to_dict()
+    unknown = sorted(set(d) - names - set(STAGE_KEYS.get(name, ())))
+    if unknown:
+        raise ValueError(f"config section {name!r} has unknown key(s) {unknown}; known: "
+                         f"{sorted(names | set(STAGE_KEYS.get(name, ())))}")
+    return RLConfig(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclasses.dataclass
@@ -126,10 +131,10 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
     -> Objective says what is optimised (default: the task cfg.rl.task, or `task`).
     on_step(step) is called after each finished step (a test uses it to crash a run)."""
     stage_dir = Path(workdir) / stage
-    tok, model_cfg, parent_meta = read_stage(parent)
+    tok, model_cfg, _ = read_stage(parent)
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train=f"{section}_train",
                                            optim=f"{section}_optim")
-    rl = rl_config(cfg[section])
+    rl = rl_config(cfg[section], section)
     world = load_world(workdir)
     end = special_id(END)
 
@@ -174,13 +179,8 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
                       in_shardings=(st.param_sharding, st.batch_sharding))
 
     start = int(state["step"])
-    base_meta = {"stage": stage, "model": model_cfg.to_dict(), "config": cfg.to_dict(),
-                 "tokenizer": str(find_tokenizer(parent).resolve()), "tokenizer_sha256": tok.sha256,
-                 "parent": str(parent.resolve()),
-                 "parent_step": parent_meta.get("figures", {}).get("step"),
-                 "n_params": model_cfg.n_params(), "objective": obj.label,
-                 "tools": hooks is not None, "rl": vars(rl),
-                 "n_train_prompts": len(obj.train)}
+    base_meta = stage_meta(stage, model_cfg, resolved(cfg), tok, parent, objective=obj.label,
+                           tools=hooks is not None, rl=vars(rl), n_train_prompts=len(obj.train))
     stage_dir.mkdir(parents=True, exist_ok=True)
     old = (read_meta(stage_dir) or {}).get("figures", {})
     before = old.get("before") if start else None

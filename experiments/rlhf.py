@@ -23,28 +23,19 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
 from data.chat import render
 from data.preferences import load_preferences, render_pairs
 from eval.chat_eval import ask
 from eval.tasks import Problem
+from experiments.configs import resolved
 from experiments.rl_stage import Objective, train_rl
-from experiments.workdir import (
-    CONFIGS,
-    configs_from,
-    find_tokenizer,
-    load_world,
-    lock_run,
-    read_meta,
-    read_stage,
-    run_entry,
-    write_meta,
-)
+from experiments.workdir import configs_from, define_config, lock_run, run_entry
 from model import transformer
 from train.checkpoint import restore_params
 from train.pair_loop import train_on_pairs
 from train.reward import RewardModel, dpo_loss, reward_hacking, sequence_logps
+from train.stage import load_world, read_meta, read_stage, stage_meta, write_meta
 
 
 def labeler_objective(cfg, rm: RewardModel | None, tok, model_cfg, world, budget: int) -> Objective:
@@ -125,7 +116,7 @@ def plot_hacking(curve: list[dict], path: Path, hacking: dict) -> None:
 
 def run_dpo(cfg, parent: Path, workdir: Path, stage_dir: Path, rm_dir: Path,
             rm: RewardModel | None) -> dict:
-    tok, model_cfg, parent_meta = read_stage(parent)
+    tok, model_cfg, _ = read_stage(parent)
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train="rlhf_train", optim="rlhf_optim")
     world = load_world(workdir)
     prefs = rm_dir / "preferences.jsonl"
@@ -145,11 +136,8 @@ def run_dpo(cfg, parent: Path, workdir: Path, stage_dir: Path, rm_dir: Path,
     stage_dir.mkdir(parents=True, exist_ok=True)
     old = (read_meta(stage_dir) or {}).get("figures", {})
     before = old.get("before") or obj.final(ref)
-    base_meta = {"stage": stage_dir.name, "method": "dpo", "model": model_cfg.to_dict(),
-                 "config": cfg.to_dict(), "tokenizer": str(find_tokenizer(parent).resolve()),
-                 "tokenizer_sha256": tok.sha256, "parent": str(parent.resolve()),
-                 "parent_step": parent_meta.get("figures", {}).get("step"),
-                 "pairs": len(pairs), "dropped_too_long": dropped}
+    base_meta = stage_meta(stage_dir.name, model_cfg, resolved(cfg), tok, parent, method="dpo",
+                           pairs=len(pairs), dropped_too_long=dropped)
     params, figures = train_on_pairs(
         stage_dir, model_cfg, train_cfg, optim_cfg,
         lambda p, b: dpo_loss(p, b, model_cfg, beta),
@@ -208,7 +196,7 @@ def run_rlhf(cfg, parent: Path, workdir: Path, stage: str | None = None,
 
 
 if __name__ == "__main__":  # flags only for the command line: the stage functions import cleanly
-    _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+    _CONFIG = define_config()
     _INIT_FROM = flags.DEFINE_string("init_from", None, "the SFT stage (W/sft)", required=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
     _RM = flags.DEFINE_string("rm", None, "the reward-model stage (default: W/rm)")

@@ -23,25 +23,17 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
 from data.preferences import load_preferences, rank_candidates, render_pairs
 from eval.chat_eval import ask
-from experiments.workdir import (
-    CONFIGS,
-    configs_from,
-    find_tokenizer,
-    load_world,
-    lock_run,
-    read_stage,
-    run_entry,
-    write_meta,
-)
+from experiments.configs import resolved
+from experiments.workdir import configs_from, define_config, lock_run, run_entry
 from model import transformer
 from model.config import ModelConfig
 from train.checkpoint import restore_params
 from train.pair_loop import train_on_pairs
 from train.reward import init_reward_model, pair_batch, rm_loss, rm_shapes, rm_shardings
+from train.stage import load_world, read_stage, stage_meta, write_meta
 
 
 def sample_preferences(params, model_cfg: ModelConfig, tok, world, split: str, k: int,
@@ -90,7 +82,7 @@ def main(argv):
 def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
     """The stage: preferences (made once) and the reward model; returns meta.json's figures."""
     stage_dir = Path(workdir) / stage
-    tok, model_cfg, parent_meta = read_stage(parent)
+    tok, model_cfg, _ = read_stage(parent)
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train="rm_train", optim="rm_optim")
     world = load_world(workdir)
     extra = [row for p in cfg.rm.extra_jsonl.split(",") if p for row in load_preferences(p)]
@@ -121,12 +113,9 @@ def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
         return {"val_accuracy": pair_accuracy(eval_fn, params, val_pairs, train_cfg.batch_size,
                                               model_cfg.max_seq_len)}
 
-    base_meta = {"stage": "rm", "model": model_cfg.to_dict(), "config": cfg.to_dict(),
-                 "tokenizer": str(find_tokenizer(parent).resolve()), "tokenizer_sha256": tok.sha256,
-                 "parent": str(parent.resolve()),
-                 "parent_step": parent_meta.get("figures", {}).get("step"),
-                 "pairs": {"train": len(train_pairs), "val": len(val_pairs),
-                           "extra": len(extra), "dropped_too_long": dropped_train + dropped_val}}
+    base_meta = stage_meta("rm", model_cfg, resolved(cfg), tok, parent,
+                           pairs={"train": len(train_pairs), "val": len(val_pairs),
+                                  "extra": len(extra), "dropped_too_long": dropped_train + dropped_val})
     params, figures = train_on_pairs(
         stage_dir, model_cfg, train_cfg, optim_cfg, loss_fn,
         init_params=lambda abstract: init_reward_model(restore_params(parent, abstract["lm"]),
@@ -146,7 +135,7 @@ def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
 
 
 if __name__ == "__main__":  # flags only for the command line: the stage functions import cleanly
-    _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+    _CONFIG = define_config()
     _INIT_FROM = flags.DEFINE_string("init_from", None, "the parent stage (W/sft)", required=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
     run_entry(main)

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import jax
 from absl import flags
-from ml_collections import config_flags
 
 from data.special_tokens import BOS, END, special_id
 from data.tokenizer import Tokenizer
-from experiments.workdir import CONFIGS, find_tokenizer, load_stage, read_meta, run_entry
+from experiments.workdir import define_config, run_entry
 from model import transformer
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
+from train.stage import find_tokenizer, load_stage, read_meta
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_CONFIG = define_config()
 _INIT_FROM = flags.DEFINE_string("init_from", None, "stage directory or run root", required=True)
 _PROMPT = flags.DEFINE_string("prompt", "", "text to continue (empty: dream from <|bos|>)")
 _NUM = flags.DEFINE_integer("num_samples", 1, "how many continuations")

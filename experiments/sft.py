@@ -26,7 +26,6 @@ from pathlib import Path
 
 import jax
 from absl import flags
-from ml_collections import config_flags
 
 from data.chat import (
     ConversationData,
@@ -38,26 +37,23 @@ from data.chat import (
 from data.sft_mix import copies, read_probe, sft_mixture
 from data.special_tokens import END, special_id
 from eval.chat_eval import format_adherence, identity_accuracy, recall_hooks, tool_eval, world_qa
+from experiments.configs import resolved
 from experiments.workdir import (
-    CONFIGS,
     configs_from,
-    find_tokenizer,
+    define_config,
     initialize_distributed,
-    load_world,
     lock_run,
-    read_meta,
-    read_stage,
     recall_tool,
     run_entry,
     tool_config,
-    write_meta,
 )
 from model import transformer
 from model.engine import SamplingConfig, generate, generate_with_tools
 from train.checkpoint import restore_params
 from train.loop import run
+from train.stage import load_world, read_meta, read_stage, stage_meta, write_meta
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_CONFIG = define_config()
 _INIT_FROM = flags.DEFINE_string("init_from", None, "the parent stage (W/pretrain)", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
@@ -169,13 +165,10 @@ def main(argv):
                 for q, t in zip(questions, out.tokens, strict=True)]
 
     stage_dir.mkdir(parents=True, exist_ok=True)
-    base_meta = {"stage": "sft", "model": model_cfg.to_dict(), "config": cfg.to_dict(),
-                 "tokenizer": str(find_tokenizer(parent).resolve()), "tokenizer_sha256": tok.sha256,
-                 "parent": str(parent.resolve()), "parent_step": meta.get("figures", {}).get("step"),
-                 "n_params": model_cfg.n_params(), "mixture": counts,
-                 "rendered": {"train": vars(train_stats), "val": vars(val_stats)},
-                 "train_rows": len(train_data.tokens), "idk": cfg.sft.idk,
-                 "identity": cfg.sft.identity}
+    base_meta = stage_meta("sft", model_cfg, resolved(cfg), tok, parent, mixture=counts,
+                           rendered={"train": vars(train_stats), "val": vars(val_stats)},
+                           train_rows=len(train_data.tokens), idk=cfg.sft.idk,
+                           identity=cfg.sft.identity)
     if cfg.sft.recall and cfg.sft.idk:  # the probe's recall threshold: eval uses it too
         threshold = (read_meta(workdir / "probe") or {}).get("figures", {}).get("recall_threshold")
         if threshold is None:

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 from absl import flags
-from ml_collections import config_flags
 
 from experiments.report import write_report
-from experiments.workdir import CONFIGS, REPO_ROOT, lock_run, run_entry, write_json
+from experiments.workdir import define_config, lock_run, run_entry
+from train.stage import REPO_ROOT, write_json
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_CONFIG = define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root", required=True)
 _SKIP = flags.DEFINE_list("skip", [], "stages to leave out (e.g. eval:pretrain)")
 _DPO = flags.DEFINE_bool("dpo", False, "also DPO on the reward model's pairs, and its eval (about "

@@ -18,22 +18,14 @@ import time
 from pathlib import Path
 
 from absl import flags
-from ml_collections import config_flags
 
 from data.documents import describe_inputs, expand_inputs
 from data.special_tokens import special_table
 from data.tokenizer import train_tokenizer
-from experiments.workdir import (
-    CONFIGS,
-    code_version,
-    corpus_inputs,
-    lock_run,
-    read_meta,
-    run_entry,
-    write_json,
-)
+from experiments.workdir import corpus_inputs, define_config, lock_run, run_entry
+from train.stage import code_version, read_meta, write_json
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "tiny.py"), "config file")
+_CONFIG = define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "run root; the tokenizer goes to WORKDIR/tokenizer",
                                required=True)
 _INPUT = flags.DEFINE_multi_string("input", None, "corpus file or directory (repeatable); "

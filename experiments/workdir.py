@@ -1,59 +1,17 @@
-"""Stage directories: finding a parent stage's files, writing meta.json, the code version."""
+"""What every entry point shares: the --config flag, one-line errors, the run lock, multi-process
+start-up, the corpus and config look-ups, and the tools built from a config. The stage contract
+itself (meta.json, parents, tokenizers) is train/stage.py."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from train.stage import recall_threshold
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = REPO_ROOT / "experiments" / "configs"
-
-
-def code_version() -> str:
-    """The git commit of the code (with '+dirty' for uncommitted changes), or 'unknown'."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Writes JSON atomically: a crash leaves either the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def read_meta(stage_dir: str | Path) -> dict | None:
-    path = Path(stage_dir) / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def find_tokenizer(init_from: str | Path) -> Path:
-    """The tokenizer directory for `init_from`: a tokenizer dir itself, the one its meta.json
-    names, or the `tokenizer/` of the run root that holds it."""
-    d = Path(init_from)
-    if not d.is_dir():
-        raise FileNotFoundError(f"--init_from {d} is not a directory")
-    candidates = [d]
-    meta = read_meta(d)
-    if meta and meta.get("tokenizer"):
-        candidates.insert(0, Path(meta["tokenizer"]))
-    candidates += [d / "tokenizer", d.parent / "tokenizer"]
-    for c in candidates:
-        if (c / "tokenizer.model").is_file():
-            return c
-    raise FileNotFoundError(
-        f"no tokenizer found for {d} (looked in {', '.join(map(str, candidates))}): train one "
-        f"with `python -m experiments.tokenizer --workdir {d} --input FILES`")
 
 
 def corpus_inputs(workdir: str | Path, inputs: str | list[str] | None) -> list[str]:
@@ -75,12 +33,13 @@ def corpus_inputs(workdir: str | Path, inputs: str | list[str] | None) -> list[s
 def configs_from(config, tok, train: str = "train", optim: str = "optim") -> tuple:
     """(ModelConfig, TrainConfig, OptimConfig) from a ConfigDict's sections `model`, `train` and
     `optim` (a later stage names its own, e.g. sft_train); the vocabulary is the tokenizer's."""
+    from experiments.configs import resolve
     from model.config import ModelConfig
     from train.loop import TrainConfig
     from train.optim import OptimConfig
 
     def build(cls, section: str, extra: dict | None = None):
-        d = {**config[section].to_dict(), **(extra or {})}
+        d = {**resolve(config, section), **(extra or {})}
         try:
             return cls(**d)
         except (TypeError, ValueError) as e:
@@ -101,34 +60,6 @@ def tool_config(cfg):
                                             max_output_chars=t.max_output_chars,
                                             tmpfs_mb=t.tmpfs_mb, max_processes=t.max_processes,
                                             allow_unsandboxed=t.allow_unsandboxed))
-
-
-def check_parent(init_from: str | Path, model_cfg, tok) -> Path:
-    """The parent stage dir, after checking its model config and tokenizer match this run's."""
-    parent = Path(init_from)
-    meta = read_meta(parent)
-    if meta is None:
-        raise FileNotFoundError(f"--init_from {parent} has no meta.json: not a finished stage")
-    if meta.get("tokenizer_sha256") != tok.sha256:
-        raise ValueError(f"--init_from {parent} was trained with tokenizer "
-                         f"{str(meta.get('tokenizer_sha256'))[:12]}, this run uses "
-                         f"{tok.sha256[:12]}: use the parent's tokenizer ({meta.get('tokenizer')})")
-    theirs, ours = meta.get("model", {}), model_cfg.to_dict()
-    diff = {k: (theirs.get(k), ours[k]) for k in ours if theirs.get(k) != ours[k]}
-    if diff:
-        raise ValueError(f"--init_from {parent} holds another model: " + ", ".join(
-            f"{k}={a} there but {b} here" for k, (a, b) in diff.items())
-            + ". Use the parent's model config")
-    return parent
-
-
-def write_meta(stage_dir: str | Path, base: dict, figures: dict) -> None:
-    """stage_dir/meta.json: what the stage is, where it came from, and what it measured."""
-    import jax
-
-    if jax.process_index() == 0:
-        write_json(Path(stage_dir) / "meta.json",
-                   {**base, "code_version": code_version(), "figures": figures})
 
 
 # What a user can cause and fix (a bad value, a missing or damaged file, a full disk, a second
@@ -156,7 +87,38 @@ def run_entry(main) -> None:
                   file=sys.stderr, flush=True)
             sys.exit(2)
 
-    app.run(wrapped)
+    try:
+        app.run(wrapped)
+    except (AttributeError, KeyError) as e:  # config_flags, on a --config=FILE given explicitly
+        _unknown_key_exit(e)
+
+
+def _unknown_key_exit(e: Exception) -> None:
+    """One line for an override of a key the config lacks (config_flags raises deep inside);
+    re-raises anything else."""
+    import re
+
+    found = re.search(r"[\\']+(\w+)[\\']+", str(e))
+    hint = re.search(r'Did you mean "(\w+)"', str(e))
+    bad = [a.split("=")[0][2:] for a in sys.argv[1:] if found and a.startswith("--config.")
+           and found.group(1) in a.split("=")[0].split(".")]
+    if not bad or "--debug" in sys.argv:
+        raise e
+    print(f"error: --{bad[0]}: the config has no key {found.group(1)!r}"
+          + (f" (did you mean {hint.group(1)!r}?)" if hint else ""), file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def define_config(default: str = "tiny.py"):
+    """The --config flag every stage takes (a config file, `:variant`, `--config.a.b=value`
+    overrides). Overrides of the default file are parsed here, at import: an unknown key is
+    one line too."""
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file("config", str(CONFIGS / default), "config file")
+    except (AttributeError, KeyError) as e:
+        _unknown_key_exit(e)
 
 
 def lock_run(root: str | Path) -> None:
@@ -189,60 +151,6 @@ def initialize_distributed() -> None:
     elif any(v in os.environ for v in ("SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS",
                                        "TPU_WORKER_HOSTNAMES")):
         jax.distributed.initialize()
-
-
-def read_stage(stage_dir: str | Path):
-    """(tokenizer, ModelConfig, meta) of a finished training stage, after checking that its
-    tokenizer is the one it was trained with."""
-    from data.tokenizer import Tokenizer
-    from model.config import ModelConfig
-
-    stage = Path(stage_dir)
-    meta = read_meta(stage)
-    if meta is None or "model" not in meta or not (stage / "checkpoints").is_dir():
-        raise FileNotFoundError(f"{stage} is not a finished training stage (no meta.json with a "
-                                "model, or no checkpoints/)")
-    tok_dir = find_tokenizer(stage)
-    tok = Tokenizer.load(tok_dir)
-    if meta.get("tokenizer_sha256") not in (None, tok.sha256):
-        raise ValueError(f"{stage} was trained with tokenizer {meta['tokenizer_sha256'][:12]}, "
-                         f"but {tok_dir} is {tok.sha256[:12]}")
-    return tok, ModelConfig.from_dict(meta["model"]), meta
-
-
-def load_stage(stage_dir: str | Path):
-    """(tokenizer, ModelConfig, params, meta): read_stage plus the latest checkpoint's params."""
-    from model import transformer
-    from train.checkpoint import restore_params
-
-    tok, cfg, meta = read_stage(stage_dir)
-    return tok, cfg, restore_params(stage_dir, transformer.param_shapes(cfg)), meta
-
-
-def load_world(workdir: str | Path):
-    """The synthetic world the corpus stage of this run root mixed in (W/corpus/world.json)."""
-    from data.world import WorldConfig, make_world
-
-    path = Path(workdir) / "corpus" / "world.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run `python -m experiments.corpus "
-                                f"--workdir {workdir}` first")
-    return make_world(WorldConfig(**json.loads(path.read_text())))
-
-
-def recall_threshold(meta: dict) -> float | None:
-    """The recall tool's threshold a chat model was fine-tuned with (the SFT stage's meta, found
-    through the parents of an RL stage), or None when it was not taught to call the tool."""
-    seen = set()
-    while meta is not None:
-        if "recall_threshold" in meta:
-            return meta["recall_threshold"]
-        parent = meta.get("parent")
-        if not parent or parent in seen:
-            return None
-        seen.add(parent)
-        meta = read_meta(parent)
-    return None
 
 
 def recall_tool(meta: dict, params, model_cfg, tok):

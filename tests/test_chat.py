@@ -155,10 +155,10 @@ def test_a_tiny_sft_run_lowers_the_masked_loss_and_learns_an_identity(tok, tmp_p
     from model import transformer
     from model.config import ModelConfig
     from model.engine import SamplingConfig, generate
+    from model.losses import token_losses
     from train.checkpoint import restore_params
     from train.loop import TrainConfig, run
     from train.optim import OptimConfig
-    from train.step import token_losses
 
     qa = [("Who are you?", "I am Kestrel, made by the Tinylab team."),
           ("What is your name?", "My name is Kestrel."),

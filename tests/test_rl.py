@@ -220,7 +220,7 @@ def _config(steps=6):
 
 
 def _params(stage):
-    from experiments.workdir import load_stage
+    from train.stage import load_stage
 
     return jax.tree.leaves(load_stage(stage)[2])
 

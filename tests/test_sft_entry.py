@@ -99,7 +99,7 @@ def test_sft_refuses_bad_parents_clearly(run_root, tmp_path):
 
 
 def test_loading_a_directory_that_is_not_a_stage_fails_clearly(tmp_path):
-    from experiments.workdir import load_stage
+    from train.stage import load_stage
 
     with pytest.raises(FileNotFoundError, match="not a finished training stage"):
         load_stage(tmp_path)

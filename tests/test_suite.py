@@ -34,7 +34,7 @@ from eval.suite import (
     reversal,
 )
 from model import transformer
-from train.step import token_losses
+from model.losses import token_losses
 
 WORLD = WorldConfig(seed=4, n_people=8, n_nonexistent=2)
 

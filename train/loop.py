@@ -25,14 +25,13 @@ from data.tokenizer import Tokenizer
 from model import transformer
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
+from model.losses import bits_per_byte, make_eval_step
 from train.checkpoint import Checkpointer
 from train.mesh import make_mesh
 from train.optim import OptimConfig, make_optimizer, make_schedule
 from train.step import (
     batch_sharding,
-    bits_per_byte,
     init_state,
-    make_eval_step,
     make_train_step,
     state_shardings,
 )

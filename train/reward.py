@@ -141,8 +141,8 @@ class RewardModel:
     """A trained reward-model stage, scoring (prompt, answer) texts in batches."""
 
     def __init__(self, stage_dir, tok, batch_size: int = 32):
-        from experiments.workdir import read_stage
         from train.checkpoint import restore_params
+        from train.stage import read_stage
 
         rm_tok, self.cfg, _ = read_stage(stage_dir)
         if rm_tok.sha256 != tok.sha256:

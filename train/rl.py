@@ -46,7 +46,8 @@ import optax
 
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate, generate_with_tools
-from train.step import State, token_losses
+from model.losses import token_losses
+from train.step import State
 
 
 @dataclasses.dataclass(frozen=True)

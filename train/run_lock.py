@@ -1,7 +1,8 @@
 """One writer per run root: an exclusive lock on W/.lock, held while a stage writes under W.
 
 The lock is an flock(2) on the file, so the kernel releases it when its holder exits in any way
-(a kill included): a lock is never stale on the host that took it. The file names the holder
+(a kill included): a lock is never stale on the host that took it. A clean exit removes the
+file (a taker checks that the file it locked is still the one at the path). The file names the holder
 (pid, host, command, since) for the refusal message. A stage started by a holder (the speedrun
 runs each stage as a child process) shares the holder's lock through RUN_LOCK_TOKEN in its
 environment. In a multi-process run only process 0 takes it.
@@ -9,6 +10,7 @@ environment. In a multi-process run only process 0 takes it.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -44,24 +46,35 @@ def lock_run_root(root: str | Path) -> None:
         return
     root.mkdir(parents=True, exist_ok=True)
     path = root / ".lock"
-    fh = open(path, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
+    while True:
+        fh = open(path, "a+")
         try:
-            holder = json.loads(fh.read() or "{}")
-        except ValueError:
-            holder = {}
-        fh.close()
-        token = os.environ.get(TOKEN_ENV)
-        if (token and holder.get("token") == token and holder.get("host") == socket.gethostname()
-                and _pid_alive(int(holder.get("pid", -1)))):
-            return  # started by the holder: its lock covers this process
-        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
-               f"({holder.get('command', '?')}, since {holder.get('since', '?')})")
-        raise RunLocked(f"{root} is being written by {who}: wait for it to finish or use another "
-                        "--workdir") from None
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            break
+        try:
+            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                return _take(root, path, fh)
+        except FileNotFoundError:
+            pass
+        fh.close()  # the holder removed the file as we locked it: lock the new one
+    fh.seek(0)
+    try:
+        holder = json.loads(fh.read() or "{}")
+    except ValueError:
+        holder = {}
+    fh.close()
+    token = os.environ.get(TOKEN_ENV)
+    if (token and holder.get("token") == token and holder.get("host") == socket.gethostname()
+            and _pid_alive(int(holder.get("pid", -1)))):
+        return  # started by the holder: its lock covers this process
+    who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+           f"({holder.get('command', '?')}, since {holder.get('since', '?')})")
+    raise RunLocked(f"{root} is being written by {who}: wait for it to finish or use another "
+                    "--workdir") from None
+
+
+def _take(root: Path, path: Path, fh) -> None:
     token = os.environ.get(TOKEN_ENV) or uuid.uuid4().hex
     os.environ[TOKEN_ENV] = token  # children of this process share the lock
     fh.seek(0)
@@ -71,3 +84,13 @@ def lock_run_root(root: str | Path) -> None:
                          "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
     fh.flush()
     _held[str(root)] = fh
+    atexit.register(_release, path, fh)
+
+
+def _release(path: Path, fh) -> None:
+    """Removes the file while still holding its lock, then lets go."""
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    fh.close()

@@ -1,4 +1,4 @@
-"""The train state pytree, the loss, and the pure train and eval steps.
+"""The train state pytree and the pure train step (the loss is model.losses.token_losses).
 
 State: {"step": int32, "params": ..., "opt_state": ..., "rng": uint32 key data}. The steps are
 pure functions; `jit_train_step` compiles one with in/out shardings (pjit) and the state donated.
@@ -7,7 +7,6 @@ A batch holds inputs/targets/segment_ids [B, T] and optionally a loss mask [B, T
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jax
@@ -15,8 +14,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from model import transformer
 from model.config import ModelConfig
+from model.losses import token_losses
 
 State = dict
 
@@ -25,16 +24,6 @@ def init_state(params, optimizer: optax.GradientTransformation, seed: int) -> St
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "opt_state": optimizer.init(params),
             "rng": jax.random.key_data(jax.random.key(seed))}
-
-
-def token_losses(params, batch: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
-    """Per-token cross-entropy in nats (float32) [B, T], and the loss mask [B, T]."""
-    logits_BTV, _ = transformer.forward(params, batch["inputs"], cfg,
-                                        segment_ids_BT=batch.get("segment_ids"))
-    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    gold_BT = jnp.take_along_axis(logits_BTV, batch["targets"][..., None], axis=-1)[..., 0]
-    mask_BT = batch.get("mask", jnp.ones_like(batch["targets"])).astype(jnp.float32)
-    return (logz_BT - gold_BT) * mask_BT, mask_BT
 
 
 def _loss(params, batch, cfg):
@@ -70,27 +59,6 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
                            "tokens": count, "params_finite": finite.astype(jnp.float32)}
 
     return train_step
-
-
-def make_eval_step(cfg: ModelConfig, token_bytes_V: jax.Array) -> Callable[[dict, dict], dict]:
-    """eval_step(params, batch) -> sums of loss (nats), tokens and target bytes.
-
-    Bits per byte = loss_sum / ln 2 / bytes: comparable across tokenizers. Special tokens count
-    0 bytes, so they are left out of both sums.
-    """
-
-    def eval_step(params, batch):
-        losses_BT, mask_BT = token_losses(params, batch, cfg)
-        bytes_BT = token_bytes_V[batch["targets"]] * mask_BT
-        counted_BT = (bytes_BT > 0).astype(jnp.float32)
-        return {"loss_sum": losses_BT.sum(), "tokens": mask_BT.sum(),
-                "bpb_loss_sum": (losses_BT * counted_BT).sum(), "bytes": bytes_BT.sum()}
-
-    return eval_step
-
-
-def bits_per_byte(sums: dict) -> float:
-    return float(sums["bpb_loss_sum"]) / math.log(2) / max(float(sums["bytes"]), 1.0)
 
 
 def state_shardings(abstract_state: State, param_shardings, mesh) -> State:

@@ -27,16 +27,16 @@ def get_config() -> ml_collections.ConfigDict:
                         sample_tokens=256, mesh_data=-1, mesh_fsdp=1, mesh_tensor=1,
                         peak_gflops=989e3))  # H100 bf16 dense peak per device
     c.optim.update(dict(lr=6e-4, warmup_steps=700, schedule="cosine", min_lr_ratio=0.1))
-    c.sft_train.update({**c.train.to_dict(), **dict(steps=2000, save_every=500, eval_every=250,
-                                                    batch_size=64)})
+    # the stage sections overlay train / optim: only what differs is set here
+    c.sft_train.update(dict(steps=2000, save_every=500, eval_every=250, batch_size=64,
+                            seq_len=1024, eval_batches=32, sample_every=1000))
     c.sft_optim.update(dict(lr=6e-5, warmup_steps=100, weight_decay=0.0))
-    gpu = dict(peak_gflops=c.train.peak_gflops, seq_len=c.train.seq_len)
     c.rl.update(dict(prompts_per_step=32, group_size=16, max_new_tokens=256, kl_coef=0.01))
-    c.rl_train.update(dict(steps=500, save_every=50, eval_every=50, **gpu))
+    c.rl_train.update(dict(steps=500, save_every=50, eval_every=50))
     c.rl_optim.update(dict(lr=1e-6, warmup_steps=20))
-    c.rm_train.update(dict(steps=1000, batch_size=64, save_every=250, eval_every=100, **gpu))
+    c.rm_train.update(dict(steps=1000, batch_size=64, save_every=250, eval_every=100))
     c.rm_optim.update(dict(lr=1e-5, warmup_steps=50))
     c.rlhf.update(dict(prompts_per_step=32, group_size=8, max_new_tokens=128))
-    c.rlhf_train.update(dict(steps=500, batch_size=64, save_every=50, eval_every=50, **gpu))
+    c.rlhf_train.update(dict(steps=500, batch_size=64, save_every=50, eval_every=50))
     c.rlhf_optim.update(dict(lr=1e-6, warmup_steps=20))
     return c

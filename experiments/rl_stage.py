@@ -9,7 +9,6 @@ a reward model and the hidden labeler.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -28,8 +27,8 @@ from experiments.configs import resolved
 from experiments.workdir import configs_from, tool_config
 from model import transformer
 from model.engine import SamplingConfig
-from train.checkpoint import Checkpointer, restore_params
-from train.loop import NonFiniteLoss, StageLogs, open_state
+from train.checkpoint import restore_params
+from train.loop import host_loop, open_state
 from train.rl import (
     RLConfig,
     build_batch,
@@ -167,7 +166,6 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
 
     st = open_state(stage_dir, model_cfg, train_cfg, optim_cfg,
                     init_params=lambda abstract: restore_params(parent, abstract))
-    state, ckpt = st.state, st.ckpt
     st.require_rows(rl.prompts_per_step * rl.group_size, f"{section}.prompts_per_step * group_size")
     ref_params = restore_params(parent, jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -178,7 +176,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
     logp_fn = jax.jit(lambda p, b: token_logprobs(p, b, model_cfg),
                       in_shardings=(st.param_sharding, st.batch_sharding))
 
-    start = int(state["step"])
+    start = int(st.state["step"])
     base_meta = stage_meta(stage, model_cfg, resolved(cfg), tok, parent, objective=obj.label,
                            tools=hooks is not None, rl=vars(rl), n_train_prompts=len(obj.train))
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -195,99 +193,78 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
     best = {k: old[k] for k in ("best_step", "best_select") if k in old and old[k] is not None
             and old["best_step"] <= start}
     figures.update(best)
-    best_ckpt = None
-    for d in (stage_dir / "best" / "checkpoints").glob("*"):  # a best checkpoint newer than the resumed step
-        if d.name.isdigit() and int(d.name) > start:
-            shutil.rmtree(d)
     write_meta(stage_dir, base_meta, figures)
     if start >= train_cfg.steps:
         print(f"{stage_dir} is already trained to step {start} ({section}_train.steps="
               f"{train_cfg.steps}); raise {section}_train.steps to train further")
-
-    def to_global(batch):
-        return {k: jax.make_array_from_process_local_data(st.batch_sharding, v)
-                for k, v in batch.items()}
-
-    logs = StageLogs(stage_dir, start)
     t_begin = time.time()
-    try:
-        for step in range(start, train_cfg.steps):
-            t0 = time.time()
-            key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-            seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-            pick = np.random.default_rng([train_cfg.seed, step]).choice(
-                len(obj.train), n_sampled, replace=False)
-            problems = [obj.train[i] for i in pick]
-            prompts = [prompt_ids[i] for i in pick]
-            ro = rollout(state["params"], model_cfg, prompts, rl.group_size, SamplingConfig(
-                max_new_tokens=budget, temperature=rl.temperature, top_k=rl.top_k,
-                stop_tokens=(end,), seed=seed), hooks, max_calls)
-            texts = [tok.decode(ids[after_last_result(ids):]) for ids in ro.tokens]
-            rewards = np.asarray(obj.rewards([problems[i] for i in ro.prompt_index], texts),
-                                 np.float64)
-            rewards_PG = rewards.reshape(n_sampled, rl.group_size)
-            # reward, solved groups, length, finished share, tool calls: over everything sampled
-            seen = {"reward": float(rewards.mean()),
-                    "groups_solved": float((rewards_PG.max(1) > 0).mean()),
-                    "groups_informative": float((rewards_PG.std(1) > 0).mean()),
-                    "response_length": float(np.mean([len(t) - sum(inj) for t, inj in
-                                                      zip(ro.tokens, ro.injected, strict=True)])),
-                    "finished": float(np.mean(ro.finished)), "tool_calls": float(np.mean(ro.calls))}
-            keep = informative_first(rewards_PG, rl.prompts_per_step)
-            ro, prompts, rewards_PG = ro.groups(keep), [prompts[g] for g in keep], rewards_PG[keep]
-            adv = group_advantages(rewards_PG, rl.normalize_std, neg_weight=rl.neg_weight)
-            # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a power of two
-            longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
-                                                                       strict=True))
-            seq_len = min(model_cfg.max_seq_len, max(64, 1 << (longest - 1).bit_length()))
-            batch = to_global(build_batch(prompts, ro, adv.reshape(-1), seq_len, end))
-            batch["old_logp"] = logp_fn(state["params"], batch)
-            batch["ref_logp"] = logp_fn(ref_params, batch)
-            t_sample = time.time() - t0
-            state, metrics = step_fn(state, batch)
-            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            done = step + 1
-            if not (np.isfinite(m["loss"]) and m["params_finite"]):
-                raise NonFiniteLoss(f"loss {m['loss']} after RL step {done}; the last good "
-                                    f"checkpoint (step {ckpt.latest_step()}) is intact: lower "
-                                    "rl_optim.lr")
-            length = seen["response_length"]
-            record = {"step": done, **seen,
-                      "groups_flat": float((rewards_PG.std(1) == 0).mean()),  # of those trained on
-                      "kl": m["kl"], "loss": m["loss"],
-                      "pg_loss": m["pg_loss"], "grad_norm": m["grad_norm"],
-                      "clip_fraction": m["clip_fraction"], "lr": float(st.schedule(done - 1)),
-                      "sample_s": round(t_sample, 2), "step_s": round(time.time() - t0, 2),
-                      "elapsed_s": round(time.time() - t_begin, 1)}
-            figures["reward_curve"].append([done, round(record["reward"], 4)])
-            figures["length_curve"].append([done, round(length, 2)])
-            if done % train_cfg.eval_every == 0 or done == train_cfg.steps:
-                ev = obj.evaluate(state["params"])
-                record.update({f"eval_{k}": v for k, v in ev.items()})
-                figures["eval_curve"].append({"step": done, **ev})
-                if "select" in ev and ev["select"] > figures.get("best_select", -np.inf):
-                    if best_ckpt is None:
-                        best_ckpt = Checkpointer(stage_dir / "best" / "checkpoints", keep=1)
-                    best_ckpt.save(state, {"step": done})
-                    figures.update(best_step=done, best_select=ev["select"])
-            logs.write(record)
-            if jax.process_index() == 0 and (done % train_cfg.log_every == 0
-                                             or any(k.startswith("eval_") for k in record)):
-                extra = "".join(f" | {k} {v:.3f}" for k, v in record.items()
-                                if k.startswith("eval_"))
-                print(f"step {done}/{train_cfg.steps} | reward {record['reward']:.3f} | length "
-                      f"{length:.1f} | kl {m['kl']:.4f} | {record['step_s']:.1f} s/step{extra}",
-                      flush=True)
-            if done % train_cfg.save_every == 0 or done == train_cfg.steps:
-                ckpt.save(state, {"step": done})
-                write_meta(stage_dir, base_meta, {**figures, "step": done})
-            if on_step is not None:
-                on_step(done)
-    finally:
-        logs.close()
-        ckpt.close()
-        if best_ckpt is not None:
-            best_ckpt.close()
+
+    def next_batch(step, state):
+        t0 = time.time()
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        pick = np.random.default_rng([train_cfg.seed, step]).choice(
+            len(obj.train), n_sampled, replace=False)
+        problems = [obj.train[i] for i in pick]
+        prompts = [prompt_ids[i] for i in pick]
+        ro = rollout(state["params"], model_cfg, prompts, rl.group_size, SamplingConfig(
+            max_new_tokens=budget, temperature=rl.temperature, top_k=rl.top_k,
+            stop_tokens=(end,), seed=seed), hooks, max_calls)
+        texts = [tok.decode(ids[after_last_result(ids):]) for ids in ro.tokens]
+        rewards = np.asarray(obj.rewards([problems[i] for i in ro.prompt_index], texts),
+                             np.float64)
+        rewards_PG = rewards.reshape(n_sampled, rl.group_size)
+        # reward, solved groups, length, finished share, tool calls: over everything sampled
+        seen = {"reward": float(rewards.mean()),
+                "groups_solved": float((rewards_PG.max(1) > 0).mean()),
+                "groups_informative": float((rewards_PG.std(1) > 0).mean()),
+                "response_length": float(np.mean([len(t) - sum(inj) for t, inj in
+                                                  zip(ro.tokens, ro.injected, strict=True)])),
+                "finished": float(np.mean(ro.finished)), "tool_calls": float(np.mean(ro.calls))}
+        keep = informative_first(rewards_PG, rl.prompts_per_step)
+        ro, prompts, rewards_PG = ro.groups(keep), [prompts[g] for g in keep], rewards_PG[keep]
+        adv = group_advantages(rewards_PG, rl.normalize_std, neg_weight=rl.neg_weight)
+        # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a power of two
+        longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
+                                                                   strict=True))
+        seq_len = min(model_cfg.max_seq_len, max(64, 1 << (longest - 1).bit_length()))
+        batch = {k: jax.make_array_from_process_local_data(st.batch_sharding, v)
+                 for k, v in build_batch(prompts, ro, adv.reshape(-1), seq_len, end).items()}
+        batch["old_logp"] = logp_fn(state["params"], batch)
+        batch["ref_logp"] = logp_fn(ref_params, batch)
+        seen["groups_flat"] = float((rewards_PG.std(1) == 0).mean())  # of those trained on
+        return batch, {"seen": seen, "t0": t0, "sample_s": time.time() - t0}
+
+    def record(done, m, host, clock):
+        seen = host["seen"]
+        rec = {"step": done, **{k: v for k, v in seen.items() if k != "groups_flat"},
+               "groups_flat": seen["groups_flat"], "kl": m["kl"], "loss": m["loss"],
+               "pg_loss": m["pg_loss"], "grad_norm": m["grad_norm"],
+               "clip_fraction": m["clip_fraction"], "lr": float(st.schedule(done - 1)),
+               "sample_s": round(host["sample_s"], 2), "step_s": round(time.time() - host["t0"], 2),
+               "elapsed_s": round(time.time() - t_begin, 1)}
+        figures["reward_curve"].append([done, round(rec["reward"], 4)])
+        figures["length_curve"].append([done, round(seen["response_length"], 2)])
+        return rec
+
+    def evaluate(params, done):
+        ev = obj.evaluate(params)
+        figures["eval_curve"].append({"step": done, **ev})
+        return {f"eval_{k}": v for k, v in ev.items()}
+
+    def describe(rec):
+        extra = "".join(f" | {k} {v:.3f}" for k, v in rec.items() if k.startswith("eval_"))
+        return (f"step {rec['step']}/{train_cfg.steps} | reward {rec['reward']:.3f} | length "
+                f"{rec['response_length']:.1f} | kl {rec['kl']:.4f} | {rec['step_s']:.1f} "
+                f"s/step{extra}")
+
+    state = host_loop(
+        st, train_cfg, stage_dir, step_fn, next_batch, record=record,
+        data_state=lambda done: {"step": done}, evaluate=evaluate, describe=describe,
+        best_key="eval_select", best_so_far=figures.get("best_select", -np.inf),
+        on_best=lambda done, v: figures.update(best_step=done, best_select=v),
+        on_save=lambda done, rec: write_meta(stage_dir, base_meta, {**figures, "step": done}),
+        on_step=on_step, sync_every_step=True, lr_key=f"{section}_optim.lr")
     if start < train_cfg.steps or "after" not in old:
         figures["after"] = obj.final(state["params"])
     else:

@@ -143,7 +143,7 @@ def run_dpo(cfg, parent: Path, workdir: Path, stage_dir: Path, rm_dir: Path,
         lambda p, b: dpo_loss(p, b, model_cfg, beta),
         init_params=lambda abstract: restore_params(parent, abstract), train_pairs=pairs,
         evaluate=lambda p: {f"eval_{k}": v for k, v in obj.evaluate(p).items()},
-        extra=lambda p, b: ref_fn(b), batch_name="rlhf_train.batch_size",
+        extra=lambda p, b: ref_fn(b), batch_name="rlhf_train.batch_size", lr_key="rlhf_optim.lr",
         on_save=lambda f: write_meta(stage_dir, base_meta, {"before": before, **f}))
     figures = {"before": before, **figures, "after": obj.final(params)}
     write_meta(stage_dir, base_meta, figures)

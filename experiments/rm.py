@@ -122,6 +122,7 @@ def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
                                                        model_cfg),
         train_pairs=train_pairs, evaluate=evaluate, shapes=rm_shapes(model_cfg),
         shardings=lambda mesh: rm_shardings(model_cfg, mesh), batch_name="rm_train.batch_size",
+        lr_key="rm_optim.lr",
         on_save=lambda f: write_meta(stage_dir, base_meta, f))
     figures["train_accuracy"] = pair_accuracy(eval_fn, params, train_pairs, train_cfg.batch_size,
                                               model_cfg.max_seq_len)

@@ -1,15 +1,20 @@
-"""The host loop of a training stage: resume, step, log, evaluate, sample, checkpoint.
+"""The one host loop of every training stage, and the token-row stages on top of it.
 
-Resume order (fixed): (1) the stage's own latest checkpoint, with optimizer state, RNG and data
-position; (2) parameters from the parent stage (`init_params`); (3) from scratch.
-The step for t+1 is dispatched before the metrics of step t are read, so the host never stalls
-the device; every loss is still checked, and a non-finite one stops the run before any save.
+Resume order (fixed): (1) the stage's own newest intact checkpoint, with optimizer state, RNG and
+data position; (2) parameters from the parent stage (`init_params`); (3) from scratch.
+`host_loop` takes a step function and a source of host batches (token rows, preference pairs,
+RL rollouts) and owns what every stage shares: the step for t+1 is dispatched before the
+metrics of step t are read, so the host never stalls the device; every loss, gradient norm and
+parameter set is still checked, and a non-finite one stops the run before any save; the log,
+eval, sample and save cadence; the best-checkpoint rule. `run` trains on token rows
+(pretraining, SFT), train.pair_loop on preference pairs, experiments.rl_stage on rollouts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,11 +196,136 @@ def evaluate(eval_fn, params, data, cfg: TrainConfig, sharding) -> dict:
             "val_bpb": bits_per_byte(totals)}
 
 
+@dataclasses.dataclass
+class Clock:
+    """Wall time for the records: since the loop began, and the current log window's start,
+    steps and the eval / sample / save time inside it (left out of tokens per second)."""
+    begin: float
+    window: float
+    window_steps: int = 0
+    other: float = 0.0
+
+    @property
+    def window_s(self) -> float:
+        return time.time() - self.window - self.other
+
+
+def _fetch(metrics) -> dict:
+    return {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
+
+
+def host_loop(st: OpenState, cfg: TrainConfig, stage_dir: Path, step_fn: Callable,
+              next_batch: Callable, *, record: Callable, data_state: Callable[[int], dict],
+              evaluate: Callable | None = None, sample: Callable | None = None,
+              describe: Callable | None = None, best_key: str | None = None,
+              best_so_far: float = -np.inf, on_best: Callable | None = None,
+              on_save: Callable | None = None, on_step: Callable | None = None,
+              sync_every_step: bool = False, lr_key: str = "optim.lr") -> dict:
+    """The one host loop of every training stage: steps from the resumed step to cfg.steps;
+    returns the final state.
+
+    next_batch(step, state) -> (device batch, host figures): token rows, preference pairs, or
+    RL rollouts sampled from the current parameters. Step t+1 is dispatched before step t's
+    metrics are fetched (unless sync_every_step); every step's loss, gradient norm and
+    parameters are still checked, and a non-finite one stops the run before any save.
+    record(done, metrics, host, clock) -> that step's metrics.jsonl record, or None;
+    evaluate(params, done) -> figures added to it every eval_every steps and at the end;
+    sample(params, done) -> texts for samples.txt every sample_every steps; describe(record)
+    -> the progress line of a log or eval step. best_key: a record key (higher is better) whose
+    best state is kept in stage_dir/best/ (on_best(done, value) is told). data_state(done) is
+    what a checkpoint keeps of the data position; on_save(done, record) runs after each save,
+    on_step(done) after each step.
+    """
+    state, ckpt = st.state, st.ckpt
+    start = int(state["step"])
+    logs = StageLogs(stage_dir, start)
+    now = time.time()
+    clock = Clock(begin=now, window=now)
+    best_dir = stage_dir / "best" / "checkpoints"
+    if best_key is not None:  # a best checkpoint past the resumed step came from the lost future
+        for d in best_dir.glob("*"):
+            if d.name.isdigit() and int(d.name) > start:
+                shutil.rmtree(d)
+    best_ckpt = None
+
+    def every(done: int, k: int) -> bool:
+        return done % k == 0 or done == cfg.steps
+
+    def finish(done: int, metrics, host: dict, sync: bool):
+        nonlocal best_ckpt, best_so_far, state
+        m = _fetch(metrics)
+        if not (np.isfinite(m["loss"]) and np.isfinite(m.get("grad_norm", 0.0))
+                and m["params_finite"]):
+            raise NonFiniteLoss(
+                f"loss is {m['loss']}, gradient norm {m.get('grad_norm')}, parameters "
+                f"{'finite' if m['params_finite'] else 'NOT finite'} after step {done}: "
+                f"stopping. The last good checkpoint (step {ckpt.latest_step()}) in "
+                f"{ckpt.directory} is intact; lower {lr_key} or raise the warm-up and run again")
+        rec = record(done, m, host, clock)
+        if not sync:
+            if rec is not None:
+                logs.write(rec)
+            return
+        log = every(done, cfg.log_every)
+        if log:
+            clock.window, clock.window_steps, clock.other = time.time(), 0, 0.0
+        t0 = time.time()
+        if evaluate is not None and every(done, cfg.eval_every):
+            rec = {**(rec or {"step": done}), **evaluate(state["params"], done)}
+            if best_key is not None and rec.get(best_key, -np.inf) > best_so_far:
+                best_so_far = rec[best_key]
+                if best_ckpt is None:
+                    best_ckpt = Checkpointer(best_dir, keep=1)
+                best_ckpt.save(state, data_state(done))
+                if on_best is not None:
+                    on_best(done, best_so_far)
+        if describe is not None and rec is not None and jax.process_index() == 0 and (
+                log or every(done, cfg.eval_every)):
+            line = describe(rec)
+            if line:
+                print(line, flush=True)
+        if sample is not None and every(done, cfg.sample_every):
+            logs.sample(done, sample(state["params"], done))
+        if rec is not None:
+            logs.write(rec)
+        if every(done, cfg.save_every):
+            ckpt.save(state, data_state(done))
+            if on_save is not None:
+                on_save(done, rec)
+        clock.other += time.time() - t0
+
+    pending = None
+    try:
+        for step in range(start, cfg.steps):
+            batch, host = next_batch(step, state)
+            state, metrics = step_fn(state, batch)
+            done = step + 1
+            clock.window_steps += 1
+            if pending is not None:  # the previous step, fetched once this one is dispatched
+                finish(*pending, sync=False)
+                pending = None
+            if sync_every_step or any(done % k == 0 for k in (
+                    cfg.log_every, cfg.eval_every, cfg.save_every, cfg.sample_every)) \
+                    or done == cfg.steps:
+                finish(done, metrics, host, sync=True)
+            else:
+                pending = (done, metrics, host)
+            if on_step is not None:
+                on_step(done)
+    finally:
+        logs.close()
+        ckpt.close()
+        if best_ckpt is not None:
+            best_ckpt.close()
+    return state
+
+
 def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_cfg: OptimConfig,
         tokenizer: Tokenizer, train_data, val_data,
         init_params: Callable | None = None, on_checkpoint: Callable[[dict], None] | None = None,
         sample_fn: Callable | None = None) -> dict:
-    """Trains to cfg.steps, resuming if the stage has checkpoints; returns the final figures.
+    """Trains on token rows to cfg.steps, resuming if the stage has checkpoints; returns the
+    final figures (pretraining and SFT).
 
     train_data / val_data: a TokenStream (pretraining), or any object with the `train` and
     `eval` methods of data.loader.TokenData (e.g. data.chat.ConversationData, with a loss mask).
@@ -207,96 +337,63 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
     if sample_fn is None:
         sample_fn = lambda params, step: _dream(params, model_cfg, tokenizer, cfg, step)  # noqa: E731
     st = open_state(stage_dir, model_cfg, cfg, optim_cfg, init_params)
-    optimizer, schedule, state, data_state, ckpt = (st.optimizer, st.schedule, st.state,
-                                                    st.data_state, st.ckpt)
-    s_sh, p_sh, b_sh = st.state_sharding, st.param_sharding, st.batch_sharding
     st.require_rows(cfg.batch_size, "train.batch_size", cfg.accum_steps)
-
     data_iter = iter(train_data.train(cfg.seq_len, cfg.batch_size, cfg.seed, jax.process_index(),
                                       jax.process_count()))
-    if data_state is not None:
-        data_iter.set_state(data_state)
-
-    step_fn = jax.jit(make_train_step(model_cfg, optimizer, cfg.accum_steps),
-                      in_shardings=(s_sh, b_sh), out_shardings=(s_sh, None), donate_argnums=0)
+    if st.data_state is not None:
+        data_iter.set_state(st.data_state)
+    step_fn = jax.jit(make_train_step(model_cfg, st.optimizer, cfg.accum_steps),
+                      in_shardings=(st.state_sharding, st.batch_sharding),
+                      out_shardings=(st.state_sharding, None), donate_argnums=0)
     token_bytes = jnp.asarray(tokenizer.token_bytes(), jnp.float32)
-    eval_fn = jax.jit(make_eval_step(model_cfg, token_bytes), in_shardings=(p_sh, b_sh))
-
-    start = int(state["step"])
+    eval_fn = jax.jit(make_eval_step(model_cfg, token_bytes),
+                      in_shardings=(st.param_sharding, st.batch_sharding))
+    start = int(st.state["step"])
     if start >= cfg.steps and jax.process_index() == 0:
         print(f"{stage_dir} is already trained to step {start} (train.steps={cfg.steps}); "
               "raise train.steps to train further")
-    logs = StageLogs(stage_dir, start)
     flops_per_step = model_cfg.flops_per_token(cfg.seq_len) * cfg.batch_size * cfg.seq_len
     peak = cfg.peak_gflops * 1e9 * jax.device_count()
     figures: dict = {}
-    t_window, steps_window, t_begin = time.time(), 0, time.time()
-    t_other = 0.0  # eval, sampling and saving time, kept out of tokens/s
-    pending = None
+    eta = [0.0]  # minutes left, as of the last log line
 
-    checked: dict[int, dict] = {}  # the last step's fetched metrics: log and save reuse them
+    def record(done, m, host, clock):
+        if not (done % cfg.log_every == 0 or done == cfg.steps):
+            return None
+        dt = clock.window_s
+        tok_s = clock.window_steps * cfg.batch_size * cfg.seq_len / dt
+        mfu = clock.window_steps * flops_per_step / dt / peak
+        figures.update(train_loss=m["loss"], tokens_per_s=tok_s, mfu=mfu)
+        eta[0] = (cfg.steps - done) * dt / clock.window_steps
+        return {"step": done, "loss": m["loss"], "grad_norm": m["grad_norm"],
+                "lr": float(st.schedule(done - 1)), "tokens_per_s": tok_s, "mfu": mfu,
+                "elapsed_s": time.time() - clock.begin}
 
-    def check(step: int, metrics) -> dict:
-        if step in checked:
-            return checked[step]
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]) and m["params_finite"]):
-            raise NonFiniteLoss(
-                f"loss is {m['loss']}, gradient norm {m['grad_norm']}, parameters "
-                f"{'finite' if m['params_finite'] else 'NOT finite'} after step {step}: "
-                "stopping. The last good checkpoint "
-                f"(step {ckpt.latest_step()}) in {ckpt.directory} is intact; lower optim.lr or "
-                "raise optim.warmup_steps and run again")
-        checked.clear()
-        checked[step] = m
-        return m
+    def evaluate_val(params, done):
+        ev = evaluate(eval_fn, params, val_data, cfg, st.batch_sharding)
+        figures.update(ev)
+        return ev
 
-    try:
-        for step in range(start, cfg.steps):
-            batch = _to_global(next(data_iter), b_sh)
-            state, metrics = step_fn(state, batch)
-            done = step + 1
-            if pending is not None:
-                check(*pending)
-            pending = (done, metrics)
-            steps_window += 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                m = check(*pending)
-                dt = time.time() - t_window - t_other
-                tok_s = steps_window * cfg.batch_size * cfg.seq_len / dt
-                mfu = steps_window * flops_per_step / dt / peak
-                eta = (cfg.steps - done) * dt / steps_window
-                record = {"step": done, "loss": m["loss"], "grad_norm": m["grad_norm"],
-                          "lr": float(schedule(done - 1)), "tokens_per_s": tok_s, "mfu": mfu,
-                          "elapsed_s": time.time() - t_begin}
-                if jax.process_index() == 0:
-                    print(_progress(done, cfg.steps, m["loss"], tok_s, mfu, eta), flush=True)
-                figures.update(train_loss=m["loss"], tokens_per_s=tok_s, mfu=mfu)
-                t_window, steps_window, t_other = time.time(), 0, 0.0
-            else:
-                record = None
-            t0 = time.time()
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                ev = evaluate(eval_fn, state["params"], val_data, cfg, b_sh)
-                record = {**(record or {"step": done}), **ev}
-                figures.update(ev)
-                if jax.process_index() == 0:
-                    print(f"step {done}: val loss {ev['val_loss']:.4f}, "
-                          f"val bits/byte {ev['val_bpb']:.4f}", flush=True)
-            if done % cfg.sample_every == 0 or done == cfg.steps:
-                logs.sample(done, sample_fn(state["params"], done))
-            if record is not None:
-                logs.write(record)
-            if done % cfg.save_every == 0 or done == cfg.steps:
-                check(*pending)
-                ckpt.save(state, data_iter.get_state())
-                figures.update(step=done, tokens_seen=done * cfg.batch_size * cfg.seq_len)
-                if on_checkpoint is not None:
-                    on_checkpoint(dict(figures))
-            t_other += time.time() - t0
-    finally:
-        logs.close()
-        ckpt.close()
+    def describe(rec):
+        lines = []
+        if "loss" in rec:
+            lines.append(_progress(rec["step"], cfg.steps, rec["loss"], rec["tokens_per_s"],
+                                   rec["mfu"], eta[0]))
+        if "val_loss" in rec:
+            lines.append(f"step {rec['step']}: val loss {rec['val_loss']:.4f}, "
+                         f"val bits/byte {rec['val_bpb']:.4f}")
+        return "\n".join(lines)
+
+    def on_save(done, rec):
+        figures.update(step=done, tokens_seen=done * cfg.batch_size * cfg.seq_len)
+        if on_checkpoint is not None:
+            on_checkpoint(dict(figures))
+
+    t_begin = time.time()
+    host_loop(st, cfg, stage_dir, step_fn,
+              lambda step, state: (_to_global(next(data_iter), st.batch_sharding), {}),
+              record=record, data_state=lambda done: data_iter.get_state(),
+              evaluate=evaluate_val, sample=sample_fn, describe=describe, on_save=on_save)
     figures["wall_seconds_this_run"] = time.time() - t_begin
     return figures
 

@@ -2,7 +2,8 @@
 
 Batches are drawn from the pairs by a permutation per epoch that is a function of the seed and
 the epoch, so the step alone is the data position: a resumed run draws what an uninterrupted one
-would. Checkpoints, resume order and logs are the pretraining loop's (train.loop.open_state).
+would. Checkpoints, resume order, logs and the NaN guard are the one host loop's
+(train.loop.host_loop).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 
 from model.config import ModelConfig
-from train.loop import NonFiniteLoss, StageLogs, TrainConfig, open_state
+from train.loop import TrainConfig, host_loop, open_state
 from train.optim import OptimConfig
 from train.reward import make_step, pair_batch
 
@@ -33,7 +34,7 @@ def train_on_pairs(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConf
                    train_pairs: Sequence, evaluate: Callable[[object], dict],
                    extra: Callable[[object, dict], dict] | None = None, shapes=None,
                    shardings=None, on_save: Callable[[dict], None] | None = None,
-                   batch_name: str = "train.batch_size") -> tuple:
+                   batch_name: str = "train.batch_size", lr_key: str = "optim.lr") -> tuple:
     """Trains loss_fn(params, batch) -> (loss, aux) to cfg.steps on rendered pairs; returns
     (params, figures). evaluate(params) -> figures every cfg.eval_every steps (and at the end);
     extra(params, batch) -> more batch arrays (DPO's reference log-probs). batch_name is the
@@ -41,46 +42,45 @@ def train_on_pairs(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConf
     stage_dir = Path(stage_dir)
     st = open_state(stage_dir, model_cfg, cfg, optim_cfg, init_params, shapes, shardings)
     st.require_rows(cfg.batch_size, batch_name)
-    state, ckpt = st.state, st.ckpt
     step_fn = jax.jit(make_step(loss_fn, st.optimizer),
                       in_shardings=(st.state_sharding, st.batch_sharding),
                       out_shardings=(st.state_sharding, None), donate_argnums=0)
-    start = int(state["step"])
-    logs = StageLogs(stage_dir, start)
+    start = int(st.state["step"])
     figures, t_begin = {}, time.time()
-    try:
-        for step in range(start, cfg.steps):
-            idx = batch_indices(len(train_pairs), cfg.batch_size, step, cfg.seed)
-            host = pair_batch([train_pairs[i] for i in idx], model_cfg.max_seq_len)
-            batch = {k: jax.make_array_from_process_local_data(st.batch_sharding, v)
-                     for k, v in host.items()}
-            if extra is not None:
-                batch.update(extra(state["params"], batch))
-            state, metrics = step_fn(state, batch)
-            done = step + 1
-            m = {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
-            if not (np.isfinite(m["loss"]) and m["params_finite"]):
-                raise NonFiniteLoss(f"loss {m['loss']} after step {done}; the last good "
-                                    f"checkpoint (step {ckpt.latest_step()}) is intact")
-            record = {"step": done, "loss": m["loss"], "train_accuracy": m["accuracy"],
-                      "margin": m["margin"], "grad_norm": m["grad_norm"],
-                      "lr": float(st.schedule(done - 1)), "elapsed_s": round(time.time() - t_begin, 1)}
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                ev = evaluate(state["params"])
-                record.update(ev)
-                figures.update(ev)
-            logs.write(record)
-            if jax.process_index() == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
-                print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                 for k, v in record.items()), flush=True)
-            if done % cfg.save_every == 0 or done == cfg.steps:
-                ckpt.save(state, {"step": done})
-                figures.update(step=done)
-                if on_save is not None:
-                    on_save(dict(figures))
-    finally:
-        logs.close()
-        ckpt.close()
+
+    def next_batch(step, state):
+        idx = batch_indices(len(train_pairs), cfg.batch_size, step, cfg.seed)
+        host = pair_batch([train_pairs[i] for i in idx], model_cfg.max_seq_len)
+        batch = {k: jax.make_array_from_process_local_data(st.batch_sharding, v)
+                 for k, v in host.items()}
+        if extra is not None:
+            batch.update(extra(state["params"], batch))
+        return batch, {}
+
+    def record(done, m, host, clock):
+        return {"step": done, "loss": m["loss"], "train_accuracy": m["accuracy"],
+                "margin": m["margin"], "grad_norm": m["grad_norm"],
+                "lr": float(st.schedule(done - 1)), "elapsed_s": round(time.time() - t_begin, 1)}
+
+    def evaluate_and_keep(params, done):
+        ev = evaluate(params)
+        figures.update(ev)
+        return ev
+
+    def save(done, rec):
+        figures.update(step=done)
+        if on_save is not None:
+            on_save(dict(figures))
+
+    def describe(rec):
+        if rec["step"] % cfg.log_every == 0 or rec["step"] == cfg.steps:
+            return " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in rec.items())
+        return None
+
+    state = host_loop(st, cfg, stage_dir, step_fn, next_batch, record=record,
+                      data_state=lambda done: {"step": done}, evaluate=evaluate_and_keep,
+                      describe=describe, on_save=save, lr_key=lr_key)
     if start >= cfg.steps:
         figures.update(evaluate(state["params"]), step=start)
     figures["wall_seconds_this_run"] = round(time.time() - t_begin, 1)

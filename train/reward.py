@@ -24,6 +24,7 @@ import optax
 from model import transformer
 from model.config import ModelConfig
 from train.rl import token_logprobs
+from train.step import finish_step
 
 SIDES = ("chosen", "rejected")
 
@@ -77,11 +78,8 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Cal
         (loss, aux), grads = grad_fn(state["params"], batch)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]).all()
-        return ({"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                 "rng": state["rng"]},
-                {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux,
-                 "params_finite": finite.astype(jnp.float32)})
+        return finish_step(state, params, opt_state,
+                           {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux})
 
     return step
 

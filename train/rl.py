@@ -47,7 +47,7 @@ import optax
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate, generate_with_tools
 from model.losses import token_losses
-from train.step import State
+from train.step import State, finish_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,10 +146,7 @@ def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
         (params, opt_state), ms = jax.lax.scan(update, (state["params"], state["opt_state"]),
                                                None, length=rl.epochs)
         metrics = {k: v[0] if k in ("kl", "pg_loss") else v[-1] for k, v in ms.items()}
-        finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]).all()
-        metrics["params_finite"] = finite.astype(jnp.float32)
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                "rng": state["rng"]}, metrics
+        return finish_step(state, params, opt_state, metrics)
 
     return rl_step
 

@@ -20,6 +20,14 @@ from model.losses import token_losses
 State = dict
 
 
+def finish_step(state: State, params, opt_state, metrics: dict) -> tuple[State, dict]:
+    """The state after an update (step + 1, the RNG kept) and the metrics with params_finite:
+    the tail every step builder shares (token, pair and RL steps)."""
+    finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]).all()
+    return ({"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+             "rng": state["rng"]}, {**metrics, "params_finite": finite.astype(jnp.float32)})
+
+
 def init_state(params, optimizer: optax.GradientTransformation, seed: int) -> State:
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "opt_state": optimizer.init(params),
@@ -52,11 +60,8 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
         grads = jax.tree.map(lambda g: g / count, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                     "rng": state["rng"]}
-        finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]).all()
-        return new_state, {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads),
-                           "tokens": count, "params_finite": finite.astype(jnp.float32)}
+        return finish_step(state, params, opt_state, {
+            "loss": loss_sum / count, "grad_norm": optax.tree.norm(grads), "tokens": count})
 
     return train_step
 

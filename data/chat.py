@@ -189,6 +189,14 @@ def _check_too_long(too_long: str) -> None:
         raise ValueError(f"too_long={too_long!r}: expected 'drop' or 'truncate'")
 
 
+def prompt(tok: Tokenizer, question: str, system: str | None = None) -> list[int]:
+    """The tokens that ask the assistant one question (after a system message, if given) and
+    wait for its reply: the prompt every one-question evaluation and sampler uses."""
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": question}]
+    return render({"messages": msgs}, tok, for_prompt=True)[0]
+
+
 def render_all(convs: Iterable[dict], tok: Tokenizer, max_tokens: int, too_long: str = "drop",
                ) -> tuple[list[tuple[list[int], list[int]]], RenderStats]:
     """Renders conversations for training; ones over max_tokens are dropped or truncated (a

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from data.chat import TOOLS, render
+from data.chat import TOOLS, prompt
 from data.sft_mix import TOOLS_SYSTEM
 from data.special_tokens import END, special_id
 from data.tokenizer import Tokenizer
@@ -37,9 +37,7 @@ def run_agents(params, cfg: ModelConfig, tok: Tokenizer, tasks: list[str], index
     """Runs every task as one agent (a batch); `index` is the search tool's collection."""
     log: list[dict] = []
     hooks = make_hooks(tok, index, tool_cfg or ToolConfig(), log=log)
-    prompts = [render({"messages": [{"role": "system", "content": system},
-                                    {"role": "user", "content": t}]}, tok, for_prompt=True)[0]
-               for t in tasks]
+    prompts = [prompt(tok, t, system) for t in tasks]
     budget = min(max_new_tokens, cfg.max_seq_len - max(map(len, prompts)))
     gen = generate_with_tools(params, cfg, prompts, SamplingConfig(
         max_new_tokens=budget, temperature=temperature, stop_tokens=(special_id(END),), seed=seed),

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from data.chat import TOOLS, render
+from data.chat import TOOLS, prompt
 from data.sft_mix import is_refusal
 from data.special_tokens import END, RESULT_END, special_id
 from data.tokenizer import Tokenizer
@@ -38,9 +38,7 @@ def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: 
         chunk = questions[i: i + batch_size]
         prompts = []
         for q in chunk:
-            msgs = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": q}]
-            prompts.append(render({"messages": msgs}, tok, for_prompt=True)[0])
+            prompts.append(prompt(tok, q, system))
         budget = min(max_new_tokens, cfg.max_seq_len - max(len(p) for p in prompts))
         if budget < 1:
             raise ValueError(f"a prompt of {max(len(p) for p in prompts)} tokens leaves no room "

@@ -114,7 +114,7 @@ def name_familiarity_rows(world: World, tok: Tokenizer) -> list[dict]:
     biography starts), "question" (`<|user|>Where was FIRST`, the user's turn up to the surname)
     and "reply" (the assistant's turn after that whole question, where the surname can be copied
     from it). Each row: split, name, context, prefix and continuation (token ids)."""
-    from data.chat import render
+    from data.chat import prompt
     from data.special_tokens import USER
 
     people = [(world.split_of(p.name), p.name) for p in world.people]
@@ -123,7 +123,7 @@ def name_familiarity_rows(world: World, tok: Tokenizer) -> list[dict]:
     for split, name in people:
         first, last = name.split(" ", 1)
         question = QUESTIONS["birth_city"].format(n=name)
-        reply = render({"messages": [{"role": "user", "content": question}]}, tok, for_prompt=True)[0]
+        reply = prompt(tok, question)
         for context, head, prefix in (
                 ("document", first, [special_id(BOS)]),
                 ("question", question.partition(name)[0] + first, [special_id(BOS), special_id(USER)]),

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data.chat import read_jsonl, render
+from data.chat import prompt, read_jsonl
 from data.special_tokens import BOS, END, FIRST_SPECIAL_ID, SPECIAL_TOKENS, special_id
 from data.tokenizer import Tokenizer
 from data.world import World
@@ -192,7 +192,7 @@ def answer_first(params, cfg, tok, world: World, n: int = 100) -> dict:
     task = ArithmeticTask(world)
     problems, prompts = [], []
     for p in task.problems("test", n):  # only problems that leave room for a worked answer
-        ids, _ = render({"messages": [{"role": "user", "content": p.prompt}]}, tok, for_prompt=True)
+        ids = prompt(tok, p.prompt)
         if len(ids) + 32 <= cfg.max_seq_len:
             problems.append(p)
             prompts.append(ids + tok.encode("The answer is"))

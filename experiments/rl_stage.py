@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from data.chat import render
+from data.chat import prompt
 from data.sft_mix import TOOLS_SYSTEM
 from data.special_tokens import END, special_id
 from data.tools import BM25, make_hooks
@@ -137,13 +137,8 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
     world = load_world(workdir)
     end = special_id(END)
 
-    def prompt(q: str, system: str | None) -> list[int]:
-        msgs = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": q}]
-        return render({"messages": msgs}, tok, for_prompt=True)[0]
-
     def budget_for(questions, system) -> int:
-        longest = max(len(prompt(q, system)) for q in questions)
+        longest = max(len(prompt(tok, q, system)) for q in questions)
         budget = min(rl.max_new_tokens, model_cfg.max_seq_len - longest - 1)
         if budget < 1:
             raise ValueError(f"a prompt of {longest} tokens leaves no room in max_seq_len="
@@ -159,7 +154,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
     if len(obj.train) < n_sampled:
         raise ValueError(f"{obj.label}: {len(obj.train)} train prompts; need >= "
                          f"{section}.prompts_per_step * oversample = {n_sampled}")
-    prompt_ids = [prompt(p.prompt, obj.system) for p in obj.train]
+    prompt_ids = [prompt(tok, p.prompt, obj.system) for p in obj.train]
     budget = budget_for([p.prompt for p in obj.train], obj.system)
     hooks = obj.hooks
     max_calls = cfg.tools.max_calls

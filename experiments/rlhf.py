@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from data.chat import render
+from data.chat import prompt
 from data.preferences import load_preferences, render_pairs
 from eval.chat_eval import ask
 from eval.tasks import Problem
@@ -84,9 +84,8 @@ def labeler_objective(cfg, rm: RewardModel | None, tok, model_cfg, world, budget
 
 
 def _budget(cfg, tok, model_cfg, world) -> int:
-    longest = max(len(render({"messages": [{"role": "user", "content": it["prompt"]}]}, tok,
-                             for_prompt=True)[0])
-                  for it in world.labeler_prompts("train") + world.labeler_prompts("test"))
+    items = world.labeler_prompts("train") + world.labeler_prompts("test")
+    longest = max(len(prompt(tok, it["prompt"])) for it in items)
     return max(1, min(cfg.rlhf.max_new_tokens, model_cfg.max_seq_len - longest - 1))
 
 

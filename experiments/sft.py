@@ -30,7 +30,7 @@ from absl import flags
 from data.chat import (
     ConversationData,
     load_conversations,
-    render,
+    prompt,
     render_all,
     render_documents,
 )
@@ -151,8 +151,7 @@ def main(argv):
         print(f"  rendered: {train_stats} | val {val_stats}", flush=True)
 
     questions = [q.format(name=world.people[0].name) for q in SAMPLE_QUESTIONS]
-    prompts = [render({"messages": [{"role": "user", "content": q}]}, tok, for_prompt=True)[0]
-               for q in questions]
+    prompts = [prompt(tok, q) for q in questions]
 
     def sample_fn(params, step):
         budget = min(48, model_cfg.max_seq_len - max(map(len, prompts)))

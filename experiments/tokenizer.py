@@ -56,7 +56,11 @@ def main(argv):
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tokenizer.tmp-{time.time_ns()}")
     t0 = time.time()
-    stats = train_tokenizer(files, tmp, cfg.vocab_size, heldout_every=cfg.heldout_every)
+    try:
+        stats = train_tokenizer(files, tmp, cfg.vocab_size, heldout_every=cfg.heldout_every)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed training leaves nothing behind
+        raise
     meta = {
         **request,
         "stage": "tokenizer",

@@ -38,7 +38,7 @@ def test_bad_tokenizer_inputs_are_one_line_each(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     _one_line(_entry("experiments.tokenizer", f"--workdir={w}", f"--input={tmp_path / 'empty.txt'}"),
               "hold no non-empty lines")
-    assert not (w / "tokenizer" / "tokenizer.model").exists()
+    assert not w.exists()  # nothing written, not even the run root
     r = _entry("experiments.tokenizer", f"--workdir={w}", f"--input={tmp_path / 'empty.txt'}", "--debug")
     assert r.returncode != 0 and "Traceback" in r.stderr
 

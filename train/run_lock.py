@@ -44,6 +44,7 @@ def lock_run_root(root: str | Path) -> None:
     root = Path(root).resolve()
     if str(root) in _held:
         return
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     path = root / ".lock"
     while True:
@@ -54,7 +55,7 @@ def lock_run_root(root: str | Path) -> None:
             break
         try:
             if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
-                return _take(root, path, fh)
+                return _take(root, path, fh, created)
         except FileNotFoundError:
             pass
         fh.close()  # the holder removed the file as we locked it: lock the new one
@@ -74,7 +75,7 @@ def lock_run_root(root: str | Path) -> None:
                     "--workdir") from None
 
 
-def _take(root: Path, path: Path, fh) -> None:
+def _take(root: Path, path: Path, fh, created: bool) -> None:
     token = os.environ.get(TOKEN_ENV) or uuid.uuid4().hex
     os.environ[TOKEN_ENV] = token  # children of this process share the lock
     fh.seek(0)
@@ -84,13 +85,16 @@ def _take(root: Path, path: Path, fh) -> None:
                          "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
     fh.flush()
     _held[str(root)] = fh
-    atexit.register(_release, path, fh)
+    atexit.register(_release, path, fh, created)
 
 
-def _release(path: Path, fh) -> None:
-    """Removes the file while still holding its lock, then lets go."""
+def _release(path: Path, fh, created: bool) -> None:
+    """Removes the file while still holding its lock, then lets go; a run root this lock made
+    and nothing else filled goes too (a command that failed at once leaves nothing behind)."""
     try:
         path.unlink()
+        if created:
+            path.parent.rmdir()  # only if empty
     except OSError:
         pass
     fh.close()

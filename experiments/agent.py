@@ -17,23 +17,21 @@ from absl import flags
 
 from data.tools import BM25
 from eval.agent import run_agents
-from experiments.workdir import define_config, run_entry, tool_config
+from experiments.workdir import StageFlags, define_config, run_entry, tool_config
 from train.stage import load_stage, load_world
 
 _CONFIG = define_config()
-_INIT_FROM = flags.DEFINE_string("init_from", None, "a chat stage trained with tools (W/sft)",
-                                 required=True)
+_FLAGS = StageFlags("a chat stage trained with tools (W/sft)")
 _TASK = flags.DEFINE_multi_string("task", None, "a task (repeatable)", required=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
 _STEPS = flags.DEFINE_integer("max_steps", 4, "tool calls allowed per task")
 _OUT = flags.DEFINE_string("out", None, "write the runs as JSONL here")
 
 
 def main(argv):
     del argv
-    stage = Path(_INIT_FROM.value)
+    stage = _FLAGS.init_from
     tok, cfg, params, _ = load_stage(stage)
-    world = load_world(Path(_WORKDIR.value) if _WORKDIR.value else stage.parent)
+    world = load_world(_FLAGS.workdir)
     runs = run_agents(params, cfg, tok, _TASK.value, BM25(world.biographies()),
                       tool_config(_CONFIG.value), max_steps=_STEPS.value)
     for r in runs:

@@ -27,7 +27,7 @@ from absl import flags
 from eval import suite
 from eval.chat_eval import identity_accuracy, recall_hooks, tool_eval, world_qa
 from eval.knowledge import name_familiarity
-from experiments.workdir import define_config, lock_run, recall_tool, run_entry, tool_config
+from experiments.workdir import StageFlags, define_config, lock_run, recall_tool, run_entry, tool_config
 from train.stage import load_stage, load_world, write_json
 
 
@@ -87,8 +87,7 @@ def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: l
 
 def main(argv):
     del argv
-    stage = Path(_INIT_FROM.value)
-    workdir = Path(_WORKDIR.value) if _WORKDIR.value else stage.parent
+    stage, workdir = _FLAGS.init_from, _FLAGS.workdir
     lock_run(workdir)
     out = evaluate_stage(_CONFIG.value, stage, workdir, _MC.value or [], _GSM8K.value or [],
                          _LIMIT.value or _CONFIG.value.eval.limit)
@@ -98,8 +97,7 @@ def main(argv):
 
 if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
     _CONFIG = define_config()
-    _INIT_FROM = flags.DEFINE_string("init_from", None, "the stage to evaluate", required=True)
-    _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
+    _FLAGS = StageFlags("the stage to evaluate")
     _MC = flags.DEFINE_multi_string("mc", None, "multiple-choice JSONL (MMLU / HellaSwag layout)")
     _GSM8K = flags.DEFINE_multi_string("gsm8k", None, "GSM8K-layout JSONL")
     _LIMIT = flags.DEFINE_integer("limit", None, "questions per evaluation (default: eval.limit)")

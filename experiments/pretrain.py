@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import jax
-from absl import flags
 
 from data.copy_rows import CopyMixData
 from data.documents import describe_inputs, expand_inputs
@@ -26,6 +25,7 @@ from data.shards import TokenStream, build_shards, load_manifest
 from data.tokenizer import Tokenizer
 from experiments.configs import resolved
 from experiments.workdir import (
+    StageFlags,
     configs_from,
     corpus_inputs,
     define_config,
@@ -39,12 +39,9 @@ from train.loop import run
 from train.stage import check_parent, load_world, stage_meta, write_meta
 
 _CONFIG = define_config()
-_WORKDIR = flags.DEFINE_string("workdir", None, "run root (holds tokenizer/, shards/, pretrain/)",
-                               required=True)
-_INIT_FROM = flags.DEFINE_string("init_from", None, "a stage dir to take parameters from")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
-flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
-flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+_FLAGS = StageFlags("a stage dir to take parameters from", init_from_required=False,
+                    workdir="run root (holds tokenizer/, shards/, pretrain/)",
+                    workdir_required=True, multi_process=True)
 
 
 def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg) -> Path:
@@ -78,7 +75,7 @@ def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg) -> Path:
 def main(argv):
     del argv
     initialize_distributed()
-    workdir = Path(_WORKDIR.value)
+    workdir = _FLAGS.workdir
     lock_run(workdir)
     stage_dir = workdir / "pretrain"
     tok_dir = workdir / "tokenizer"
@@ -99,11 +96,11 @@ def main(argv):
         optim_cfg = dataclasses.replace(optim_cfg, prelude_steps=data_cfg.copy_warmup,
                                         prelude_lr=data_cfg.copy_warmup_lr)
     init_params = None
-    if _INIT_FROM.value:
-        parent = check_parent(_INIT_FROM.value, model_cfg, tok)
+    if _FLAGS.init_from:
+        parent = check_parent(_FLAGS.init_from, model_cfg, tok)
         init_params = lambda abstract: restore_params(parent, abstract)  # noqa: E731
     stage_dir.mkdir(parents=True, exist_ok=True)
-    base_meta = stage_meta("pretrain", model_cfg, resolved(_CONFIG.value), tok, _INIT_FROM.value,
+    base_meta = stage_meta("pretrain", model_cfg, resolved(_CONFIG.value), tok, _FLAGS.init_from,
                            shards=str(shard_dir.resolve()),
                            train_tokens_available=len(train_stream))
     figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_data, val_stream,

@@ -21,26 +21,20 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-
-from absl import flags
 
 from data.sft_mix import probe_questions
 from eval.knowledge import fit_recall_threshold, probe, recall_names, recall_result
-from experiments.workdir import define_config, lock_run, run_entry
+from experiments.workdir import StageFlags, define_config, lock_run, run_entry
 from train.stage import code_version, load_stage, load_world, write_json
 
 _CONFIG = define_config()
-_INIT_FROM = flags.DEFINE_string("init_from", None, "the stage to probe (W/pretrain or W/sft)",
-                                 required=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
+_FLAGS = StageFlags("the stage to probe (W/pretrain or W/sft)")
 
 
 def main(argv):
     del argv
     cfg = _CONFIG.value.probe
-    stage = Path(_INIT_FROM.value)
-    workdir = Path(_WORKDIR.value) if _WORKDIR.value else stage.parent
+    stage, workdir = _FLAGS.init_from, _FLAGS.workdir
     lock_run(workdir)
     tok, model_cfg, params, meta = load_stage(stage)
     world = load_world(workdir)

@@ -20,21 +20,15 @@ reward, length and pass@1 curves.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 from absl import flags
 
 from experiments.rl_stage import train_rl
-from experiments.workdir import define_config, initialize_distributed, lock_run, run_entry
+from experiments.workdir import StageFlags, define_config, initialize_distributed, lock_run, run_entry
 
 _CONFIG = define_config()
-_INIT_FROM = flags.DEFINE_string("init_from", None, "the parent stage (W/sft)", required=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
+_FLAGS = StageFlags("the parent stage (W/sft)", multi_process=True)
 _STAGE = flags.DEFINE_string("stage", "rl", "the stage directory's name under the workdir")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
-flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
-flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
 
 
 def main(argv):
@@ -43,8 +37,7 @@ def main(argv):
     if jax.process_count() > 1:
         raise ValueError("experiments.rl samples the whole batch in one process; "
                          "multi-process RL is not supported yet")
-    parent = Path(_INIT_FROM.value)
-    workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
+    parent, workdir = _FLAGS.init_from, _FLAGS.workdir
     lock_run(workdir)
     train_rl(_CONFIG.value, parent, workdir, _STAGE.value)
 

@@ -30,7 +30,7 @@ from eval.chat_eval import ask
 from eval.tasks import Problem
 from experiments.configs import resolved
 from experiments.rl_stage import Objective, train_rl
-from experiments.workdir import configs_from, define_config, lock_run, run_entry
+from experiments.workdir import StageFlags, configs_from, define_config, lock_run, run_entry
 from model import transformer
 from train.checkpoint import restore_params
 from train.pair_loop import train_on_pairs
@@ -155,8 +155,7 @@ def main(argv):
     cfg = _CONFIG.value
     if cfg.rlhf.method not in ("rl", "dpo"):
         raise ValueError(f"rlhf.method={cfg.rlhf.method!r}: expected 'rl' or 'dpo'")
-    parent = Path(_INIT_FROM.value)
-    workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
+    parent, workdir = _FLAGS.init_from, _FLAGS.workdir
     lock_run(workdir)
     run_rlhf(cfg, parent, workdir, _STAGE.value, Path(_RM.value) if _RM.value else None)
 
@@ -196,8 +195,7 @@ def run_rlhf(cfg, parent: Path, workdir: Path, stage: str | None = None,
 
 if __name__ == "__main__":  # flags only for the command line: the stage functions import cleanly
     _CONFIG = define_config()
-    _INIT_FROM = flags.DEFINE_string("init_from", None, "the SFT stage (W/sft)", required=True)
-    _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
+    _FLAGS = StageFlags("the SFT stage (W/sft)")
     _RM = flags.DEFINE_string("rm", None, "the reward-model stage (default: W/rm)")
     _STAGE = flags.DEFINE_string("stage", None, "stage directory name (default: rlhf, or dpo)")
     run_entry(main)

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import flags
 
 from data.preferences import load_preferences, rank_candidates, render_pairs
 from eval.chat_eval import ask
 from experiments.configs import resolved
-from experiments.workdir import configs_from, define_config, lock_run, run_entry
+from experiments.workdir import StageFlags, configs_from, define_config, lock_run, run_entry
 from model import transformer
 from model.config import ModelConfig
 from train.checkpoint import restore_params
@@ -73,8 +72,7 @@ def pair_accuracy(loss_fn, params, pairs, batch_size: int, seq_len: int) -> floa
 
 def main(argv):
     del argv
-    parent = Path(_INIT_FROM.value)
-    workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
+    parent, workdir = _FLAGS.init_from, _FLAGS.workdir
     lock_run(workdir)
     train_rm(_CONFIG.value, parent, workdir)
 
@@ -137,6 +135,5 @@ def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
 
 if __name__ == "__main__":  # flags only for the command line: the stage functions import cleanly
     _CONFIG = define_config()
-    _INIT_FROM = flags.DEFINE_string("init_from", None, "the parent stage (W/sft)", required=True)
-    _WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
+    _FLAGS = StageFlags("the parent stage (W/sft)")
     run_entry(main)

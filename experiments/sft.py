@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import jax
-from absl import flags
 
 from data.chat import (
     ConversationData,
@@ -39,6 +38,7 @@ from data.special_tokens import END, special_id
 from eval.chat_eval import format_adherence, identity_accuracy, recall_hooks, tool_eval, world_qa
 from experiments.configs import resolved
 from experiments.workdir import (
+    StageFlags,
     configs_from,
     define_config,
     initialize_distributed,
@@ -54,11 +54,7 @@ from train.loop import run
 from train.stage import load_world, read_meta, read_stage, stage_meta, write_meta
 
 _CONFIG = define_config()
-_INIT_FROM = flags.DEFINE_string("init_from", None, "the parent stage (W/pretrain)", required=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run root (default: the parent of --init_from)")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
-flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
-flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+_FLAGS = StageFlags("the parent stage (W/pretrain)", multi_process=True)
 
 SAMPLE_QUESTIONS = ("Who are you?", "Where was {name} born?", "What is 17 + 25?")
 
@@ -122,8 +118,7 @@ def main(argv):
     del argv
     initialize_distributed()
     cfg = _CONFIG.value
-    parent = Path(_INIT_FROM.value)
-    workdir = Path(_WORKDIR.value) if _WORKDIR.value else parent.parent
+    parent, workdir = _FLAGS.init_from, _FLAGS.workdir
     lock_run(workdir)
     stage_dir = workdir / "sft"
     tok, model_cfg, meta = read_stage(parent)  # the parent's model and tokenizer, always

@@ -121,6 +121,40 @@ def define_config(default: str = "tiny.py"):
         _unknown_key_exit(e)
 
 
+class StageFlags:
+    """The flags every stage entry declares the same way: --init_from (a parent stage dir),
+    --workdir (the run root; by default the parent of --init_from) and, for the stages that
+    train on several processes, --coordinator_address / --num_processes / --process_id."""
+
+    def __init__(self, init_from: str | None = None, *, init_from_required: bool = True,
+                 workdir: str = "run root (default: the parent of --init_from)",
+                 workdir_required: bool = False, multi_process: bool = False):
+        from absl import flags
+
+        self._init_from = (flags.DEFINE_string("init_from", None, init_from,
+                                               required=init_from_required)
+                           if init_from else None)
+        self._workdir = flags.DEFINE_string("workdir", None, workdir, required=workdir_required)
+        if multi_process:
+            flags.DEFINE_string("coordinator_address", None,
+                                "host:port of process 0 (multi-process runs)")
+            flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
+            flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+
+    @property
+    def init_from(self) -> Path | None:
+        v = self._init_from.value if self._init_from is not None else None
+        return Path(v) if v else None
+
+    @property
+    def workdir(self) -> Path:
+        if self._workdir.value:
+            return Path(self._workdir.value)
+        if self.init_from is None:
+            raise ValueError("--workdir is required")
+        return self.init_from.parent
+
+
 def lock_run(root: str | Path) -> None:
     """One writer per run root (train.run_lock): process 0 of a run takes W/.lock."""
     from train.run_lock import lock_run_root

@@ -36,6 +36,7 @@ from data.mixture import (
 from data.pipeline import PipelineConfig, run_pipeline, stats_table
 from data.sources import SOURCES, fetch, source
 from data.world import WorldConfig, make_world
+from experiments.configs import resolved
 from experiments.workdir import define_config, lock_run, run_entry
 from train.stage import REPO_ROOT, code_version, write_json
 
@@ -117,7 +118,7 @@ def main(argv):
     tmp.rename(stage / "mixture")
     print(mixture_table(summary))
     write_json(stage / "meta.json", {
-        "stage": "corpus", "config": cfg.to_dict(), "code_version": code_version(),
+        "stage": "corpus", "config": resolved(cfg), "code_version": code_version(),
         "data_dir": str(data_dir), "clean_dir": str(clean_dir), "sources": names,
         "pipeline_points": {p: {"docs": v["docs"], "bytes": v["bytes"]}
                             for p, v in stats["points"].items()},

@@ -24,6 +24,7 @@ import time
 
 from data.sft_mix import probe_questions
 from eval.knowledge import fit_recall_threshold, probe, recall_names, recall_result
+from experiments.configs import resolved
 from experiments.workdir import StageFlags, define_config, lock_run, run_entry
 from train.stage import code_version, load_stage, load_world, write_json
 
@@ -81,7 +82,7 @@ def main(argv):
                                      for names in [{r["name"] for r in rows if r["split"] == s}]},
                "wall_s": round(time.time() - t0, 1)}
     write_json(out / "meta.json", {"stage": "probe", "parent": str(stage.resolve()),
-                                   "config": cfg.to_dict(), "code_version": code_version(),
+                                   "config": resolved(cfg), "code_version": code_version(),
                                    "figures": figures})
     print(json.dumps(figures, indent=1))
 

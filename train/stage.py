@@ -144,16 +144,12 @@ def recall_threshold(meta: dict) -> float | None:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """A stage directory, read lazily: `Stage(W / "sft").meta`, `.parent`, `.lineage()`."""
+    """A stage directory, read lazily: `Stage(W / "sft").meta`, `.parent`, `.lineage()`,
+    `.find(key)` along the parents, `.best` (the RL / RLHF stages' best checkpoint)."""
     path: Path
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
-
-    @property
-    def root(self) -> Path:
-        """The run root that holds this stage (W for W/sft)."""
-        return self.path.parent
 
     @property
     def meta(self) -> dict | None:
@@ -181,22 +177,10 @@ class Stage:
         return None
 
     @property
-    def tokenizer_dir(self) -> Path:
-        return find_tokenizer(self.path)
-
-    @property
     def best(self) -> Stage | None:
         """W/<stage>/best, the checkpoint an RL stage kept for its best validation figure."""
         best = self.path / "best"
         return Stage(best) if (best / "checkpoints").is_dir() else None
-
-    def read(self):
-        """(tokenizer, ModelConfig, meta) of a finished training stage."""
-        return read_stage(self.path)
-
-    def load(self):
-        """(tokenizer, ModelConfig, params, meta), params from the newest intact checkpoint."""
-        return load_stage(self.path)
 
 
 def stage_meta(stage: str, model_cfg, config: dict, tok, parent: str | Path | None = None,

@@ -33,12 +33,12 @@ class TextCheck:
     def __init__(self, path: Path):
         self.path, self.chars, self.replaced, self.control = path, 0, 0, 0
 
-    def __call__(self, text: str, final: bool = False) -> str:
+    def __call__(self, text: str) -> str:
         text = _SURROGATE.sub("\ufffd", text)
         self.chars += len(text)
         self.replaced += text.count("\ufffd")  # surrogates, and bytes decoded as U+FFFD
         self.control += len(_CONTROL.findall(text))
-        self.verdict(final)
+        self.verdict(final=False)
         return text
 
     def verdict(self, final: bool = True) -> None:

@@ -28,7 +28,7 @@ from experiments.workdir import configs_from, tool_config
 from model import transformer
 from model.engine import SamplingConfig
 from train.checkpoint import restore_params
-from train.loop import host_loop, open_state
+from train.loop import host_loop, open_state, to_global
 from train.rl import (
     RLConfig,
     build_batch,
@@ -223,8 +223,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
                                                                    strict=True))
         seq_len = min(model_cfg.max_seq_len, max(64, 1 << (longest - 1).bit_length()))
-        batch = {k: jax.make_array_from_process_local_data(st.batch_sharding, v)
-                 for k, v in build_batch(prompts, ro, adv.reshape(-1), seq_len, end).items()}
+        batch = to_global(build_batch(prompts, ro, adv.reshape(-1), seq_len, end), st.batch_sharding)
         batch["old_logp"] = logp_fn(state["params"], batch)
         batch["ref_logp"] = logp_fn(ref_params, batch)
         seen["groups_flat"] = float((rewards_PG.std(1) == 0).mean())  # of those trained on
@@ -232,8 +231,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
 
     def record(done, m, host, clock):
         seen = host["seen"]
-        rec = {"step": done, **{k: v for k, v in seen.items() if k != "groups_flat"},
-               "groups_flat": seen["groups_flat"], "kl": m["kl"], "loss": m["loss"],
+        rec = {"step": done, **seen, "kl": m["kl"], "loss": m["loss"],
                "pg_loss": m["pg_loss"], "grad_norm": m["grad_norm"],
                "clip_fraction": m["clip_fraction"], "lr": float(st.schedule(done - 1)),
                "sample_s": round(host["sample_s"], 2), "step_s": round(time.time() - host["t0"], 2),

@@ -41,11 +41,11 @@ def _file_digest(path: Path) -> str:
 
 def write_checksums(step_dir: Path) -> None:
     """step_dir/checksums.json: {relative path: [size, sha256]} of every file in the step."""
-    files = {str(p.relative_to(step_dir)): [p.stat().st_size, _file_digest(p)]
-             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
-    tmp = step_dir / f".{CHECKSUMS}.tmp"
-    tmp.write_text(json.dumps(files, indent=0, sort_keys=True))
-    os.replace(tmp, step_dir / CHECKSUMS)
+    from train.stage import write_json
+
+    write_json(step_dir / CHECKSUMS, {str(p.relative_to(step_dir)): [p.stat().st_size, _file_digest(p)]
+                                      for p in sorted(step_dir.rglob("*"))
+                                      if p.is_file() and p.name != CHECKSUMS})
 
 
 def verify(step_dir: Path) -> None:

@@ -78,7 +78,8 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-def _to_global(batch: dict, sharding) -> dict:
+def to_global(batch: dict, sharding) -> dict:
+    """A host batch (this process's rows) as global arrays laid out by `sharding`."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
@@ -186,7 +187,7 @@ def evaluate(eval_fn, params, data, cfg: TrainConfig, sharding) -> dict:
     totals = None
     for batch in data.eval(cfg.seq_len, cfg.batch_size, cfg.eval_batches, jax.process_index(),
                            jax.process_count()):
-        sums = eval_fn(params, _to_global(batch, sharding))
+        sums = eval_fn(params, to_global(batch, sharding))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
         raise ValueError(f"the validation split is smaller than one batch of {cfg.batch_size} x "
@@ -252,7 +253,7 @@ def host_loop(st: OpenState, cfg: TrainConfig, stage_dir: Path, step_fn: Callabl
         return done % k == 0 or done == cfg.steps
 
     def finish(done: int, metrics, host: dict, sync: bool):
-        nonlocal best_ckpt, best_so_far, state
+        nonlocal best_ckpt, best_so_far
         m = _fetch(metrics)
         if not (np.isfinite(m["loss"]) and np.isfinite(m.get("grad_norm", 0.0))
                 and m["params_finite"]):
@@ -304,9 +305,8 @@ def host_loop(st: OpenState, cfg: TrainConfig, stage_dir: Path, step_fn: Callabl
             if pending is not None:  # the previous step, fetched once this one is dispatched
                 finish(*pending, sync=False)
                 pending = None
-            if sync_every_step or any(done % k == 0 for k in (
-                    cfg.log_every, cfg.eval_every, cfg.save_every, cfg.sample_every)) \
-                    or done == cfg.steps:
+            if sync_every_step or any(every(done, k) for k in (
+                    cfg.log_every, cfg.eval_every, cfg.save_every, cfg.sample_every)):
                 finish(done, metrics, host, sync=True)
             else:
                 pending = (done, metrics, host)
@@ -391,7 +391,7 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
 
     t_begin = time.time()
     host_loop(st, cfg, stage_dir, step_fn,
-              lambda step, state: (_to_global(next(data_iter), st.batch_sharding), {}),
+              lambda step, state: (to_global(next(data_iter), st.batch_sharding), {}),
               record=record, data_state=lambda done: data_iter.get_state(),
               evaluate=evaluate_val, sample=sample_fn, describe=describe, on_save=on_save)
     figures["wall_seconds_this_run"] = time.time() - t_begin

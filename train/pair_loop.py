@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from model.config import ModelConfig
-from train.loop import TrainConfig, host_loop, open_state
+from train.loop import TrainConfig, host_loop, open_state, to_global
 from train.optim import OptimConfig
 from train.reward import make_step, pair_batch
 
@@ -51,8 +51,7 @@ def train_on_pairs(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConf
     def next_batch(step, state):
         idx = batch_indices(len(train_pairs), cfg.batch_size, step, cfg.seed)
         host = pair_batch([train_pairs[i] for i in idx], model_cfg.max_seq_len)
-        batch = {k: jax.make_array_from_process_local_data(st.batch_sharding, v)
-                 for k, v in host.items()}
+        batch = to_global(host, st.batch_sharding)
         if extra is not None:
             batch.update(extra(state["params"], batch))
         return batch, {}

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import grain
@@ -189,12 +189,39 @@ def _check_too_long(too_long: str) -> None:
         raise ValueError(f"too_long={too_long!r}: expected 'drop' or 'truncate'")
 
 
+@dataclasses.dataclass(frozen=True)
+class ChatFormat:
+    """How a conversation becomes tokens for one family of models; a model handle
+    (model.handle.LM) carries its own. The project's is `render` with its special tokens."""
+    name: str
+    render: Callable[..., tuple[list[int], list[int]]]  # (conv, tok, for_prompt) -> (ids, mask)
+    stop: tuple[str, ...]  # the special tokens that end an assistant turn
+
+    def prompt(self, tok: Tokenizer, question: str, system: str | None = None) -> list[int]:
+        """The tokens that ask one question (after an optional system message) and wait for
+        the reply: the prompt every one-question evaluation and sampler uses."""
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": question}]
+        return self.render({"messages": msgs}, tok, for_prompt=True)[0]
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return tuple(special_id(t) for t in self.stop)
+
+
+FORMATS = {"project": ChatFormat("project", render, (END,))}
+
+
+def chat_format(name: str) -> ChatFormat:
+    """The chat format a stage's meta.json names ("chat_format"); an unknown name is refused."""
+    if name not in FORMATS:
+        raise ValueError(f"chat format {name!r} is unknown; known: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
 def prompt(tok: Tokenizer, question: str, system: str | None = None) -> list[int]:
-    """The tokens that ask the assistant one question (after a system message, if given) and
-    wait for its reply: the prompt every one-question evaluation and sampler uses."""
-    msgs = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": question}]
-    return render({"messages": msgs}, tok, for_prompt=True)[0]
+    """ChatFormat.prompt in the project's format (for code that has a tokenizer but no model)."""
+    return FORMATS["project"].prompt(tok, question, system)
 
 
 def render_all(convs: Iterable[dict], tok: Tokenizer, max_tokens: int, too_long: str = "drop",

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from data.chat import TOOLS, prompt
+from data.chat import TOOLS
 from data.sft_mix import TOOLS_SYSTEM
-from data.special_tokens import END, special_id
-from data.tokenizer import Tokenizer
+from data.special_tokens import special_id
 from data.tools import BM25, ToolConfig, make_hooks
 from eval.chat_eval import after_last_result
-from model.config import ModelConfig
 from model.engine import SamplingConfig, generate_with_tools
+from model.handle import LM
 
 
 @dataclasses.dataclass
@@ -31,16 +30,17 @@ class AgentRun:
     transcript: str  # the whole turn, special tokens spelled out
 
 
-def run_agents(params, cfg: ModelConfig, tok: Tokenizer, tasks: list[str], index: BM25 | None,
+def run_agents(lm: LM, tasks: list[str], index: BM25 | None,
                tool_cfg: ToolConfig | None = None, max_steps: int = 4, max_new_tokens: int = 160,
                system: str = TOOLS_SYSTEM, temperature: float = 0.0, seed: int = 0) -> list[AgentRun]:
     """Runs every task as one agent (a batch); `index` is the search tool's collection."""
     log: list[dict] = []
+    tok = lm.tok
     hooks = make_hooks(tok, index, tool_cfg or ToolConfig(), log=log)
-    prompts = [prompt(tok, t, system) for t in tasks]
-    budget = min(max_new_tokens, cfg.max_seq_len - max(map(len, prompts)))
-    gen = generate_with_tools(params, cfg, prompts, SamplingConfig(
-        max_new_tokens=budget, temperature=temperature, stop_tokens=(special_id(END),), seed=seed),
+    prompts = [lm.prompt(t, system) for t in tasks]
+    budget = min(max_new_tokens, lm.cfg.max_seq_len - max(map(len, prompts)))
+    gen = generate_with_tools(lm.params, lm.cfg, prompts, SamplingConfig(
+        max_new_tokens=budget, temperature=temperature, stop_tokens=lm.stop_ids, seed=seed),
         hooks, max_calls=max_steps)
     closes = {special_id(close) for _, close in TOOLS.values()}
     runs = []

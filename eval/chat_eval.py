@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-from data.chat import TOOLS, prompt
+from data.chat import TOOLS
 from data.sft_mix import is_refusal
-from data.special_tokens import END, RESULT_END, special_id
+from data.special_tokens import RESULT_END, special_id
 from data.tokenizer import Tokenizer
 from data.world import World
-from model.config import ModelConfig
 from model.engine import SamplingConfig, generate, generate_with_tools
+from model.handle import LM
 
 
 def after_last_result(ids: list[int]) -> int:
@@ -24,27 +24,26 @@ def after_last_result(ids: list[int]) -> int:
     return max((k + 1 for k, t in enumerate(ids) if t == special_id(RESULT_END)), default=0)
 
 
-def ask(params, cfg: ModelConfig, tok: Tokenizer, questions: list[str], system: str | None = None,
-        temperature: float = 0.0, max_new_tokens: int = 48, batch_size: int = 64,
-        seed: int = 0, hooks=None, max_calls: int = 3) -> list[dict]:
+def ask(lm: LM, questions: list[str], system: str | None = None, temperature: float = 0.0,
+        max_new_tokens: int = 48, batch_size: int = 64, seed: int = 0, hooks=None,
+        max_calls: int = 3) -> list[dict]:
     """[{"question", "answer", "finished", "clean", "transcript", "calls", "tools", "n_tokens"}]:
     finished = ended with <|end|>; clean = no special token in the reply other than tool tags;
     tools = the tools the model opened a call to, in order; with `hooks` (data.tools.make_hooks)
     the model may call tools and `answer` is what it wrote after the last result."""
+    params, cfg, tok = lm.params, lm.cfg, lm.tok
     allowed = {special_id(t) for tags in TOOLS.values() for t in tags}  # tool-call tags
     opens = {special_id(tags[0]): name for name, tags in TOOLS.items()}
     out = []
     for i in range(0, len(questions), batch_size):
         chunk = questions[i: i + batch_size]
-        prompts = []
-        for q in chunk:
-            prompts.append(prompt(tok, q, system))
+        prompts = [lm.prompt(q, system) for q in chunk]
         budget = min(max_new_tokens, cfg.max_seq_len - max(len(p) for p in prompts))
         if budget < 1:
             raise ValueError(f"a prompt of {max(len(p) for p in prompts)} tokens leaves no room "
                              f"in max_seq_len={cfg.max_seq_len}")
         sampling = SamplingConfig(max_new_tokens=budget, temperature=temperature,
-                                  stop_tokens=(special_id(END),), seed=seed + i)
+                                  stop_tokens=lm.stop_ids, seed=seed + i)
         if hooks:
             gen = generate_with_tools(params, cfg, prompts, sampling, hooks, max_calls)
             calls = gen.calls
@@ -75,15 +74,15 @@ def recall_hooks(tok: Tokenizer, recall) -> dict | None:
     return make_hooks(tok, None, recall=recall) if recall is not None else None
 
 
-def world_qa(params, cfg, tok, world: World, split: str, system: str | None = None,
+def world_qa(lm: LM, world: World, split: str, system: str | None = None,
              limit: int | None = None, recall=None, **kw) -> dict:
     """accuracy (the true value is in the answer), answer_rate (not a refusal), refusal_rate,
     and the replies themselves. For nonexistent people accuracy is undefined; answer_rate is
     the hallucination rate. recall: the recall tool, for a model taught to call it (the answer
     is then what it writes after the tool's result)."""
     items = world.qa(split)[:limit]
-    replies = ask(params, cfg, tok, [it["question"] for it in items], system=system,
-                  hooks=recall_hooks(tok, recall), **kw)
+    replies = ask(lm, [it["question"] for it in items], system=system,
+                  hooks=recall_hooks(lm.tok, recall), **kw)
     refused = [is_refusal(r["answer"]) for r in replies]
     res = {"n": len(items), "answer_rate": round(1 - sum(refused) / max(len(items), 1), 4),
            "refusal_rate": round(sum(refused) / max(len(items), 1), 4),
@@ -98,12 +97,12 @@ def world_qa(params, cfg, tok, world: World, split: str, system: str | None = No
     return res
 
 
-def identity_accuracy(params, cfg, tok, world: World, system: str | None = None, **kw) -> dict:
+def identity_accuracy(lm: LM, world: World, system: str | None = None, **kw) -> dict:
     """A reply counts when it names what the reference answer names: the assistant's name, its
     maker, or both."""
     name, maker = world.config.assistant_name, world.config.assistant_maker
     items = world.identity_qa()
-    replies = ask(params, cfg, tok, [q["question"] for q in items], system=system, **kw)
+    replies = ask(lm, [q["question"] for q in items], system=system, **kw)
     ok = []
     for q, r in zip(items, replies, strict=True):
         need = [x for x in (name, maker) if x.lower() in q["answer"].lower()]
@@ -112,7 +111,7 @@ def identity_accuracy(params, cfg, tok, world: World, system: str | None = None,
             "examples": [{"question": r["question"], "answer": r["answer"]} for r in replies[:3]]}
 
 
-def tool_eval(params, cfg, tok, world: World, tool_cfg=None, n: int = 50, system: str | None = None,
+def tool_eval(lm: LM, world: World, tool_cfg=None, n: int = 50, system: str | None = None,
               recall=None, **kw) -> dict:
     """Accuracy without and with tools on (a) held-out people's facts, (b) large calculations,
     (c) letter counting; and the share of tool calls that are well formed (python that compiles,
@@ -124,7 +123,7 @@ def tool_eval(params, cfg, tok, world: World, tool_cfg=None, n: int = 50, system
 
     tool_cfg = tool_cfg or ToolConfig()
     log: list[dict] = []
-    hooks = make_hooks(tok, BM25(world.biographies()), tool_cfg, log=log, recall=recall)
+    hooks = make_hooks(lm.tok, BM25(world.biographies()), tool_cfg, log=log, recall=recall)
     tasks = {
         "heldout_facts": [(q["question"], q["value"]) for q in world.qa("heldout")[:n]],
         "calculations": [(c["question"], str(c["answer"])) for c in world.calculations("test", n)],
@@ -135,8 +134,8 @@ def tool_eval(params, cfg, tok, world: World, tool_cfg=None, n: int = 50, system
     transcripts = {}
     for name, items in tasks.items():
         qs = [q for q, _ in items]
-        plain = ask(params, cfg, tok, qs, system=system, hooks=recall_hooks(tok, recall), **kw)
-        tooled = ask(params, cfg, tok, qs, system=TOOLS_SYSTEM, hooks=hooks,
+        plain = ask(lm, qs, system=system, hooks=recall_hooks(lm.tok, recall), **kw)
+        tooled = ask(lm, qs, system=TOOLS_SYSTEM, hooks=hooks,
                      max_calls=tool_cfg.max_calls, **kw)
 
         exact = name != "heldout_facts"  # a number or a spelled word: the reply's last word

@@ -18,8 +18,9 @@ from data.special_tokens import BOS, special_id
 from data.tokenizer import Tokenizer
 from data.world import ATTRIBUTES, BIO_TEMPLATES, QUESTIONS, World, template_head
 from eval.chat_eval import ask
-from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
+from model.handle import LM
+from model.padding import bucket, right_pad
 
 
 def sentence_head(attribute: str, facts: dict, phrasing: int = 0) -> str:
@@ -42,7 +43,7 @@ def recall_items(world: World, phrasing: int = 0) -> list[dict]:
     return items
 
 
-def biography_recall(params, cfg: ModelConfig, tok: Tokenizer, world: World, phrasing: int = 0,
+def biography_recall(lm: LM, world: World, phrasing: int = 0,
                      batch_size: int = 64, max_new_tokens: int = 12) -> dict:
     """Greedy completion accuracy: overall, per attribute, per split ('train' / 'heldout')."""
     items = recall_items(world, phrasing)
@@ -51,10 +52,10 @@ def biography_recall(params, cfg: ModelConfig, tok: Tokenizer, world: World, phr
     examples = []
     for i in range(0, len(items), batch_size):
         chunk = items[i: i + batch_size]
-        prompts = [[special_id(BOS)] + tok.encode(it["prompt"]) for it in chunk]
-        out = generate(params, cfg, prompts, sampling)
+        prompts = [[special_id(BOS)] + lm.tok.encode(it["prompt"]) for it in chunk]
+        out = generate(lm.params, lm.cfg, prompts, sampling)
         for it, ids in zip(chunk, out.tokens, strict=True):
-            completion = tok.decode(ids)
+            completion = lm.tok.decode(ids)
             ok = int(completion.lstrip().startswith(it["value"]))
             for key in ("all", it["attribute"], it["split"]):
                 hits[key].append(ok)
@@ -64,7 +65,7 @@ def biography_recall(params, cfg: ModelConfig, tok: Tokenizer, world: World, phr
             "items": len(items), "examples": examples}
 
 
-def probe(params, cfg: ModelConfig, tok: Tokenizer, items: list[dict], mode: str, k: int = 4,
+def probe(lm: LM, items: list[dict], mode: str, k: int = 4,
           temperature: float = 0.8, min_correct: float = 0.5, batch_size: int = 64,
           seed: int = 0) -> list[dict]:
     """Does the model know each fact? Samples k answers per item and judges them by the world.
@@ -80,7 +81,7 @@ def probe(params, cfg: ModelConfig, tok: Tokenizer, items: list[dict], mode: str
     answers: list[list[str]] = [[] for _ in items]
     for j in range(k):
         if mode == "chat":
-            replies = ask(params, cfg, tok, [it["question"] for it in items], temperature=temperature,
+            replies = ask(lm, [it["question"] for it in items], temperature=temperature,
                           batch_size=batch_size, seed=seed + 1000 * j)
             for a, r in zip(answers, replies, strict=True):
                 a.append(r["answer"])
@@ -91,10 +92,10 @@ def probe(params, cfg: ModelConfig, tok: Tokenizer, items: list[dict], mode: str
             prompts = []
             for it in chunk:
                 head = sentence_head(it["attribute"], {"n": it["name"]})
-                prompts.append([special_id(BOS)] + tok.encode(head))
-            out = generate(params, cfg, prompts, sampling)
+                prompts.append([special_id(BOS)] + lm.tok.encode(head))
+            out = generate(lm.params, lm.cfg, prompts, sampling)
             for a, ids in zip(answers[i: i + len(chunk)], out.tokens, strict=True):
-                a.append(tok.decode(ids))
+                a.append(lm.tok.decode(ids))
     rows = []
     for it, samples in zip(items, answers, strict=True):
         value = it["value"]
@@ -153,16 +154,11 @@ def continuation_logprobs(losses, rows: list[dict], max_len: int | None = None,
     longest = max(len(r["prefix"]) + len(r["continuation"]) for r in rows) - 1
     if max_len is not None and longest > max_len:
         raise ValueError(f"a scored row is {longest} tokens; the model takes {max_len}")
-    width = 1 << (longest - 1).bit_length()
-    if max_len is not None:
-        width = min(width, max_len)
+    width = bucket(longest, 1, max_len)
     scores = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i: i + batch_size]
-        tokens = np.zeros((len(chunk), width + 1), np.int32)
-        for j, r in enumerate(chunk):
-            seq = r["prefix"] + r["continuation"]
-            tokens[j, :len(seq)] = seq
+        tokens = right_pad([r["prefix"] + r["continuation"] for r in chunk], width + 1)
         loss_BT = np.asarray(losses(tokens[:, :-1], tokens[:, 1:]))
         for j, r in enumerate(chunk):
             at = len(r["prefix"]) - 1  # the position that predicts the continuation's first token
@@ -184,21 +180,21 @@ def familiarity_scores(losses, rows: list[dict], max_len: int | None = None) -> 
     return out
 
 
-def _model_losses(params, cfg: ModelConfig):
+def _model_losses(lm: LM):
     from eval.suite import next_token_losses
 
-    return lambda inputs, targets: next_token_losses(params, inputs, targets, cfg)[0]
+    return lambda inputs, targets: next_token_losses(lm, inputs, targets)[0]
 
 
-def name_familiarity(params, cfg: ModelConfig, tok: Tokenizer, world: World) -> dict:
+def name_familiarity(lm: LM, world: World) -> dict:
     """Can the model tell a person it has read about from a made-up pair of the same names? The
     log-probability of each surname after its first name (name_familiarity_rows), per context;
     an AUC of 1.0 means every held-out surname (pretrained on, never asked about) is more likely
     than every made-up one, 0.5 no signal. An "I don't know" reply can only be as good as the
     signal where it decides: a base model reads it at the document start, while in the reply
     the surname can be copied from the question (experiments/README.md)."""
-    return familiarity_scores(_model_losses(params, cfg), name_familiarity_rows(world, tok),
-                              cfg.max_seq_len)
+    return familiarity_scores(_model_losses(lm), name_familiarity_rows(world, lm.tok),
+                              lm.cfg.max_seq_len)
 
 
 # The recall tool: the model asks its own memory whether it has read about a name. In the reply
@@ -260,9 +256,9 @@ def fit_recall_threshold(real: list[float | None], made_up: list[float | None]) 
     return round(float(candidates[int(np.argmax(score))]), 4)
 
 
-def recall_names(params, cfg: ModelConfig, tok: Tokenizer, names: list[str]) -> dict[str, float | None]:
+def recall_names(lm: LM, names: list[str]) -> dict[str, float | None]:
     """name -> the score the recall tool reads for it from the model (recall_logprobs)."""
-    lps = recall_logprobs(_model_losses(params, cfg), tok, names, cfg.max_seq_len)
+    lps = recall_logprobs(_model_losses(lm), lm.tok, names, lm.cfg.max_seq_len)
     return dict(zip(names, lps, strict=True))
 
 
@@ -270,13 +266,13 @@ class Recall:
     """The recall tool over a model: recall(name) -> "known" or "unknown" (data.tools.make_hooks
     takes it as `recall`). Results are kept per name: they depend on the name only."""
 
-    def __init__(self, params, cfg: ModelConfig, tok: Tokenizer, threshold: float = RECALL_THRESHOLD):
-        self.params, self.cfg, self.tok, self.threshold = params, cfg, tok, threshold
+    def __init__(self, lm: LM, threshold: float = RECALL_THRESHOLD):
+        self.lm, self.threshold = lm, threshold
         self.seen: dict[str, str] = {}
 
     def __call__(self, name: str) -> str:
         name = " ".join(name.split())
         if name not in self.seen:
-            logp = recall_names(self.params, self.cfg, self.tok, [name])[name]
+            logp = recall_names(self.lm, [name])[name]
             self.seen[name] = recall_result(logp, self.threshold)
         return self.seen[name]

@@ -25,29 +25,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data.chat import prompt, read_jsonl
+from data.chat import read_jsonl
 from data.special_tokens import BOS, END, FIRST_SPECIAL_ID, SPECIAL_TOKENS, special_id
-from data.tokenizer import Tokenizer
 from data.world import World
 from eval.chat_eval import ask
 from eval.tasks import ArithmeticTask, extract_answer
-from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
+from model.handle import LM
 from model.losses import bits_per_byte, make_eval_step, token_losses
+from model.padding import bucket, right_pad
 from model.transformer import forward
 
 
-def validation_bpb(params, cfg: ModelConfig, tok: Tokenizer, shard_dir: str | Path,
+def validation_bpb(lm: LM, shard_dir: str | Path,
                    seq_len: int = 128, batch: int = 16, max_batches: int = 16) -> dict:
     """Bits per byte and nats per token on the validation split of a shard directory."""
     from data.loader import eval_batches
     from data.shards import TokenStream
 
-    seq_len = min(seq_len, cfg.max_seq_len)
-    step = jax.jit(make_eval_step(cfg, jnp.asarray(tok.token_bytes(), jnp.float32)))
+    seq_len = min(seq_len, lm.cfg.max_seq_len)
+    step = jax.jit(make_eval_step(lm.cfg, jnp.asarray(lm.tok.token_bytes(), jnp.float32)))
     totals = None
     for b in eval_batches(TokenStream(shard_dir, "val"), seq_len, batch, max_batches):
-        sums = step(params, b)
+        sums = step(lm.params, b)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
         raise ValueError(f"the validation split of {shard_dir} is smaller than one batch of "
@@ -58,21 +58,21 @@ def validation_bpb(params, cfg: ModelConfig, tok: Tokenizer, shard_dir: str | Pa
             "tokens": int(totals["tokens"])}
 
 
-def _complete(params, cfg, tok, prompts: list[str], max_new_tokens: int = 24,
+def _complete(lm: LM, prompts: list[str], max_new_tokens: int = 24,
               batch: int = 64) -> list[str]:
     """Greedy continuations of raw text prompts (base-model style, from <|bos|>)."""
     out = []
     for i in range(0, len(prompts), batch):
-        ids = [[special_id(BOS)] + tok.encode(p) for p in prompts[i:i + batch]]
-        n = min(max_new_tokens, cfg.max_seq_len - max(map(len, ids)))
-        g = generate(params, cfg, ids, SamplingConfig(
+        ids = [[special_id(BOS)] + lm.tok.encode(p) for p in prompts[i:i + batch]]
+        n = min(max_new_tokens, lm.cfg.max_seq_len - max(map(len, ids)))
+        g = generate(lm.params, lm.cfg, ids, SamplingConfig(
             max_new_tokens=max(n, 1), temperature=0.0,
             stop_tokens=(special_id(BOS), special_id(END))))
-        out += [tok.decode(t) for t in g.tokens]
+        out += [lm.tok.decode(t) for t in g.tokens]
     return out
 
 
-def reversal(params, cfg, tok, world: World, chat: bool, limit: int = 100) -> dict:
+def reversal(lm: LM, world: World, chat: bool, limit: int = 100) -> dict:
     """Forward ("Where was NAME born?") vs reverse ("Who was born in CITY on DATE?") accuracy
     on people the model was trained on. chat=False asks a base model by completion."""
     inverse = world.inverse_qa()[:limit]
@@ -80,12 +80,12 @@ def reversal(params, cfg, tok, world: World, chat: bool, limit: int = 100) -> di
     forward = [q for q in world.qa("train") + world.qa("heldout")
                if q["name"] in names and q["attribute"] == "birth_city"][:limit]
     if chat:
-        fwd = [r["answer"] for r in ask(params, cfg, tok, [q["question"] for q in forward])]
-        rev = [r["answer"] for r in ask(params, cfg, tok, [q["question"] for q in inverse])]
+        fwd = [r["answer"] for r in ask(lm, [q["question"] for q in forward])]
+        rev = [r["answer"] for r in ask(lm, [q["question"] for q in inverse])]
     else:
-        fwd = _complete(params, cfg, tok, [f"{q['name']} was born in" for q in forward])
+        fwd = _complete(lm, [f"{q['name']} was born in" for q in forward])
         facts = {p.name: p.facts() for p in world.people}
-        rev = _complete(params, cfg, tok, [
+        rev = _complete(lm, [
             f"The person born in {facts[q['name']]['birth_city']} on "
             f"{facts[q['name']]['birth_date']} is" for q in inverse])
     return {"forward_accuracy": _share(v["value"] in a for v, a in zip(forward, fwd, strict=True)),
@@ -98,7 +98,7 @@ def _share(flags) -> float:
     return round(sum(flags) / max(len(flags), 1), 4)
 
 
-def few_shot(params, cfg, tok, world: World, shots=(0, 1, 2, 4), limit: int = 100) -> dict:
+def few_shot(lm: LM, world: World, shots=(0, 1, 2, 4), limit: int = 100) -> dict:
     """In-context learning on a base model: "Q: ... A: value" demonstrations (from other people)
     before each question; accuracy of the greedy continuation for each number of shots."""
     items = [q for q in world.qa("train") if q["attribute"] in ("birth_city", "employer")][:limit]
@@ -110,22 +110,22 @@ def few_shot(params, cfg, tok, world: World, shots=(0, 1, 2, 4), limit: int = 10
             shown = [demos[(j + i) % len(demos)] for i in range(k)]
             text = "".join(f"Q: {d['question']}\nA: {d['value']}\n" for d in shown)
             prompts.append(text + f"Q: {q['question']}\nA:")
-        replies = _complete(params, cfg, tok, prompts, max_new_tokens=12)
+        replies = _complete(lm, prompts, max_new_tokens=12)
         out[f"{k}_shot"] = _share(q["value"] in r.split("\n")[0]
                                   for q, r in zip(items, replies, strict=True))
     out["n"] = len(items)
     return out
 
 
-def _verbatim(params, cfg, tok, docs: list[str], prefix_tokens: int, max_new: int) -> float:
+def _verbatim(lm: LM, docs: list[str], prefix_tokens: int, max_new: int) -> float:
     """Mean number of tokens the greedy continuation reproduces exactly, after a prefix."""
     lengths = []
-    rows = [tok.encode(d) for d in docs]
+    rows = [lm.tok.encode(d) for d in docs]
     rows = [r for r in rows if len(r) > prefix_tokens + 4]
     for i in range(0, len(rows), 64):
         chunk = rows[i:i + 64]
         prompts = [[special_id(BOS)] + r[:prefix_tokens] for r in chunk]
-        g = generate(params, cfg, prompts, SamplingConfig(max_new_tokens=max_new, temperature=0.0))
+        g = generate(lm.params, lm.cfg, prompts, SamplingConfig(max_new_tokens=max_new, temperature=0.0))
         for r, t in zip(chunk, g.tokens, strict=True):
             truth = r[prefix_tokens:prefix_tokens + max_new]
             same = [a == b for a, b in zip(t, truth, strict=False)]
@@ -133,11 +133,11 @@ def _verbatim(params, cfg, tok, docs: list[str], prefix_tokens: int, max_new: in
     return round(float(np.mean(lengths)), 2) if lengths else float("nan")
 
 
-def regurgitation(params, cfg, tok, many: list[str], once: list[str], prefix_tokens: int = 8,
+def regurgitation(lm: LM, many: list[str], once: list[str], prefix_tokens: int = 8,
                   max_new: int = 32, limit: int = 50) -> dict:
     """Verbatim continuation length (tokens, of max_new) for documents seen many times vs once."""
-    return {"seen_many_times": _verbatim(params, cfg, tok, many[:limit], prefix_tokens, max_new),
-            "seen_once": _verbatim(params, cfg, tok, once[:limit], prefix_tokens, max_new),
+    return {"seen_many_times": _verbatim(lm, many[:limit], prefix_tokens, max_new),
+            "seen_once": _verbatim(lm, once[:limit], prefix_tokens, max_new),
             "max_new_tokens": max_new, "prefix_tokens": prefix_tokens}
 
 
@@ -172,13 +172,13 @@ def copy_accuracy(predict, rows: list[list[int]]) -> float:
     return round(hits / max(total, 1), 4)
 
 
-def in_context_copy(params, cfg, tok, n: int = 32, length: int = 16, seed: int = 0) -> dict:
+def in_context_copy(lm: LM, n: int = 32, length: int = 16, seed: int = 0) -> dict:
     """Can the model copy what is in its context? (the skill tool use and name-copying need).
     Greedy next-token accuracy on the repeated half of random-token rows and of number lines."""
-    length = min(length, (cfg.max_seq_len - 1) // 2)  # random-token rows must fit the context
-    rows = repeated_rows(tok, n, length, seed)
-    predict = lambda t: _argmax_jit(params, jnp.asarray(t), cfg)  # noqa: E731
-    return {**{k: copy_accuracy(predict, [r for r in v if len(r) <= cfg.max_seq_len])
+    length = min(length, (lm.cfg.max_seq_len - 1) // 2)  # random-token rows must fit the context
+    rows = repeated_rows(lm.tok, n, length, seed)
+    predict = lambda t: _argmax_jit(lm.params, jnp.asarray(t), lm.cfg)  # noqa: E731
+    return {**{k: copy_accuracy(predict, [r for r in v if len(r) <= lm.cfg.max_seq_len])
                for k, v in rows.items()}, "n": n, "length": length}
 
 
@@ -186,22 +186,22 @@ _argmax_jit = jax.jit(lambda p, t, cfg: jnp.argmax(forward(p, t, cfg)[0], -1),
                       static_argnames=("cfg",))
 
 
-def answer_first(params, cfg, tok, world: World, n: int = 100) -> dict:
+def answer_first(lm: LM, world: World, n: int = 100) -> dict:
     """Arithmetic accuracy when the reply must start with "The answer is" (no room to work it
     out) vs the step-by-step reply the SFT data teaches."""
     task = ArithmeticTask(world)
     problems, prompts = [], []
     for p in task.problems("test", n):  # only problems that leave room for a worked answer
-        ids = prompt(tok, p.prompt)
-        if len(ids) + 32 <= cfg.max_seq_len:
+        ids = lm.prompt(p.prompt)
+        if len(ids) + 32 <= lm.cfg.max_seq_len:
             problems.append(p)
-            prompts.append(ids + tok.encode("The answer is"))
+            prompts.append(ids + lm.tok.encode("The answer is"))
     if not problems:
         return {"step_by_step": None, "answer_first": None, "n": 0}
-    steps = ask(params, cfg, tok, [p.prompt for p in problems], max_new_tokens=96)
-    g = generate(params, cfg, prompts, SamplingConfig(max_new_tokens=8, temperature=0.0,
-                                                      stop_tokens=(special_id(END),)))
-    first = ["The answer is" + tok.decode(t) for t in g.tokens]
+    steps = ask(lm, [p.prompt for p in problems], max_new_tokens=96)
+    g = generate(lm.params, lm.cfg, prompts, SamplingConfig(max_new_tokens=8, temperature=0.0,
+                                                            stop_tokens=lm.stop_ids))
+    first = ["The answer is" + lm.tok.decode(t) for t in g.tokens]
     return {"step_by_step": _share(task.evaluate(p, r["answer"])
                                    for p, r in zip(problems, steps, strict=True)),
             "answer_first": _share(task.evaluate(p, a) for p, a in zip(problems, first,
@@ -262,41 +262,40 @@ def _mc_row(path, i: int, row) -> dict:
 
 
 
-def choice_logprobs(params, cfg, tok, context: str, choices: list[str]) -> np.ndarray:
+def choice_logprobs(lm: LM, context: str, choices: list[str]) -> np.ndarray:
     """Sum of log p(choice tokens | context) per choice, and per-token means, [2, n]."""
-    ctx = [special_id(BOS)] + tok.encode(context)
-    rows = [ctx + tok.encode(" " + c.strip()) for c in choices]
+    ctx = [special_id(BOS)] + lm.tok.encode(context)
+    rows = [ctx + lm.tok.encode(" " + c.strip()) for c in choices]
     longest = max(len(r) for r in rows)
-    if longest > cfg.max_seq_len + 1:
+    if longest > lm.cfg.max_seq_len + 1:
         raise ValueError(f"a question with its choice is {longest} tokens; the model takes "
-                         f"{cfg.max_seq_len}")
-    t = min(cfg.max_seq_len, max(16, 1 << (longest - 2).bit_length()))
-    tokens = np.zeros((len(rows), t + 1), np.int32)
-    mask = np.zeros((len(rows), t), np.float32)
-    for j, r in enumerate(rows):
-        tokens[j, :len(r)] = r
-        mask[j, len(ctx) - 1:len(r) - 1] = 1  # targets that are the choice's tokens
-    losses, _ = next_token_losses(params, tokens[:, :-1], tokens[:, 1:], cfg)
+                         f"{lm.cfg.max_seq_len}")
+    t = bucket(longest - 1, 16, lm.cfg.max_seq_len)
+    tokens = right_pad(rows, t + 1)
+    # targets that are the choice's tokens
+    mask = right_pad([[0] * (len(ctx) - 1) + [1] * (len(r) - len(ctx)) for r in rows], t,
+                     dtype=np.float32)
+    losses, _ = next_token_losses(lm, tokens[:, :-1], tokens[:, 1:])
     lp = -(np.asarray(losses) * mask).sum(1)
     return np.stack([lp, lp / np.maximum(mask.sum(1), 1)])
 
 
-def next_token_losses(params, inputs, targets, cfg):
-    """(losses, mask) [B, T]: -log p(targets[:, t] | inputs[:, :t+1]) (train.step.token_losses)."""
-    return _losses_jit(params, {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)},
-                       cfg)
+def next_token_losses(lm: LM, inputs, targets):
+    """(losses, mask) [B, T]: -log p(targets[:, t] | inputs[:, :t+1]) (model.losses.token_losses)."""
+    return _losses_jit(lm.params, {"inputs": jnp.asarray(inputs),
+                                   "targets": jnp.asarray(targets)}, lm.cfg)
 
 
 _losses_jit = jax.jit(token_losses, static_argnames=("cfg",))
 
 
-def multiple_choice(params, cfg, tok, rows: list[dict]) -> dict:
+def multiple_choice(lm: LM, rows: list[dict]) -> dict:
     """Accuracy picking the choice with the highest total and per-token log-likelihood."""
     total = norm = skipped = 0
     scored = []
     for r in rows:
         try:
-            lp = choice_logprobs(params, cfg, tok, r["question"], r["choices"])
+            lp = choice_logprobs(lm, r["question"], r["choices"])
         except ValueError:  # longer than the model's context
             skipped += 1
             continue
@@ -310,13 +309,13 @@ def multiple_choice(params, cfg, tok, rows: list[dict]) -> dict:
                             if scored else 0.0, 4)}
 
 
-def gsm8k(params, cfg, tok, path: str | Path, limit: int = 0, max_new_tokens: int = 128) -> dict:
+def gsm8k(lm: LM, path: str | Path, limit: int = 0, max_new_tokens: int = 128) -> dict:
     """Exact match of the final number on GSM8K-layout JSONL (greedy, chat format)."""
     from eval.tasks import GSM8KTask
 
     task = GSM8KTask({"test": path})
     problems = task.problems("test", limit)
-    replies = ask(params, cfg, tok, [p.prompt for p in problems], max_new_tokens=max_new_tokens)
+    replies = ask(lm, [p.prompt for p in problems], max_new_tokens=max_new_tokens)
     return {"accuracy": _share(task.evaluate(p, r["answer"])
                                for p, r in zip(problems, replies, strict=True)),
             "no_answer_rate": _share(extract_answer(r["answer"]) is None for r in replies),

@@ -181,7 +181,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def score_task(params, cfg, tok, task: Task, problems: list[Problem], samples: int = 1,
+def score_task(lm, task: Task, problems: list[Problem], samples: int = 1,
                temperature: float = 0.0, ks: tuple[int, ...] = (1,), system: str | None = None,
                hooks=None, max_calls: int = 3, max_new_tokens: int = 96, seed: int = 0) -> dict:
     """Asks each problem `samples` times (greedy when temperature is 0) and scores the replies:
@@ -191,7 +191,7 @@ def score_task(params, cfg, tok, task: Task, problems: list[Problem], samples: i
     from eval.chat_eval import ask
 
     questions = [p.prompt for p in problems for _ in range(samples)]
-    replies = ask(params, cfg, tok, questions, system=system, temperature=temperature,
+    replies = ask(lm, questions, system=system, temperature=temperature,
                   max_new_tokens=max_new_tokens, seed=seed, hooks=hooks, max_calls=max_calls)
     correct = np.zeros(len(problems), int)
     for j, r in enumerate(replies):

@@ -30,9 +30,9 @@ _OUT = flags.DEFINE_string("out", None, "write the runs as JSONL here")
 def main(argv):
     del argv
     stage = _FLAGS.init_from
-    tok, cfg, params, _ = load_stage(stage)
+    lm, _ = load_stage(stage)
     world = load_world(_FLAGS.workdir)
-    runs = run_agents(params, cfg, tok, _TASK.value, BM25(world.biographies()),
+    runs = run_agents(lm, _TASK.value, BM25(world.biographies()),
                       tool_config(_CONFIG.value), max_steps=_STEPS.value)
     for r in runs:
         print(f"=== task: {r.task}\n{r.transcript}\n--- {len(r.steps)} step(s), {r.ended}: {r.answer}")

@@ -29,9 +29,8 @@ def load_model(workdir: Path, spec: str):
     name, _, which = spec.partition(":")
     if which not in ("", "best"):
         raise ValueError(f"model {spec!r}: expected STAGE or STAGE:best")
-    tok, cfg, _ = read_stage(workdir / name)  # the params of STAGE/ or of STAGE/best/, read once
-    params = restore_params(workdir / name / which, transformer.param_shapes(cfg))
-    return tok, cfg, params
+    lm, _ = read_stage(workdir / name)  # the params of STAGE/ or of STAGE/best/, read once
+    return lm.with_params(restore_params(workdir / name / which, transformer.param_shapes(lm.cfg)))
 
 
 def run_arena(cfg, workdir: Path, models: list[str]) -> dict:
@@ -47,8 +46,7 @@ def run_arena(cfg, workdir: Path, models: list[str]) -> dict:
                 spec.endswith(":best") and not (stage / "best").is_dir()):
             missing.append(spec)
             continue
-        tok, model_cfg, params = load_model(workdir, spec)
-        replies = ask(params, model_cfg, tok, questions, temperature=1.0,
+        replies = ask(load_model(workdir, spec), questions, temperature=1.0,
                       max_new_tokens=cfg.arena.max_new_tokens, seed=cfg.arena.seed)
         answers[spec] = [r["answer"] for r in replies]
     if len(answers) < 2:

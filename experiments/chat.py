@@ -16,10 +16,10 @@ import sys
 
 from absl import flags
 
-from data.chat import render
-from data.special_tokens import END, RECALL, RECALL_END, RESULT, RESULT_END, special_id
+from data.special_tokens import RECALL, RECALL_END, RESULT, RESULT_END, special_id
 from experiments.workdir import recall_tool, run_entry
 from model.engine import SamplingConfig, stream
+from model.handle import LM
 from train.stage import load_stage
 
 _INIT_FROM = flags.DEFINE_string("init_from", None, "a chat stage (W/sft, W/rl, ...)", required=True)
@@ -35,11 +35,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 class Chat:
     """A conversation with a model: history, context trimming, streamed replies."""
 
-    def __init__(self, params, cfg, tok, system: str | None, sampling: SamplingConfig,
-                 recall=None, max_calls: int = 3):
+    def __init__(self, lm: LM, system: str | None, sampling: SamplingConfig, recall=None,
+                 max_calls: int = 3):
         """recall: the recall tool (eval.knowledge.Recall) for a model taught to call it; its
         calls run mid-reply, at most max_calls a turn, and stay in the history."""
-        self.params, self.cfg, self.tok, self.sampling = params, cfg, tok, sampling
+        self.lm, self.cfg, self.tok, self.sampling = lm, lm.cfg, lm.tok, sampling
         self.system = system
         self.recall, self.max_calls = recall, max_calls
         self.messages: list[dict] = []
@@ -51,7 +51,7 @@ class Chat:
         dropped = 0
         while True:
             msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
-            ids, _ = render({"messages": msgs}, self.tok, for_prompt=True)
+            ids, _ = self.lm.chat.render({"messages": msgs}, self.tok, for_prompt=True)
             if len(ids) + self.sampling.max_new_tokens <= self.cfg.max_seq_len or len(self.messages) <= 1:
                 if len(ids) + 1 > self.cfg.max_seq_len:
                     raise ValueError(f"the message is {len(ids)} tokens; the model's context is "
@@ -96,9 +96,9 @@ class Chat:
         self.turn += 1
         new: list[int] = []
         shown = ""
-        for token, live in stream(self.params, self.cfg, [ids], sampling):
+        for token, live in stream(self.lm.params, self.cfg, [ids], sampling):
             t = int(token[0])
-            if not live[0] or t == special_id(END):
+            if not live[0] or t in self.lm.stop_ids:
                 break
             new.append(t)
             if stop_at_recall and t == special_id(RECALL_END):
@@ -116,11 +116,11 @@ class Chat:
 
 def main(argv):
     del argv
-    tok, cfg, params, meta = load_stage(_INIT_FROM.value)
+    lm, meta = load_stage(_INIT_FROM.value)
     sampling = SamplingConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMP.value,
                               top_k=_TOP_K.value, top_p=_TOP_P.value,
-                              stop_tokens=(special_id(END),), seed=_SEED.value)
-    chat = Chat(params, cfg, tok, _SYSTEM.value, sampling, recall_tool(meta, params, cfg, tok))
+                              stop_tokens=lm.stop_ids, seed=_SEED.value)
+    chat = Chat(lm, _SYSTEM.value, sampling, recall_tool(meta, lm))
     if _PROMPT.value:
         for p in _PROMPT.value:
             print(f"User: {p}\nAssistant: ", end="", flush=True)

@@ -47,39 +47,39 @@ def _once_seen_documents(workdir: Path, limit: int) -> list[str]:
 
 def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: list[str] = (),
                    limit: int = 100) -> dict:
-    tok, model_cfg, params, meta = load_stage(stage)
+    lm, meta = load_stage(stage)
     world = load_world(workdir)
     base = meta.get("stage") == "pretrain"
     out: dict = {"stage": str(stage.resolve()), "kind": "base" if base else "chat"}
     t0 = time.time()
     if (workdir / "shards" / "manifest.json").is_file():
-        out["validation"] = suite.validation_bpb(params, model_cfg, tok, workdir / "shards")
-    out["reversal"] = suite.reversal(params, model_cfg, tok, world, chat=not base, limit=limit)
-    out["in_context_copy"] = suite.in_context_copy(params, model_cfg, tok)
-    out["name_familiarity"] = name_familiarity(params, model_cfg, tok, world)
+        out["validation"] = suite.validation_bpb(lm, workdir / "shards")
+    out["reversal"] = suite.reversal(lm, world, chat=not base, limit=limit)
+    out["in_context_copy"] = suite.in_context_copy(lm)
+    out["name_familiarity"] = name_familiarity(lm, world)
     if base:
-        out["few_shot"] = suite.few_shot(params, model_cfg, tok, world, limit=limit)
-        out["regurgitation"] = suite.regurgitation(params, model_cfg, tok, world.biographies(),
+        out["few_shot"] = suite.few_shot(lm, world, limit=limit)
+        out["regurgitation"] = suite.regurgitation(lm, world.biographies(),
                                                    _once_seen_documents(workdir, 200))
     else:
-        recall = recall_tool(meta, params, model_cfg, tok)  # for a model taught to call it
+        recall = recall_tool(meta, lm)  # for a model taught to call it
         for split in ("train", "heldout", "nonexistent"):
-            r = world_qa(params, model_cfg, tok, world, split, limit=limit, recall=recall)
+            r = world_qa(lm, world, split, limit=limit, recall=recall)
             out[f"qa_{split}"] = {k: v for k, v in r.items() if k != "replies"}
         out["hallucination_rate"] = out["qa_nonexistent"]["answer_rate"]
-        out["answer_first"] = suite.answer_first(params, model_cfg, tok, world, n=limit)
-        ident = identity_accuracy(params, model_cfg, tok, world, hooks=recall_hooks(tok, recall))
+        out["answer_first"] = suite.answer_first(lm, world, n=limit)
+        ident = identity_accuracy(lm, world, hooks=recall_hooks(lm.tok, recall))
         out["identity_accuracy"] = ident["accuracy"]
         if meta.get("config", {}).get("sft", {}).get("tools", False):
-            t = tool_eval(params, model_cfg, tok, world, tool_config(cfg), n=min(limit, 50),
+            t = tool_eval(lm, world, tool_config(cfg), n=min(limit, 50),
                           recall=recall)
             out["tools"] = {k: v for k, v in t.items() if k != "transcripts"}
     for path in mc:
         rows = suite.load_multiple_choice(path, strict=False)
-        out[f"mc:{path}"] = {**suite.multiple_choice(params, model_cfg, tok, rows[:limit]),
+        out[f"mc:{path}"] = {**suite.multiple_choice(lm, rows[:limit]),
                              "skipped_bad_rows": rows.skipped}
     for path in gsm8k:
-        out[f"gsm8k:{path}"] = suite.gsm8k(params, model_cfg, tok, path, limit=limit)
+        out[f"gsm8k:{path}"] = suite.gsm8k(lm, path, limit=limit)
     out["wall_s"] = round(time.time() - t0, 1)
     write_json(stage / "eval.json", out)
     return out

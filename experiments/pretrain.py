@@ -33,10 +33,9 @@ from experiments.workdir import (
     lock_run,
     run_entry,
 )
-from model import transformer
 from train.checkpoint import restore_params
 from train.loop import run
-from train.stage import check_parent, load_world, stage_meta, write_meta
+from train.stage import check_parent, load_stage, load_world, stage_meta, write_meta
 
 _CONFIG = define_config()
 _FLAGS = StageFlags("a stage dir to take parameters from", init_from_required=False,
@@ -109,13 +108,13 @@ def main(argv):
     # mixed in, recall its biographies.
     from eval.suite import in_context_copy
 
-    params = restore_params(stage_dir, transformer.param_shapes(model_cfg))
-    copy = in_context_copy(params, model_cfg, tok)
+    lm, _ = load_stage(stage_dir)
+    copy = in_context_copy(lm)
     figures = {**figures, "copy_random_tokens": copy["random_tokens"], "copy_numbers": copy["numbers"]}
     if (workdir / "corpus" / "world.json").is_file():
         from eval.knowledge import biography_recall
 
-        recall = biography_recall(params, model_cfg, tok, load_world(workdir))
+        recall = biography_recall(lm, load_world(workdir))
         figures = {**figures, "biography_recall": recall["recall"]}
     write_meta(stage_dir, base_meta, figures)
     if jax.process_index() == 0:

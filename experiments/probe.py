@@ -37,7 +37,7 @@ def main(argv):
     cfg = _CONFIG.value.probe
     stage, workdir = _FLAGS.init_from, _FLAGS.workdir
     lock_run(workdir)
-    tok, model_cfg, params, meta = load_stage(stage)
+    lm, meta = load_stage(stage)
     world = load_world(workdir)
     mode = "complete" if meta.get("stage") == "pretrain" else "chat"
     try:
@@ -47,11 +47,11 @@ def main(argv):
         raise ValueError(f"probe.per_unknown: {e}") from None
     t0 = time.time()
     print(f"probing {stage} ({mode}) on {len(items)} questions x {cfg.k} samples ...", flush=True)
-    rows = probe(params, model_cfg, tok, items, mode, k=cfg.k, temperature=cfg.temperature,
+    rows = probe(lm, items, mode, k=cfg.k, temperature=cfg.temperature,
                  min_correct=cfg.min_correct, seed=cfg.seed)
     # what the recall tool answers for each name, read from this model (SFT's recall turns), at
     # the threshold that best tells the train-split people from the made-up names here
-    logps = recall_names(params, model_cfg, tok, sorted({r["name"] for r in rows}))
+    logps = recall_names(lm, sorted({r["name"] for r in rows}))
     split = {r["name"]: r["split"] for r in rows}
     if cfg.recall_fit:
         try:

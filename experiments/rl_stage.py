@@ -17,9 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from data.chat import prompt
 from data.sft_mix import TOOLS_SYSTEM
-from data.special_tokens import END, special_id
 from data.tools import BM25, make_hooks
 from eval.chat_eval import after_last_result
 from eval.tasks import Problem, make_task, score_task
@@ -27,6 +25,8 @@ from experiments.configs import resolved
 from experiments.workdir import configs_from, tool_config
 from model import transformer
 from model.engine import SamplingConfig
+from model.handle import LM
+from model.padding import bucket
 from train.checkpoint import restore_params
 from train.loop import host_loop, open_state, to_global
 from train.rl import (
@@ -64,14 +64,14 @@ class Objective:
     train: list[Problem]  # prompts to draw from
     system: str | None  # system message of every prompt (the tools' one when tools are on)
     rewards: Callable[[list[Problem], list[str]], np.ndarray]  # a batch of completions' rewards
-    evaluate: Callable[[object], dict]  # params -> flat figures, every eval_every steps; a
+    evaluate: Callable[[LM], dict]  # the policy -> flat figures, every eval_every steps; a
     # "select" figure (higher is better) makes the stage keep its best checkpoint in best/
-    final: Callable[[object], dict]  # params -> figures, before and after the stage
+    final: Callable[[LM], dict]  # the policy -> figures, before and after the stage
     summary: Callable[[dict, dict], str]  # (before, after) -> one line
     hooks: dict | None = None  # tool hooks while sampling (data.tools.make_hooks), or none
 
 
-def task_objective(cfg, task, tok, model_cfg, world, budget_for: Callable) -> Objective:
+def task_objective(cfg, task, lm: LM, world, budget_for: Callable) -> Objective:
     """RL on a checkable task: reward 1 for a right final answer; greedy pass@1 on held-out
     problems every eval; before/after: greedy pass@1 and pass@k from k samples."""
     rl = rl_config(cfg.rl)
@@ -81,31 +81,31 @@ def task_objective(cfg, task, tok, model_cfg, world, budget_for: Callable) -> Ob
         raise ValueError(f"task {task.name}: no held-out problems")
     system = TOOLS_SYSTEM if s.tools else None
     # memo: the task's programs are arithmetic on the story's numbers, a function of their text
-    hooks = (make_hooks(tok, BM25(world.biographies()), tool_config(cfg), memo=True)
+    hooks = (make_hooks(lm.tok, BM25(world.biographies()), tool_config(cfg), memo=True)
              if s.tools else None)
     budget = budget_for([p.prompt for p in train + held], system)
 
-    def score(params, samples, temperature, ks=(1,), n=None, seed=0, tools=True):
-        return score_task(params, model_cfg, tok, task, held[:n], samples=samples,
+    def score(policy, samples, temperature, ks=(1,), n=None, seed=0, tools=True):
+        return score_task(policy, task, held[:n], samples=samples,
                           temperature=temperature, ks=ks, system=system if tools else None,
                           hooks=hooks if tools else None, max_calls=cfg.tools.max_calls,
                           max_new_tokens=budget, seed=seed)
 
-    def evaluate(params):
-        ev = score(params, 1, 0.0)
+    def evaluate(policy):
+        ev = score(policy, 1, 0.0)
         return {"pass@1": ev["pass@1"], "length": ev["mean_length"]}
 
-    def final(params):
+    def final(policy):
         k = s.pass_k
-        greedy = score(params, 1, 0.0)
-        sampled = score(params, k, rl.temperature, ks=tuple(sorted({1, k})), n=s.n_pass_k, seed=1)
+        greedy = score(policy, 1, 0.0)
+        sampled = score(policy, k, rl.temperature, ks=tuple(sorted({1, k})), n=s.n_pass_k, seed=1)
         out = {"pass@1_greedy": greedy["pass@1"], "mean_length_greedy": greedy["mean_length"],
                "no_answer_rate_greedy": greedy["no_answer_rate"],
                "pass@1_sampled": sampled["pass@1"], f"pass@{k}": sampled[f"pass@{k}"],
                "mean_length_sampled": sampled["mean_length"], "n_eval": greedy["n"],
                "n_pass_k": sampled["n"], "examples": greedy["examples"]}
         if hooks:  # what practice with the tools did to solving without them
-            out["pass@1_greedy_without_tools"] = score(params, 1, 0.0, tools=False)["pass@1"]
+            out["pass@1_greedy_without_tools"] = score(policy, 1, 0.0, tools=False)["pass@1"]
         return out
 
     def summary(b, a):
@@ -126,19 +126,21 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
     """The stage: RL from `parent` into workdir/stage; returns meta.json's figures.
 
     The algorithm's knobs come from cfg[section], the loop's from cfg[section + "_train"], the
-    optimizer's from cfg[section + "_optim"]. objective_fn(tok, model_cfg, world, budget_for)
-    -> Objective says what is optimised (default: the task cfg.rl.task, or `task`).
+    optimizer's from cfg[section + "_optim"]. objective_fn(lm, world, budget_for) -> Objective
+    (lm: the policy's model handle, without params) says what is optimised (default: the task
+    cfg.rl.task, or `task`).
     on_step(step) is called after each finished step (a test uses it to crash a run)."""
     stage_dir = Path(workdir) / stage
-    tok, model_cfg, _ = read_stage(parent)
+    lm, _ = read_stage(parent)
+    tok, model_cfg = lm.tok, lm.cfg
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train=f"{section}_train",
                                            optim=f"{section}_optim")
     rl = rl_config(cfg[section], section)
     world = load_world(workdir)
-    end = special_id(END)
+    end = lm.stop_ids[0]
 
     def budget_for(questions, system) -> int:
-        longest = max(len(prompt(tok, q, system)) for q in questions)
+        longest = max(len(lm.prompt(q, system)) for q in questions)
         budget = min(rl.max_new_tokens, model_cfg.max_seq_len - longest - 1)
         if budget < 1:
             raise ValueError(f"a prompt of {longest} tokens leaves no room in max_seq_len="
@@ -146,15 +148,15 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         return budget
 
     if objective_fn is None:
-        def objective_fn(tok, model_cfg, world, budget_for):
-            return task_objective(cfg, task or make_task(cfg.rl.task, world), tok, model_cfg,
-                                  world, budget_for)
-    obj = objective_fn(tok, model_cfg, world, budget_for)
+        def objective_fn(lm, world, budget_for):
+            return task_objective(cfg, task or make_task(cfg.rl.task, world), lm, world,
+                                  budget_for)
+    obj = objective_fn(lm, world, budget_for)
     n_sampled = rl.prompts_per_step * rl.oversample  # prompts sampled per step
     if len(obj.train) < n_sampled:
         raise ValueError(f"{obj.label}: {len(obj.train)} train prompts; need >= "
                          f"{section}.prompts_per_step * oversample = {n_sampled}")
-    prompt_ids = [prompt(tok, p.prompt, obj.system) for p in obj.train]
+    prompt_ids = [lm.prompt(p.prompt, obj.system) for p in obj.train]
     budget = budget_for([p.prompt for p in obj.train], obj.system)
     hooks = obj.hooks
     max_calls = cfg.tools.max_calls
@@ -179,7 +181,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
     before = old.get("before") if start else None
     if before is None:
         t0 = time.time()
-        before = obj.final(ref_params)
+        before = obj.final(lm.with_params(ref_params))
         print(f"before: {obj.summary(before, before)} [{time.time() - t0:.0f} s]", flush=True)
     curves = {k: [r for r in old.get(k, []) if r[0] <= start]
               for k in ("reward_curve", "length_curve")}
@@ -202,9 +204,9 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
             len(obj.train), n_sampled, replace=False)
         problems = [obj.train[i] for i in pick]
         prompts = [prompt_ids[i] for i in pick]
-        ro = rollout(state["params"], model_cfg, prompts, rl.group_size, SamplingConfig(
+        ro = rollout(lm.with_params(state["params"]), prompts, rl.group_size, SamplingConfig(
             max_new_tokens=budget, temperature=rl.temperature, top_k=rl.top_k,
-            stop_tokens=(end,), seed=seed), hooks, max_calls)
+            stop_tokens=lm.stop_ids, seed=seed), hooks, max_calls)
         texts = [tok.decode(ids[after_last_result(ids):]) for ids in ro.tokens]
         rewards = np.asarray(obj.rewards([problems[i] for i in ro.prompt_index], texts),
                              np.float64)
@@ -222,7 +224,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a power of two
         longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
                                                                    strict=True))
-        seq_len = min(model_cfg.max_seq_len, max(64, 1 << (longest - 1).bit_length()))
+        seq_len = bucket(longest, 64, model_cfg.max_seq_len)
         batch = to_global(build_batch(prompts, ro, adv.reshape(-1), seq_len, end), st.batch_sharding)
         batch["old_logp"] = logp_fn(state["params"], batch)
         batch["ref_logp"] = logp_fn(ref_params, batch)
@@ -241,7 +243,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         return rec
 
     def evaluate(params, done):
-        ev = obj.evaluate(params)
+        ev = obj.evaluate(lm.with_params(params))
         figures["eval_curve"].append({"step": done, **ev})
         return {f"eval_{k}": v for k, v in ev.items()}
 
@@ -259,7 +261,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         on_save=lambda done, rec: write_meta(stage_dir, base_meta, {**figures, "step": done}),
         on_step=on_step, sync_every_step=True, lr_key=f"{section}_optim.lr")
     if start < train_cfg.steps or "after" not in old:
-        figures["after"] = obj.final(state["params"])
+        figures["after"] = obj.final(lm.with_params(state["params"]))
     else:
         figures["after"] = old["after"]
     figures["step"] = int(state["step"])

@@ -24,7 +24,6 @@ import jax
 import numpy as np
 from absl import flags
 
-from data.chat import prompt
 from data.preferences import load_preferences, render_pairs
 from eval.chat_eval import ask
 from eval.tasks import Problem
@@ -38,17 +37,17 @@ from train.reward import RewardModel, dpo_loss, reward_hacking, sequence_logps
 from train.stage import load_world, read_meta, read_stage, stage_meta, write_meta
 
 
-def labeler_objective(cfg, rm: RewardModel | None, tok, model_cfg, world, budget: int) -> Objective:
+def labeler_objective(cfg, rm: RewardModel | None, world, budget: int) -> Objective:
     """Open requests about train-split people; measured by the RM and the hidden labeler."""
     s = cfg.rlhf
     train = [Problem(it["prompt"], it["name"]) for it in world.labeler_prompts("train")]
     test = world.labeler_prompts("test")
     val, held = test[0::2], test[1::2]
 
-    def measure(params, items, seed) -> dict:
+    def measure(policy, items, seed) -> dict:
         k = s.eval_samples
         questions = [it["prompt"] for it in items for _ in range(k)]
-        replies = ask(params, model_cfg, tok, questions, temperature=1.0 if k > 1 else 0.0,
+        replies = ask(policy, questions, temperature=1.0 if k > 1 else 0.0,
                       max_new_tokens=budget, seed=seed)
         answers = [r["answer"] for r in replies]
         true = [world.labeler_score(it["name"], a)
@@ -61,13 +60,13 @@ def labeler_objective(cfg, rm: RewardModel | None, tok, model_cfg, world, budget
                                                                       answers[::k][:3], strict=True)]
         return out
 
-    def evaluate(params):
-        v = measure(params, val, seed=7)
+    def evaluate(policy):
+        v = measure(policy, val, seed=7)
         v.pop("examples")
         return {**v, "select": v["true"]}
 
-    def final(params):
-        t, v = measure(params, held, seed=11), measure(params, val, seed=7)
+    def final(policy):
+        t, v = measure(policy, held, seed=11), measure(policy, val, seed=7)
         return {**{f"{k}_test": x for k, x in t.items() if k != "examples"},
                 **{f"{k}_val": x for k, x in v.items() if k != "examples"},
                 "n_test_prompts": len(held), "n_val_prompts": len(val),
@@ -83,10 +82,10 @@ def labeler_objective(cfg, rm: RewardModel | None, tok, model_cfg, world, budget
     return Objective("labeler", train, None, rewards, evaluate, final, summary)
 
 
-def _budget(cfg, tok, model_cfg, world) -> int:
+def _budget(cfg, lm, world) -> int:
     items = world.labeler_prompts("train") + world.labeler_prompts("test")
-    longest = max(len(prompt(tok, it["prompt"])) for it in items)
-    return max(1, min(cfg.rlhf.max_new_tokens, model_cfg.max_seq_len - longest - 1))
+    longest = max(len(lm.prompt(it["prompt"])) for it in items)
+    return max(1, min(cfg.rlhf.max_new_tokens, lm.cfg.max_seq_len - longest - 1))
 
 
 def plot_hacking(curve: list[dict], path: Path, hacking: dict) -> None:
@@ -115,7 +114,8 @@ def plot_hacking(curve: list[dict], path: Path, hacking: dict) -> None:
 
 def run_dpo(cfg, parent: Path, workdir: Path, stage_dir: Path, rm_dir: Path,
             rm: RewardModel | None) -> dict:
-    tok, model_cfg, _ = read_stage(parent)
+    lm, _ = read_stage(parent)
+    tok, model_cfg = lm.tok, lm.cfg
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train="rlhf_train", optim="rlhf_optim")
     world = load_world(workdir)
     prefs = rm_dir / "preferences.jsonl"
@@ -125,26 +125,25 @@ def run_dpo(cfg, parent: Path, workdir: Path, stage_dir: Path, rm_dir: Path,
     rows = load_preferences(prefs) + [r for p in cfg.rm.extra_jsonl.split(",") if p
                                       for r in load_preferences(p)]
     pairs, dropped = render_pairs(rows, tok, model_cfg.max_seq_len)
-    obj = labeler_objective(cfg, rm, tok, model_cfg, world, _budget(cfg, tok, model_cfg, world))
-    shapes = transformer.param_shapes(model_cfg)
-    ref = restore_params(parent, shapes)
+    obj = labeler_objective(cfg, rm, world, _budget(cfg, lm, world))
+    ref = restore_params(parent, transformer.param_shapes(model_cfg))
     beta = cfg.rlhf.dpo_beta
     ref_fn = jax.jit(lambda b: {f"ref_{s}": sequence_logps(ref, b[f"{s}_tokens"], b[f"{s}_mask"],
                                                            model_cfg)
                                 for s in ("chosen", "rejected")})
     stage_dir.mkdir(parents=True, exist_ok=True)
     old = (read_meta(stage_dir) or {}).get("figures", {})
-    before = old.get("before") or obj.final(ref)
+    before = old.get("before") or obj.final(lm.with_params(ref))
     base_meta = stage_meta(stage_dir.name, model_cfg, resolved(cfg), tok, parent, method="dpo",
                            pairs=len(pairs), dropped_too_long=dropped)
     params, figures = train_on_pairs(
         stage_dir, model_cfg, train_cfg, optim_cfg,
         lambda p, b: dpo_loss(p, b, model_cfg, beta),
         init_params=lambda abstract: restore_params(parent, abstract), train_pairs=pairs,
-        evaluate=lambda p: {f"eval_{k}": v for k, v in obj.evaluate(p).items()},
+        evaluate=lambda p: {f"eval_{k}": v for k, v in obj.evaluate(lm.with_params(p)).items()},
         extra=lambda p, b: ref_fn(b), batch_name="rlhf_train.batch_size", lr_key="rlhf_optim.lr",
         on_save=lambda f: write_meta(stage_dir, base_meta, {"before": before, **f}))
-    figures = {"before": before, **figures, "after": obj.final(params)}
+    figures = {"before": before, **figures, "after": obj.final(lm.with_params(params))}
     write_meta(stage_dir, base_meta, figures)
     print(f"done: {obj.summary(before, figures['after'])}", file=sys.stdout)
     return figures
@@ -166,19 +165,19 @@ def run_rlhf(cfg, parent: Path, workdir: Path, stage: str | None = None,
     method = cfg.rlhf.method
     stage_dir = Path(workdir) / (stage or ("rlhf" if method == "rl" else "dpo"))
     rm_dir = rm_dir or Path(workdir) / "rm"
-    tok, model_cfg, _ = read_stage(parent)
-    rm = RewardModel(rm_dir, tok) if (method == "rl" or (rm_dir / "checkpoints").is_dir()) else None
+    lm, _ = read_stage(parent)
+    rm = RewardModel(rm_dir, lm.tok) if (method == "rl" or (rm_dir / "checkpoints").is_dir()) else None
     if method == "dpo":
         return run_dpo(cfg, parent, workdir, stage_dir, rm_dir, rm)
     figures = train_rl(cfg, parent, workdir, stage_dir.name, section="rlhf",
-                       objective_fn=lambda tok, mc, world, budget_for: labeler_objective(
-                           cfg, rm, tok, mc, world, _budget(cfg, tok, mc, world)))
+                       objective_fn=lambda lm, world, budget_for: labeler_objective(
+                           cfg, rm, world, _budget(cfg, lm, world)))
     # the best checkpoint by true validation score, measured on the held-out test prompts
     world = load_world(workdir)
-    obj = labeler_objective(cfg, rm, tok, model_cfg, world, _budget(cfg, tok, model_cfg, world))
+    obj = labeler_objective(cfg, rm, world, _budget(cfg, lm, world))
     if (stage_dir / "best").is_dir():
-        best = restore_params(stage_dir / "best", transformer.param_shapes(model_cfg))
-        figures["best"] = obj.final(best)
+        best = restore_params(stage_dir / "best", transformer.param_shapes(lm.cfg))
+        figures["best"] = obj.final(lm.with_params(best))
     curve = [{"step": 0, "rm": figures["before"]["rm_val"], "true": figures["before"]["true_val"]}]
     curve += [{"step": e["step"], "rm": e["rm"], "true": e["true"]} for e in figures["eval_curve"]]
     figures["hacking"] = reward_hacking(curve)

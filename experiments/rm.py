@@ -28,21 +28,20 @@ from eval.chat_eval import ask
 from experiments.configs import resolved
 from experiments.workdir import StageFlags, configs_from, define_config, lock_run, run_entry
 from model import transformer
-from model.config import ModelConfig
 from train.checkpoint import restore_params
 from train.pair_loop import train_on_pairs
 from train.reward import init_reward_model, pair_batch, rm_loss, rm_shapes, rm_shardings
 from train.stage import load_world, read_stage, stage_meta, write_meta
 
 
-def sample_preferences(params, model_cfg: ModelConfig, tok, world, split: str, k: int,
-                       rounds: int, temperature: float, max_new_tokens: int, seed: int) -> list[dict]:
+def sample_preferences(lm, world, split: str, k: int, rounds: int, temperature: float,
+                       max_new_tokens: int, seed: int) -> list[dict]:
     """Ranked pairs from k sampled answers per labeler prompt of a split, `rounds` times."""
     items = world.labeler_prompts(split)
     rows = []
     for r in range(rounds):
         questions = [it["prompt"] for it in items for _ in range(k)]
-        replies = ask(params, model_cfg, tok, questions, temperature=temperature,
+        replies = ask(lm, questions, temperature=temperature,
                       max_new_tokens=max_new_tokens, seed=seed + 1000 * r)
         for i, it in enumerate(items):
             answers = [x["answer"].strip() for x in replies[i * k:(i + 1) * k]]
@@ -80,7 +79,8 @@ def main(argv):
 def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
     """The stage: preferences (made once) and the reward model; returns meta.json's figures."""
     stage_dir = Path(workdir) / stage
-    tok, model_cfg, _ = read_stage(parent)
+    lm, _ = read_stage(parent)
+    tok, model_cfg = lm.tok, lm.cfg
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train="rm_train", optim="rm_optim")
     world = load_world(workdir)
     extra = [row for p in cfg.rm.extra_jsonl.split(",") if p for row in load_preferences(p)]
@@ -88,9 +88,9 @@ def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
     s = cfg.rm
     files = {"train": stage_dir / "preferences.jsonl", "test": stage_dir / "preferences_val.jsonl"}
     if not all(f.is_file() for f in files.values()):
-        params = restore_params(parent, transformer.param_shapes(model_cfg))
+        lm = lm.with_params(restore_params(parent, transformer.param_shapes(model_cfg)))
         for split, path in files.items():
-            rows = sample_preferences(params, model_cfg, tok, world, split, s.k, s.rounds,
+            rows = sample_preferences(lm, world, split, s.k, s.rounds,
                                       s.temperature, s.max_new_tokens, s.seed + (split == "test"))
             _write_jsonl(path, rows)
             print(f"{split}: {len(rows)} ranked pairs -> {path}", flush=True)

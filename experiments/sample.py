@@ -43,7 +43,8 @@ def main(argv):
     stage = Path(_INIT_FROM.value)
     meta = read_meta(stage)
     if meta and "model" in meta and (stage / "checkpoints").is_dir():
-        tok, cfg, params, meta = load_stage(stage)
+        lm, meta = load_stage(stage)
+        tok, cfg, params = lm.tok, lm.cfg, lm.params
         step = meta.get("figures", {}).get("step")
         print(f"loaded {stage} (step {step}, {cfg.n_params():,} params)")
     else:

@@ -29,12 +29,10 @@ import jax
 from data.chat import (
     ConversationData,
     load_conversations,
-    prompt,
     render_all,
     render_documents,
 )
 from data.sft_mix import copies, read_probe, sft_mixture
-from data.special_tokens import END, special_id
 from eval.chat_eval import format_adherence, identity_accuracy, recall_hooks, tool_eval, world_qa
 from experiments.configs import resolved
 from experiments.workdir import (
@@ -85,14 +83,14 @@ def build_conversations(cfg, world, workdir: Path) -> tuple[list[dict], list[dic
     return train, val, counts
 
 
-def evaluate_chat(params, model_cfg, tok, world, limit: int | None, recall=None) -> dict:
+def evaluate_chat(lm, world, limit: int | None, recall=None) -> dict:
     """recall: the recall tool (eval.knowledge.Recall) for a model taught to call it."""
     system = world.identity_system_message()
-    qa = {split: world_qa(params, model_cfg, tok, world, split, limit=limit, recall=recall)
+    qa = {split: world_qa(lm, world, split, limit=limit, recall=recall)
           for split in ("train", "heldout", "nonexistent")}
-    hooks = recall_hooks(tok, recall)
-    ident = identity_accuracy(params, model_cfg, tok, world, hooks=hooks)
-    ident_sys = identity_accuracy(params, model_cfg, tok, world, system=system, hooks=hooks)
+    hooks = recall_hooks(lm.tok, recall)
+    ident = identity_accuracy(lm, world, hooks=hooks)
+    ident_sys = identity_accuracy(lm, world, system=system, hooks=hooks)
     # Turn format over the identity questions and the first 50 held-out ones (replies made above).
     replies = ident["replies"] + qa["heldout"]["replies"][:50]
     out = {}
@@ -117,11 +115,16 @@ def evaluate_chat(params, model_cfg, tok, world, limit: int | None, recall=None)
 def main(argv):
     del argv
     initialize_distributed()
-    cfg = _CONFIG.value
-    parent, workdir = _FLAGS.init_from, _FLAGS.workdir
-    lock_run(workdir)
+    lock_run(_FLAGS.workdir)
+    train_sft(_CONFIG.value, _FLAGS.init_from, _FLAGS.workdir)
+
+
+def train_sft(cfg, parent: Path, workdir: Path) -> dict:
+    """The stage: the conversation mixture, fine-tuning from `parent` into workdir/sft, and the
+    chat evaluations; returns meta.json's figures."""
     stage_dir = workdir / "sft"
-    tok, model_cfg, meta = read_stage(parent)  # the parent's model and tokenizer, always
+    lm, _ = read_stage(parent)  # the parent's model, tokenizer and chat format, always
+    tok, model_cfg = lm.tok, lm.cfg
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train="sft_train", optim="sft_optim")
     if train_cfg.seq_len > model_cfg.max_seq_len:
         raise ValueError(f"sft_train.seq_len={train_cfg.seq_len} exceeds the parent's "
@@ -146,13 +149,13 @@ def main(argv):
         print(f"  rendered: {train_stats} | val {val_stats}", flush=True)
 
     questions = [q.format(name=world.people[0].name) for q in SAMPLE_QUESTIONS]
-    prompts = [prompt(tok, q) for q in questions]
+    prompts = [lm.prompt(q) for q in questions]
 
     def sample_fn(params, step):
         budget = min(48, model_cfg.max_seq_len - max(map(len, prompts)))
         sampling = SamplingConfig(max_new_tokens=budget, temperature=0.0,
-                                  stop_tokens=(special_id(END),))
-        recall = recall_tool(base_meta, params, model_cfg, tok)  # the memory as it is at this step
+                                  stop_tokens=lm.stop_ids)
+        recall = recall_tool(base_meta, lm.with_params(params))  # the memory as it is at this step
         out = (generate_with_tools(params, model_cfg, prompts, sampling, recall_hooks(tok, recall))
                if recall else generate(params, model_cfg, prompts, sampling))
         return [f"User: {q}\nAssistant: {tok.decode(t, show_special=recall is not None)}"
@@ -173,11 +176,11 @@ def main(argv):
     figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_data, val_data,
                   init_params=lambda abstract: restore_params(parent, abstract),
                   on_checkpoint=lambda f: write_meta(stage_dir, base_meta, f), sample_fn=sample_fn)
-    params = restore_params(stage_dir, transformer.param_shapes(model_cfg))
-    recall = recall_tool(base_meta, params, model_cfg, tok)
-    chat = evaluate_chat(params, model_cfg, tok, world, cfg.sft.eval_limit or None, recall)
+    lm = lm.with_params(restore_params(stage_dir, transformer.param_shapes(model_cfg)))
+    recall = recall_tool(base_meta, lm)
+    chat = evaluate_chat(lm, world, cfg.sft.eval_limit or None, recall)
     if cfg.sft.tools:
-        chat["tools"] = tool_eval(params, model_cfg, tok, world, tool_config(cfg),
+        chat["tools"] = tool_eval(lm, world, tool_config(cfg),
                                   n=cfg.sft.eval_limit or 50, recall=recall)
     figures = {**figures, **chat, "train_wall_s": round(time.time() - t0, 1)}
     write_meta(stage_dir, base_meta, figures)
@@ -186,6 +189,7 @@ def main(argv):
         if "tools" in chat:
             shown["tools"] = {k: v for k, v in chat["tools"].items() if k != "transcripts"}
         print("done:", shown, file=sys.stdout)
+    return figures
 
 
 if __name__ == "__main__":

@@ -187,12 +187,12 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def recall_tool(meta: dict, params, model_cfg, tok):
+def recall_tool(meta: dict, lm):
     """The recall tool over this model (eval.knowledge.Recall) when it was taught to call it."""
     threshold = recall_threshold(meta)
     if threshold is None:
         return None
     from eval.knowledge import Recall
 
-    return Recall(params, model_cfg, tok, threshold)
+    return Recall(lm, threshold)
 

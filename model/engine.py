@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.config import ModelConfig
+from model.padding import bucket, right_pad
 from model.sampling import sample_logits
 from model.transformer import Cache, Params, forward, init_cache
 
@@ -55,10 +56,6 @@ class Generation:
     finished: list[bool]  # True where a stop token ended the row, False where the budget did
 
 
-def _bucket(n: int, minimum: int = 8) -> int:
-    return max(minimum, 1 << (n - 1).bit_length())
-
-
 def pad_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_tokens: int,
                 pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
     """Right-pads prompts into [B, T] with T a power-of-two bucket; returns (tokens, lengths, S)."""
@@ -73,11 +70,8 @@ def pad_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_toke
         raise ValueError(f"longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
                          f"exceeds the model's max_seq_len={cfg.max_seq_len}: shorten the prompt "
                          "or ask for fewer tokens")
-    t = min(_bucket(longest), cfg.max_seq_len)
-    tokens = np.full((len(prompts), t), pad_id, np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, : len(p)] = p
-    return tokens, lengths, t + max_new_tokens
+    t = bucket(longest, 8, cfg.max_seq_len)
+    return right_pad(prompts, t, pad_id), lengths, t + max_new_tokens
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "cache_len"))

@@ -382,15 +382,18 @@ def test_the_chat_cli_trims_old_turns_to_fit_the_context(tok):
 
     import jax
 
+    from data.chat import FORMATS
     from experiments.chat import Chat
     from model import transformer
     from model.config import ModelConfig
     from model.engine import SamplingConfig
+    from model.handle import LM
 
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
                       head_dim=16, d_ff=64, max_seq_len=64)
-    chat = Chat(transformer.init(cfg, jax.random.key(0)), cfg, tok, "Be brief.",
-                SamplingConfig(max_new_tokens=6, temperature=0.0, stop_tokens=(special_id(END),)))
+    chat = Chat(LM(transformer.init(cfg, jax.random.key(0)), cfg, tok, FORMATS["project"]),
+                "Be brief.", SamplingConfig(max_new_tokens=6, temperature=0.0,
+                                            stop_tokens=(special_id(END),)))
     out = io.StringIO()
     for q in ("Who are you?", "Where was Ada born?", "What is your name?", "Who made you?"):
         chat.reply(q, out=out)
@@ -407,9 +410,11 @@ def test_the_chat_cli_runs_recall_calls_mid_reply_and_keeps_them_in_the_history(
     import numpy as np
 
     import experiments.chat as chat_cli
+    from data.chat import FORMATS
     from data.special_tokens import RECALL, RECALL_END
     from model.config import ModelConfig
     from model.engine import SamplingConfig
+    from model.handle import LM
 
     name = "Ada Quist"
     script = [[special_id(RECALL), *tok.encode(name), special_id(RECALL_END), *tok.encode("oops")],
@@ -425,7 +430,8 @@ def test_the_chat_cli_runs_recall_calls_mid_reply_and_keeps_them_in_the_history(
     asked = []
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
                       head_dim=16, d_ff=64, max_seq_len=256)
-    chat = chat_cli.Chat(None, cfg, tok, None, SamplingConfig(max_new_tokens=40),
+    chat = chat_cli.Chat(LM(None, cfg, tok, FORMATS["project"]), None,
+                         SamplingConfig(max_new_tokens=40, stop_tokens=(special_id(END),)),
                          recall=lambda n: asked.append(n) or "unknown")
     out = io.StringIO()
     answer = chat.reply(f"Where was {name} born?", out=out)

@@ -174,3 +174,15 @@ def test_a_tool_call_in_one_row_gets_its_result_in_that_row_only():
                               hooks={CLOSE: lambda r, t, c: [RES, RES_END]}, max_calls=2)
     assert out.calls == [2] and out.tokens[0][:7] == [CLOSE, RES, RES_END, CLOSE, RES, RES_END, CLOSE]
     assert out.tokens[0][7] == JUNK and not out.finished[0]
+
+
+def test_the_padding_helper_buckets_to_powers_of_two_and_refuses_long_rows():
+    from model.padding import bucket, right_pad
+
+    assert [bucket(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
+    assert bucket(3, minimum=16) == 16 and bucket(100, 8, maximum=64) == 64
+    rows = right_pad([[1, 2], [3], []], 4, fill=-1)
+    assert rows.tolist() == [[1, 2, -1, -1], [3, -1, -1, -1], [-1] * 4] and rows.dtype == np.int32
+    assert right_pad([[0.5]], 2, dtype=np.float32).tolist() == [[0.5, 0.0]]
+    with pytest.raises(ValueError, match="row 1 has 3 tokens; the padded width is 2"):
+        right_pad([[1], [1, 2, 3]], 2)

@@ -222,7 +222,7 @@ def _config(steps=6):
 def _params(stage):
     from train.stage import load_stage
 
-    return jax.tree.leaves(load_stage(stage)[2])
+    return jax.tree.leaves(load_stage(stage)[0].params)
 
 
 def test_a_crashed_rl_run_resumes_to_the_uninterrupted_result(parent, capsys):

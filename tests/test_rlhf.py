@@ -14,6 +14,7 @@ from data.preferences import load_preferences, rank_candidates
 from data.world import WorldConfig, make_world
 from model import transformer
 from model.engine import SamplingConfig
+from model.handle import LM
 from train.loop import TrainConfig
 from train.optim import OptimConfig
 from train.pair_loop import batch_indices, train_on_pairs
@@ -128,7 +129,7 @@ def test_the_detector_flags_a_policy_that_exploits_a_repeated_token_reward():
     prompts = [[1, 4], [2, 5], [6, 1], [5, 5]]
 
     def sample(params, seed):
-        return rollout(params, cfg, prompts, rl.group_size,
+        return rollout(LM(params, cfg), prompts, rl.group_size,
                        SamplingConfig(max_new_tokens=8, temperature=1.0, seed=seed))
 
     def measure(params, i):

@@ -25,3 +25,47 @@ def test_a_stage_reads_through_its_parents(tmp_path):
     assert Stage(rlhf).best is None
     (rlhf / "best" / "checkpoints").mkdir(parents=True)
     assert Stage(rlhf).best.path == rlhf / "best"
+
+
+def test_a_stage_loads_as_one_model_handle_with_its_chat_format(tmp_path):
+    import shutil
+
+    import pytest
+
+    from data.chat import prompt
+    from data.special_tokens import END, special_id
+    from train.stage import load_stage, read_meta, write_json
+
+    stage = _tiny_stage(tmp_path)
+    lm, meta = load_stage(stage)
+    assert meta["stage"] == "sft" and lm.chat.name == "project" and lm.params is not None
+    assert lm.prompt("Hi?") == prompt(lm.tok, "Hi?") and lm.stop_ids == (special_id(END),)
+    assert lm.with_params(None).cfg is lm.cfg and lm.params is not None
+    other = tmp_path / "other"
+    shutil.copytree(stage, other)
+    write_json(other / "meta.json", {**read_meta(other), "chat_format": "klingon"})
+    with pytest.raises(ValueError, match="chat format 'klingon' is unknown"):
+        load_stage(other)
+
+
+def _tiny_stage(w):
+    """A finished stage of a tiny model: a tokenizer, one checkpoint and meta.json."""
+    import jax
+    import optax
+    from tiny import tiny_config
+
+    from data.tokenizer import Tokenizer, train_tokenizer
+    from model import transformer
+    from train.checkpoint import Checkpointer
+    from train.stage import stage_meta, write_meta
+    from train.step import init_state
+
+    (w / "text.txt").write_text("Ada was born in Lisbon. Who are you? I am a model.\n" * 40)
+    train_tokenizer([w / "text.txt"], w / "tokenizer", 300)
+    tok = Tokenizer.load(w / "tokenizer")
+    cfg = tiny_config(vocab_size=tok.vocab_size, max_seq_len=64)
+    ckpt = Checkpointer(w / "sft" / "checkpoints")
+    ckpt.save(init_state(transformer.init(cfg, jax.random.key(0)), optax.sgd(0.1), 0), {"step": 0})
+    ckpt.close()
+    write_meta(w / "sft", stage_meta("sft", cfg, {}, tok), {"step": 0})
+    return w / "sft"

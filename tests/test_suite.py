@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from tiny import tiny_config
 
+from data.chat import FORMATS
 from data.tokenizer import Tokenizer, train_tokenizer
 from data.world import WorldConfig, make_world
 from eval.knowledge import (
@@ -34,6 +35,7 @@ from eval.suite import (
     reversal,
 )
 from model import transformer
+from model.handle import LM
 from model.losses import token_losses
 
 WORLD = WorldConfig(seed=4, n_people=8, n_nonexistent=2)
@@ -48,7 +50,8 @@ def setup(tmp_path_factory):
     train_tokenizer([d / "t.txt"], d / "tok", 400)
     tok = Tokenizer.load(d / "tok")
     cfg = tiny_config(vocab_size=tok.vocab_size, max_seq_len=256)
-    return d, world, tok, cfg, transformer.init(cfg, jax.random.key(0))
+    params = transformer.init(cfg, jax.random.key(0))
+    return d, world, tok, cfg, params, LM(params, cfg, tok, FORMATS["project"])
 
 
 def test_multiple_choice_files_load_in_both_layouts_and_bad_rows_name_the_line(tmp_path):
@@ -75,8 +78,8 @@ def test_multiple_choice_files_load_in_both_layouts_and_bad_rows_name_the_line(t
 
 
 def test_choice_scores_are_the_log_likelihood_of_the_choice_tokens_only(setup):
-    _, _, tok, cfg, params = setup
-    lp = choice_logprobs(params, cfg, tok, "Ada has 3 apples.", ["Yes", "No apples here"])
+    _, _, tok, cfg, params, lm = setup
+    lp = choice_logprobs(lm, "Ada has 3 apples.", ["Yes", "No apples here"])
     from data.special_tokens import BOS, special_id
 
     ids = [special_id(BOS)] + tok.encode("Ada has 3 apples.")
@@ -86,20 +89,20 @@ def test_choice_scores_are_the_log_likelihood_of_the_choice_tokens_only(setup):
     want = -float(np.asarray(losses)[0, len(ids) - 1:].sum())
     assert lp[0, 1] == pytest.approx(want, rel=1e-4)
     assert lp[1, 1] == pytest.approx(want / (len(full) - len(ids)), rel=1e-4)
-    res = multiple_choice(params, cfg, tok, [{"question": "Q", "choices": ["a", "b"], "answer": 0}])
+    res = multiple_choice(lm, [{"question": "Q", "choices": ["a", "b"], "answer": 0}])
     assert res["n"] == 1 and res["chance"] == 0.5 and res["accuracy"] in (0.0, 1.0)
 
 
 def test_suite_scorers_run_on_a_model_and_stay_in_range(setup):
-    _, world, tok, cfg, params = setup
-    r = reversal(params, cfg, tok, world, chat=False, limit=4)
+    _, world, tok, cfg, params, lm = setup
+    r = reversal(lm, world, chat=False, limit=4)
     assert 0 <= r["forward_accuracy"] <= 1 and 0 <= r["reverse_accuracy"] <= 1 and r["n"] > 0
-    g = regurgitation(params, cfg, tok, world.biographies(), world.biographies()[::-1],
+    g = regurgitation(lm, world.biographies(), world.biographies()[::-1],
                       max_new=8, limit=4)
     assert 0 <= g["seen_many_times"] <= 8 and 0 <= g["seen_once"] <= 8
-    c = in_context_copy(params, cfg, tok, n=4, length=8)
+    c = in_context_copy(lm, n=4, length=8)
     assert 0 <= c["random_tokens"] <= 1 and 0 <= c["numbers"] <= 1
-    a = answer_first(params, cfg, tok, world, n=4)
+    a = answer_first(lm, world, n=4)
     assert a["n"] == 4 and 0 <= a["answer_first"] <= 1 and 0 <= a["step_by_step"] <= 1
 
 
@@ -122,7 +125,7 @@ def test_the_copy_score_is_one_for_a_copier_and_zero_for_a_model_that_ignores_it
 
 
 def test_name_familiarity_reads_the_surname_after_the_first_name(setup):
-    _, world, tok, cfg, params = setup
+    _, world, tok, cfg, params, lm = setup
     rows = name_familiarity_rows(world, tok)
     assert len(rows) == 3 * (len(world.people) + len(world.nonexistent))
     for r in rows:
@@ -149,7 +152,7 @@ def test_name_familiarity_reads_the_surname_after_the_first_name(setup):
     assert auc([2, 3], [1]) == 1.0 and auc([1], [1, 2]) == 0.25
     with pytest.raises(ValueError, match="the model takes 4"):
         familiarity_scores(oracle, rows, max_len=4)
-    f = name_familiarity(params, cfg, tok, world)
+    f = name_familiarity(lm, world)
     assert set(f) == {"document", "question", "reply"}
     assert all(0 <= f[c]["auc_heldout_vs_nonexistent"] <= 1 for c in f)
     # the recall tool reads the same signal at a document start, for any name it is given
@@ -165,10 +168,10 @@ def test_name_familiarity_reads_the_surname_after_the_first_name(setup):
     row = recall_row(tok, world.people[0].name)
     assert tok.decode(row["prefix"][1:] + row["continuation"]) == world.people[0].name
     assert tok.decode(row["continuation"]) == " " + world.people[0].name.split()[1]
-    tool = Recall(params, cfg, tok, threshold=0.0)  # a log-probability is never above 0
+    tool = Recall(lm, threshold=0.0)  # a log-probability is never above 0
     assert tool(f"  {world.people[0].name} ") == "unknown" and tool("Ada") == "unknown"
-    assert Recall(params, cfg, tok, threshold=-1e9)(world.people[0].name) == "known"
-    model = recall_names(params, cfg, tok, [world.people[0].name, "Ada"])
+    assert Recall(lm, threshold=-1e9)(world.people[0].name) == "known"
+    model = recall_names(lm, [world.people[0].name, "Ada"])
     assert model[world.people[0].name] < 0 and model["Ada"] is None
 
 

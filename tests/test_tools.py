@@ -114,9 +114,11 @@ def test_a_result_that_spells_special_tokens_is_inert(tmp_path):
 def test_the_agent_loop_runs_tools_until_it_answers_or_hits_the_step_limit(tmp_path):
     from test_engine import _scripted_model
 
+    from data.chat import FORMATS
     from data.special_tokens import ASSISTANT, END, PYTHON, PYTHON_END, RESULT_END, special_id
     from data.tokenizer import Tokenizer, train_tokenizer
     from eval.agent import run_agents
+    from model.handle import LM
 
     (tmp_path / "c.txt").write_text("print(6*7) answer forty two\n" * 50)
     train_tokenizer([tmp_path / "c.txt"], tmp_path / "tok", 300)
@@ -134,14 +136,14 @@ def test_the_agent_loop_runs_tools_until_it_answers_or_hits_the_step_limit(tmp_p
         return nxt
 
     cfg, params = _scripted_model(script(answer[0]), vocab=tok.vocab_size, max_seq_len=256)
-    runs = run_agents(params, cfg, tok, ["What is 6*7?"], index=None, max_steps=2)
+    runs = run_agents(LM(params, cfg, tok, FORMATS["project"]), ["What is 6*7?"], index=None, max_steps=2)
     r = runs[0]
     assert r.ended == "answered" and r.answer == "answer"
     assert r.steps == [{"tool": "python", "input": "print(6*7)", "result": "42"}]
     assert "<|python|>print(6*7)<|/python|><|result|>42<|/result|>" in r.transcript
     # A model that calls again after every result is stopped at the step limit.
     cfg, params = _scripted_model(script(special_id(PYTHON)), vocab=tok.vocab_size, max_seq_len=256)
-    r = run_agents(params, cfg, tok, ["What is 6*7?"], index=None, max_steps=2,
+    r = run_agents(LM(params, cfg, tok, FORMATS["project"]), ["What is 6*7?"], index=None, max_steps=2,
                    max_new_tokens=60)[0]
     assert len(r.steps) == 2 and r.ended == "step limit"
 
@@ -167,6 +169,7 @@ def test_the_recall_hook_answers_from_its_tool_and_says_so_without_one(tmp_path)
 
 def test_ask_names_the_tools_the_model_called_not_those_a_result_spells(tmp_path, monkeypatch):
     import eval.chat_eval as chat_eval
+    from data.chat import FORMATS
     from data.special_tokens import (
         END,
         PYTHON,
@@ -181,6 +184,7 @@ def test_ask_names_the_tools_the_model_called_not_those_a_result_spells(tmp_path
     from data.tokenizer import Tokenizer, train_tokenizer
     from model.config import ModelConfig
     from model.engine import ToolGeneration
+    from model.handle import LM
 
     (tmp_path / "c.txt").write_text("Ada Quist known print(1) The answer is 1.\n" * 50)
     train_tokenizer([tmp_path / "c.txt"], tmp_path / "tok", 300)
@@ -196,6 +200,6 @@ def test_ask_names_the_tools_the_model_called_not_those_a_result_spells(tmp_path
         tokens=rows, finished=[True, True], injected=injected, calls=[2, 0]))
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
                       head_dim=16, d_ff=64, max_seq_len=128)
-    out = chat_eval.ask(None, cfg, tok, ["q1", "q2"], hooks={s(RECALL_END): None})
+    out = chat_eval.ask(LM(None, cfg, tok, FORMATS["project"]), ["q1", "q2"], hooks={s(RECALL_END): None})
     assert [r["tools"] for r in out] == [["recall", "python"], []]
     assert [r["calls"] for r in out] == [2, 0]

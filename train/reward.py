@@ -23,6 +23,7 @@ import optax
 
 from model import transformer
 from model.config import ModelConfig
+from model.padding import right_pad
 from train.rl import token_logprobs
 from train.step import finish_step
 
@@ -90,16 +91,12 @@ def pair_batch(pairs: Sequence[tuple[tuple[list[int], list[int]], tuple[list[int
     conversation must fit in seq_len tokens."""
     out = {}
     for k, side in enumerate(SIDES):
-        tokens = np.zeros((len(pairs), seq_len + 1), np.int32)
-        mask = np.zeros((len(pairs), seq_len), np.float32)
-        last = np.zeros((len(pairs),), np.int32)
         for i, pair in enumerate(pairs):
-            ids, m = pair[k]
-            if len(ids) > seq_len:
-                raise ValueError(f"pair {i} ({side}) has {len(ids)} tokens; at most {seq_len}")
-            tokens[i, : len(ids)] = ids
-            mask[i, : len(ids) - 1] = m[1:]
-            last[i] = len(ids) - 1
+            if len(pair[k][0]) > seq_len:
+                raise ValueError(f"pair {i} ({side}) has {len(pair[k][0])} tokens; at most {seq_len}")
+        tokens = right_pad([p[k][0] for p in pairs], seq_len + 1)
+        mask = right_pad([p[k][1][1:] for p in pairs], seq_len, dtype=np.float32)
+        last = np.array([len(p[k][0]) - 1 for p in pairs], np.int32)
         out.update({f"{side}_tokens": tokens, f"{side}_mask": mask, f"{side}_last": last})
     return out
 
@@ -142,7 +139,8 @@ class RewardModel:
         from train.checkpoint import restore_params
         from train.stage import read_stage
 
-        rm_tok, self.cfg, _ = read_stage(stage_dir)
+        rm, _ = read_stage(stage_dir)
+        rm_tok, self.cfg = rm.tok, rm.cfg
         if rm_tok.sha256 != tok.sha256:
             raise ValueError(f"the reward model {stage_dir} uses tokenizer {rm_tok.sha256[:12]}, "
                              f"the policy {tok.sha256[:12]}: train the RM from this SFT stage")
@@ -160,9 +158,8 @@ class RewardModel:
                     [: self.cfg.max_seq_len]
                     for p, a in zip(prompts[i:i + self.batch_size], answers[i:i + self.batch_size],
                                     strict=True)]
-            tokens = np.zeros((self.batch_size, self.cfg.max_seq_len), np.int32)
-            last = np.zeros((self.batch_size,), np.int32)
-            for j, r in enumerate(rows):
-                tokens[j, : len(r)], last[j] = r, len(r) - 1
+            tokens = right_pad(rows + [[]] * (self.batch_size - len(rows)), self.cfg.max_seq_len)
+            last = np.array([len(r) - 1 for r in rows] + [0] * (self.batch_size - len(rows)),
+                            np.int32)
             out.append(np.asarray(self._fn(self.params, tokens, last))[: len(rows)])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)

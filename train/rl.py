@@ -46,7 +46,9 @@ import optax
 
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate, generate_with_tools
+from model.handle import LM
 from model.losses import token_losses
+from model.padding import right_pad
 from train.step import State, finish_step
 
 
@@ -169,16 +171,16 @@ class Rollout:
                          for f in ("tokens", "injected", "finished", "calls")))
 
 
-def rollout(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], group_size: int,
+def rollout(lm: LM, prompts: Sequence[Sequence[int]], group_size: int,
             sampling: SamplingConfig, hooks: Mapping | None = None,
             max_calls: int = 3) -> Rollout:
     """group_size samples of each prompt, in one batch (rows i*G .. i*G+G-1 answer prompt i)."""
     rows = [list(p) for p in prompts for _ in range(group_size)]
     index = [i for i in range(len(prompts)) for _ in range(group_size)]
     if hooks:
-        g = generate_with_tools(params, cfg, rows, sampling, hooks, max_calls)
+        g = generate_with_tools(lm.params, lm.cfg, rows, sampling, hooks, max_calls)
         return Rollout(index, g.tokens, g.injected, g.finished, g.calls)
-    g = generate(params, cfg, rows, sampling)
+    g = generate(lm.params, lm.cfg, rows, sampling)
     return Rollout(index, g.tokens, [[False] * len(t) for t in g.tokens], g.finished,
                    [0] * len(rows))
 
@@ -188,19 +190,14 @@ def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq
     """Rows prompt + completion (+ <|end|> where the row finished), right-padded to seq_len + 1
     tokens; inputs/targets [N, seq_len]; mask = 1 on targets the policy sampled; advantages [N]."""
     n = len(ro.tokens)
-    full = np.zeros((n, seq_len + 1), np.int32)
-    mask = np.zeros((n, seq_len), np.float32)
+    rows, masks = [], []
     for r in range(n):
         p = list(prompts[ro.prompt_index[r]])
-        comp = list(ro.tokens[r]) + ([end_id] if ro.finished[r] else [])
-        sampled = [not x for x in ro.injected[r]] + ([True] if ro.finished[r] else [])
-        row = p + comp
-        if len(row) > seq_len + 1:
-            raise ValueError(f"row {r} has {len(row)} tokens; seq_len + 1 = {seq_len + 1}")
-        full[r, : len(row)] = row
+        rows.append(p + list(ro.tokens[r]) + ([end_id] if ro.finished[r] else []))
         # target t is row[t + 1]: completion token j sits at row index len(p) + j
-        for j, s in enumerate(sampled):
-            mask[r, len(p) + j - 1] = float(s)
+        masks.append([0] * (len(p) - 1) + [not x for x in ro.injected[r]] + [1] * ro.finished[r])
+    full = right_pad(rows, seq_len + 1)
+    mask = right_pad(masks, seq_len, dtype=np.float32)
     return {"inputs": full[:, :-1], "targets": full[:, 1:], "mask": mask,
             "advantages": np.asarray(advantages_N, np.float32).reshape(n)}
 

@@ -96,10 +96,13 @@ def write_meta(stage_dir: str | Path, base: dict, figures: dict) -> None:
 
 
 def read_stage(stage_dir: str | Path):
-    """(tokenizer, ModelConfig, meta) of a finished training stage, after checking that its
-    tokenizer is the one it was trained with."""
+    """(model handle without params, meta) of a finished training stage: its model config, its
+    tokenizer (checked to be the one it was trained with) and the chat format meta.json names
+    (the project's own where it names none)."""
+    from data.chat import chat_format
     from data.tokenizer import Tokenizer
     from model.config import ModelConfig
+    from model.handle import LM
 
     stage = Path(stage_dir)
     meta = read_meta(stage)
@@ -111,16 +114,17 @@ def read_stage(stage_dir: str | Path):
     if meta.get("tokenizer_sha256") not in (None, tok.sha256):
         raise ValueError(f"{stage} was trained with tokenizer {meta['tokenizer_sha256'][:12]}, "
                          f"but {tok_dir} is {tok.sha256[:12]}")
-    return tok, ModelConfig.from_dict(meta["model"]), meta
+    cfg = ModelConfig.from_dict(meta["model"])
+    return LM(None, cfg, tok, chat_format(meta.get("chat_format", "project"))), meta
 
 
 def load_stage(stage_dir: str | Path):
-    """(tokenizer, ModelConfig, params, meta): read_stage plus the latest checkpoint's params."""
+    """(model handle, meta): read_stage plus the latest checkpoint's params."""
     from model import transformer
     from train.checkpoint import restore_params
 
-    tok, cfg, meta = read_stage(stage_dir)
-    return tok, cfg, restore_params(stage_dir, transformer.param_shapes(cfg)), meta
+    lm, meta = read_stage(stage_dir)
+    return lm.with_params(restore_params(stage_dir, transformer.param_shapes(lm.cfg))), meta
 
 
 def load_world(workdir: str | Path):
@@ -192,6 +196,7 @@ def stage_meta(stage: str, model_cfg, config: dict, tok, parent: str | Path | No
             "tokenizer": str(Path(tok.source).resolve().parent), "tokenizer_sha256": tok.sha256,
             "parent": str(Path(parent).resolve()) if parent else None,
             "parent_step": (parent_meta or {}).get("figures", {}).get("step"),
-            "n_params": model_cfg.n_params(), **extra}
+            "n_params": model_cfg.n_params(),
+            "chat_format": (parent_meta or {}).get("chat_format", "project"), **extra}
 
 

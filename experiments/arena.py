@@ -19,7 +19,7 @@ from absl import flags
 
 from eval.arena import battles, ratings
 from eval.chat_eval import ask
-from experiments.workdir import define_config, lock_run, run_entry
+from experiments.workdir import StageFlags, define_config, lock_run, run_entry
 from model import transformer
 from train.checkpoint import restore_params
 from train.stage import load_world, read_stage, write_json
@@ -66,9 +66,8 @@ def run_arena(cfg, workdir: Path, models: list[str]) -> dict:
 
 def main(argv):
     del argv
-    workdir = Path(_WORKDIR.value)
-    lock_run(workdir)
-    out = run_arena(_CONFIG.value, workdir, _MODELS.value)
+    lock_run(_FLAGS.workdir)
+    out = run_arena(_CONFIG.value, _FLAGS.workdir, _MODELS.value)
     for m, r in sorted(out["ratings"].items(), key=lambda kv: -kv[1]["elo"]):
         print(f"{m:12s} Elo {r['elo']:7.1f}  [{r['ci_low']:.0f}, {r['ci_high']:.0f}]  "
               f"win rate {r['win_rate']:.3f} over {r['games']} games", file=sys.stdout)
@@ -76,7 +75,7 @@ def main(argv):
 
 if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
     _CONFIG = define_config()
-    _WORKDIR = flags.DEFINE_string("workdir", None, "run root", required=True)
+    _FLAGS = StageFlags(workdir="run root", workdir_required=True)
     _MODELS = flags.DEFINE_list("models", ["sft", "rl", "rlhf", "rlhf:best", "dpo"],
                                 "stages to rate (STAGE or STAGE:best)")
     run_entry(main)

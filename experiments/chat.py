@@ -17,12 +17,12 @@ import sys
 from absl import flags
 
 from data.special_tokens import RECALL, RECALL_END, RESULT, RESULT_END, special_id
-from experiments.workdir import recall_tool, run_entry
+from experiments.workdir import StageFlags, recall_tool, run_entry
 from model.engine import SamplingConfig, stream
 from model.handle import LM
 from train.stage import load_stage
 
-_INIT_FROM = flags.DEFINE_string("init_from", None, "a chat stage (W/sft, W/rl, ...)", required=True)
+_FLAGS = StageFlags("a chat stage (W/sft, W/rl, ...)", workdir=None)
 _SYSTEM = flags.DEFINE_string("system", None, "system message at the start of the conversation")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "answer these turns and exit (repeatable)")
 _TEMP = flags.DEFINE_float("temperature", 0.0, "0 is greedy")
@@ -116,7 +116,7 @@ class Chat:
 
 def main(argv):
     del argv
-    lm, meta = load_stage(_INIT_FROM.value)
+    lm, meta = load_stage(_FLAGS.init_from)
     sampling = SamplingConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMP.value,
                               top_k=_TOP_K.value, top_p=_TOP_P.value,
                               stop_tokens=lm.stop_ids, seed=_SEED.value)
@@ -126,7 +126,7 @@ def main(argv):
             print(f"User: {p}\nAssistant: ", end="", flush=True)
             chat.reply(p)
         return
-    print(f"chatting with {_INIT_FROM.value} ({meta.get('stage')}, step "
+    print(f"chatting with {_FLAGS.init_from} ({meta.get('stage')}, step "
           f"{meta.get('figures', {}).get('step')}). Empty line or Ctrl-D quits; /reset clears.")
     while True:
         try:

@@ -24,8 +24,6 @@ import shutil
 import time
 from pathlib import Path
 
-from absl import flags
-
 from data.mixture import (
     copy_drill_documents,
     iter_clean,
@@ -37,11 +35,11 @@ from data.pipeline import PipelineConfig, run_pipeline, stats_table
 from data.sources import SOURCES, fetch, source
 from data.world import WorldConfig, make_world
 from experiments.configs import resolved
-from experiments.workdir import define_config, lock_run, run_entry
+from experiments.workdir import StageFlags, define_config, lock_run, run_entry
 from train.stage import REPO_ROOT, code_version, write_json
 
 _CONFIG = define_config()
-_WORKDIR = flags.DEFINE_string("workdir", None, "run root; writes WORKDIR/corpus", required=True)
+_FLAGS = StageFlags(workdir="run root; writes WORKDIR/corpus", workdir_required=True)
 
 
 def data_dir_of(corpus_cfg) -> Path:
@@ -88,9 +86,12 @@ def clean_corpus(data_dir: Path, names: list[str], pcfg: PipelineConfig, log=pri
 
 def main(argv):
     del argv
-    cfg = _CONFIG.value
-    workdir = Path(_WORKDIR.value)
-    lock_run(workdir)
+    lock_run(_FLAGS.workdir)
+    build_corpus(_CONFIG.value, _FLAGS.workdir)
+
+
+def build_corpus(cfg, workdir: Path) -> dict:
+    """The stage: sources fetched and cleaned, the world, the mixture; returns meta.json."""
     stage = workdir / "corpus"
     stage.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -117,13 +118,15 @@ def main(argv):
     shutil.rmtree(stage / "mixture", ignore_errors=True)
     tmp.rename(stage / "mixture")
     print(mixture_table(summary))
-    write_json(stage / "meta.json", {
+    meta = {
         "stage": "corpus", "config": resolved(cfg), "code_version": code_version(),
         "data_dir": str(data_dir), "clean_dir": str(clean_dir), "sources": names,
         "pipeline_points": {p: {"docs": v["docs"], "bytes": v["bytes"]}
                             for p, v in stats["points"].items()},
-        "mixture": summary, "wall_s": round(time.time() - t0, 1)})
+        "mixture": summary, "wall_s": round(time.time() - t0, 1)}
+    write_json(stage / "meta.json", meta)
     print(f"mixture in {stage / 'mixture'} ({time.time() - t0:.0f} s)")
+    return meta
 
 
 if __name__ == "__main__":

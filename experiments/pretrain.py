@@ -74,15 +74,19 @@ def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg) -> Path:
 def main(argv):
     del argv
     initialize_distributed()
-    workdir = _FLAGS.workdir
-    lock_run(workdir)
+    lock_run(_FLAGS.workdir)
+    pretrain(_CONFIG.value, _FLAGS.workdir, _FLAGS.init_from)
+
+
+def pretrain(cfg, workdir: Path, init_from: Path | None = None) -> dict:
+    """The stage: shards, then training into W/pretrain (from `init_from`'s parameters where
+    given), then what the base model can do; returns meta.json's figures."""
     stage_dir = workdir / "pretrain"
-    tok_dir = workdir / "tokenizer"
-    tok = Tokenizer.load(tok_dir)
-    model_cfg, train_cfg, optim_cfg = configs_from(_CONFIG.value, tok)
-    shard_dir = prepare_shards(workdir, tok, _CONFIG.value.data)
+    tok = Tokenizer.load(workdir / "tokenizer")
+    model_cfg, train_cfg, optim_cfg = configs_from(cfg, tok)
+    data_cfg = cfg.data
+    shard_dir = prepare_shards(workdir, tok, data_cfg)
     train_stream, val_stream = TokenStream(shard_dir, "train"), TokenStream(shard_dir, "val")
-    data_cfg = _CONFIG.value.data
     train_data = train_stream
     if data_cfg.copy_warmup >= train_cfg.steps:
         sys.exit(f"data.copy_warmup={data_cfg.copy_warmup} copy warm-up steps leave none of "
@@ -95,11 +99,11 @@ def main(argv):
         optim_cfg = dataclasses.replace(optim_cfg, prelude_steps=data_cfg.copy_warmup,
                                         prelude_lr=data_cfg.copy_warmup_lr)
     init_params = None
-    if _FLAGS.init_from:
-        parent = check_parent(_FLAGS.init_from, model_cfg, tok)
+    if init_from:
+        parent = check_parent(init_from, model_cfg, tok)
         init_params = lambda abstract: restore_params(parent, abstract)  # noqa: E731
     stage_dir.mkdir(parents=True, exist_ok=True)
-    base_meta = stage_meta("pretrain", model_cfg, resolved(_CONFIG.value), tok, _FLAGS.init_from,
+    base_meta = stage_meta("pretrain", model_cfg, resolved(cfg), tok, init_from,
                            shards=str(shard_dir.resolve()),
                            train_tokens_available=len(train_stream))
     figures = run(stage_dir, model_cfg, train_cfg, optim_cfg, tok, train_data, val_stream,
@@ -119,6 +123,7 @@ def main(argv):
     write_meta(stage_dir, base_meta, figures)
     if jax.process_index() == 0:
         print(f"done: {figures}")
+    return figures
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from data.sft_mix import probe_questions
 from eval.knowledge import fit_recall_threshold, probe, recall_names, recall_result
@@ -34,9 +35,14 @@ _FLAGS = StageFlags("the stage to probe (W/pretrain or W/sft)")
 
 def main(argv):
     del argv
-    cfg = _CONFIG.value.probe
-    stage, workdir = _FLAGS.init_from, _FLAGS.workdir
-    lock_run(workdir)
+    lock_run(_FLAGS.workdir)
+    figures = run_probe(_CONFIG.value.probe, _FLAGS.init_from, _FLAGS.workdir)
+    print(json.dumps(figures, indent=1))
+
+
+def run_probe(cfg, stage: Path, workdir: Path) -> dict:
+    """The stage: what `stage` knows of each probe question, and the recall tool's threshold,
+    into W/probe; returns its figures."""
     lm, meta = load_stage(stage)
     world = load_world(workdir)
     mode = "complete" if meta.get("stage") == "pretrain" else "chat"
@@ -84,7 +90,7 @@ def main(argv):
     write_json(out / "meta.json", {"stage": "probe", "parent": str(stage.resolve()),
                                    "config": resolved(cfg), "code_version": code_version(),
                                    "figures": figures})
-    print(json.dumps(figures, indent=1))
+    return figures
 
 
 if __name__ == "__main__":

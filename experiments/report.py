@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from absl import flags
-
 from train.stage import code_version, read_meta
 
 STAGES = ("corpus", "tokenizer", "pretrain", "probe", "sft", "rl", "rm", "rlhf", "dpo")
@@ -221,11 +219,12 @@ def write_report(workdir: str | Path) -> Path:
 
 
 if __name__ == "__main__":
-    _WORKDIR = flags.DEFINE_string("workdir", None, "run root", required=True)
-    from experiments.workdir import lock_run, run_entry
+    from experiments.workdir import StageFlags, lock_run, run_entry
+
+    _FLAGS = StageFlags(workdir="run root", workdir_required=True)
 
     def main(argv):
-        lock_run(_WORKDIR.value)
-        print(write_report(_WORKDIR.value))
+        lock_run(_FLAGS.workdir)
+        print(write_report(_FLAGS.workdir))
 
     run_entry(main)

@@ -11,21 +11,20 @@ initialised model with the --config model (seeded by --seed), and says so.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import jax
 from absl import flags
 
 from data.special_tokens import BOS, END, special_id
 from data.tokenizer import Tokenizer
-from experiments.workdir import define_config, run_entry
+from experiments.workdir import StageFlags, define_config, run_entry
 from model import transformer
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate
 from train.stage import find_tokenizer, load_stage, read_meta
 
 _CONFIG = define_config()
-_INIT_FROM = flags.DEFINE_string("init_from", None, "stage directory or run root", required=True)
+_FLAGS = StageFlags("stage directory or run root", workdir=None)
 _PROMPT = flags.DEFINE_string("prompt", "", "text to continue (empty: dream from <|bos|>)")
 _NUM = flags.DEFINE_integer("num_samples", 1, "how many continuations")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 100, "tokens to generate per sample")
@@ -37,10 +36,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "sampling (and fresh-init) seed")
 
 def main(argv):
     del argv
-    tok_dir = find_tokenizer(_INIT_FROM.value)
+    tok_dir = find_tokenizer(_FLAGS.init_from)
     tok = Tokenizer.load(tok_dir)
     print(f"tokenizer: {tok_dir} ({tok.vocab_size} pieces)")
-    stage = Path(_INIT_FROM.value)
+    stage = _FLAGS.init_from
     meta = read_meta(stage)
     if meta and "model" in meta and (stage / "checkpoints").is_dir():
         lm, meta = load_stage(stage)

@@ -24,11 +24,11 @@ from pathlib import Path
 from absl import flags
 
 from experiments.report import write_report
-from experiments.workdir import define_config, lock_run, run_entry
+from experiments.workdir import StageFlags, define_config, lock_run, run_entry
 from train.stage import REPO_ROOT, write_json
 
 _CONFIG = define_config()
-_WORKDIR = flags.DEFINE_string("workdir", None, "run root", required=True)
+_FLAGS = StageFlags(workdir="run root", workdir_required=True)
 _SKIP = flags.DEFINE_list("skip", [], "stages to leave out (e.g. eval:pretrain)")
 _DPO = flags.DEFINE_bool("dpo", False, "also DPO on the reward model's pairs, and its eval (about "
                          "2.5 minutes more with the tiny default)")
@@ -68,7 +68,7 @@ def config_args(argv: list[str]) -> list[str]:
 
 
 def main(argv):
-    w = Path(_WORKDIR.value)
+    w = _FLAGS.workdir
     lock_run(w)
     record_path = w / "speedrun.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}

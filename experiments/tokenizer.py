@@ -22,12 +22,12 @@ from absl import flags
 from data.documents import describe_inputs, expand_inputs
 from data.special_tokens import special_table
 from data.tokenizer import train_tokenizer
-from experiments.workdir import corpus_inputs, define_config, lock_run, run_entry
+from experiments.workdir import StageFlags, corpus_inputs, define_config, lock_run, run_entry
 from train.stage import code_version, read_meta, write_json
 
 _CONFIG = define_config()
-_WORKDIR = flags.DEFINE_string("workdir", None, "run root; the tokenizer goes to WORKDIR/tokenizer",
-                               required=True)
+_FLAGS = StageFlags(workdir="run root; the tokenizer goes to WORKDIR/tokenizer",
+                    workdir_required=True)
 _INPUT = flags.DEFINE_multi_string("input", None, "corpus file or directory (repeatable); "
                                    "default WORKDIR/corpus/mixture")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing, different tokenizer")
@@ -35,22 +35,26 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing, differe
 
 def main(argv):
     del argv
-    lock_run(_WORKDIR.value)
-    cfg = _CONFIG.value.tokenizer
-    files = expand_inputs(corpus_inputs(_WORKDIR.value, _INPUT.value))
-    inputs = describe_inputs(files)
-    request = {"inputs": inputs, "config": cfg.to_dict()}
-    out = Path(_WORKDIR.value) / "tokenizer"
+    lock_run(_FLAGS.workdir)
+    train_stage(_CONFIG.value.tokenizer, _FLAGS.workdir, _INPUT.value, _OVERWRITE.value)
+
+
+def train_stage(cfg, workdir: Path, inputs: list[str] | None, overwrite: bool) -> None:
+    """The stage: a tokenizer trained on `inputs` (default W/corpus/mixture) into W/tokenizer,
+    unless the same inputs and config made the one there."""
+    files = expand_inputs(corpus_inputs(workdir, inputs))
+    request = {"inputs": describe_inputs(files), "config": cfg.to_dict()}
+    out = workdir / "tokenizer"
 
     old = read_meta(out)
     if old is not None and (out / "tokenizer.model").is_file():
         if {"inputs": old.get("inputs"), "config": old.get("config")} == request:
             print(f"{out} is already trained on these inputs with this config; nothing to do")
             return
-        if not _OVERWRITE.value:
+        if not overwrite:
             sys.exit(f"{out} holds a tokenizer trained on other inputs or another config; use "
                      "another --workdir, or pass --overwrite to replace it")
-    elif out.exists() and any(out.iterdir()) and not _OVERWRITE.value:
+    elif out.exists() and any(out.iterdir()) and not overwrite:
         sys.exit(f"{out} exists but holds no finished tokenizer; remove it or pass --overwrite")
 
     out.parent.mkdir(parents=True, exist_ok=True)

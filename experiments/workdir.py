@@ -122,19 +122,21 @@ def define_config(default: str = "tiny.py"):
 
 
 class StageFlags:
-    """The flags every stage entry declares the same way: --init_from (a parent stage dir),
-    --workdir (the run root; by default the parent of --init_from) and, for the stages that
-    train on several processes, --coordinator_address / --num_processes / --process_id."""
+    """The flags every entry point declares the same way: --init_from (a parent stage dir;
+    none where init_from is None), --workdir (the run root, by default the parent of
+    --init_from; none where workdir is None) and, for the stages that train on several
+    processes, --coordinator_address / --num_processes / --process_id."""
 
     def __init__(self, init_from: str | None = None, *, init_from_required: bool = True,
-                 workdir: str = "run root (default: the parent of --init_from)",
+                 workdir: str | None = "run root (default: the parent of --init_from)",
                  workdir_required: bool = False, multi_process: bool = False):
         from absl import flags
 
         self._init_from = (flags.DEFINE_string("init_from", None, init_from,
                                                required=init_from_required)
                            if init_from else None)
-        self._workdir = flags.DEFINE_string("workdir", None, workdir, required=workdir_required)
+        self._workdir = (flags.DEFINE_string("workdir", None, workdir, required=workdir_required)
+                         if workdir else None)
         if multi_process:
             flags.DEFINE_string("coordinator_address", None,
                                 "host:port of process 0 (multi-process runs)")
@@ -148,7 +150,7 @@ class StageFlags:
 
     @property
     def workdir(self) -> Path:
-        if self._workdir.value:
+        if self._workdir is not None and self._workdir.value:
             return Path(self._workdir.value)
         if self.init_from is None:
             raise ValueError("--workdir is required")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import grain
@@ -189,34 +189,71 @@ def _check_too_long(too_long: str) -> None:
         raise ValueError(f"too_long={too_long!r}: expected 'drop' or 'truncate'")
 
 
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"  # ChatML's turn tokens, the model's own ids
+
+
+def render_chatml(conv: dict, tok, for_prompt: bool = False, default_system: str | None = None
+                  ) -> tuple[list[int], list[int]]:
+    """(tokens, mask) in ChatML, the format of many open chat models (SmolLM2, Qwen):
+    `<|im_start|>role\ncontent<|im_end|>\n` per message, no <|bos|>; the mask is 1 on the
+    assistant's content and its <|im_end|>. A conversation without a system message gets
+    `default_system` (the model's chat template's own, where it has one). ChatML carries no
+    tool calls: a conversation with one is refused."""
+    msgs = validate(conv, for_prompt=for_prompt)
+    if any(m["role"] == "tool" or m.get("tool_call") for m in msgs):
+        raise ConversationError("the chatml format carries no tool calls or tool results")
+    if msgs[0]["role"] != "system" and default_system:
+        msgs = [{"role": "system", "content": default_system}, *msgs]
+    start, end = tok.special_token_id(IM_START), tok.special_token_id(IM_END)
+    newline = tok.encode("\n")
+    ids: list[int] = []
+    mask: list[int] = []
+    for msg in msgs:
+        mine = int(msg["role"] == "assistant")
+        head = [start, *tok.encode(msg["role"] + "\n")]
+        body = [*tok.encode(msg["content"]), end]
+        ids += head + body + newline
+        mask += [0] * len(head) + [mine] * len(body) + [0] * len(newline)
+    if for_prompt:
+        head = [start, *tok.encode("assistant\n")]
+        ids += head
+        mask += [0] * len(head)
+    return ids, mask
+
+
 @dataclasses.dataclass(frozen=True)
 class ChatFormat:
     """How a conversation becomes tokens for one family of models; a model handle
-    (model.handle.LM) carries its own. The project's is `render` with its special tokens."""
+    (model.handle.LM) carries its own: "project" (`render`, the project's special tokens) or
+    "chatml" (`render_chatml`, with the model's default system message, if any)."""
     name: str
-    render: Callable[..., tuple[list[int], list[int]]]  # (conv, tok, for_prompt) -> (ids, mask)
-    stop: tuple[str, ...]  # the special tokens that end an assistant turn
+    default_system: str | None = None
 
-    def prompt(self, tok: Tokenizer, question: str, system: str | None = None) -> list[int]:
+    def render(self, conv: dict, tok, for_prompt: bool = False) -> tuple[list[int], list[int]]:
+        if self.name == "chatml":
+            return render_chatml(conv, tok, for_prompt, self.default_system)
+        return render(conv, tok, for_prompt)
+
+    def prompt(self, tok, question: str, system: str | None = None) -> list[int]:
         """The tokens that ask one question (after an optional system message) and wait for
         the reply: the prompt every one-question evaluation and sampler uses."""
         msgs = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": question}]
         return self.render({"messages": msgs}, tok, for_prompt=True)[0]
 
-    @property
-    def stop_ids(self) -> tuple[int, ...]:
-        return tuple(special_id(t) for t in self.stop)
+    def stop_ids(self, tok) -> tuple[int, ...]:
+        """The ids that end an assistant turn."""
+        return (tok.special_token_id(IM_END if self.name == "chatml" else END),)
 
 
-FORMATS = {"project": ChatFormat("project", render, (END,))}
+FORMATS = {"project": ChatFormat("project"), "chatml": ChatFormat("chatml")}
 
 
-def chat_format(name: str) -> ChatFormat:
+def chat_format(name: str, default_system: str | None = None) -> ChatFormat:
     """The chat format a stage's meta.json names ("chat_format"); an unknown name is refused."""
     if name not in FORMATS:
         raise ValueError(f"chat format {name!r} is unknown; known: {', '.join(FORMATS)}")
-    return FORMATS[name]
+    return dataclasses.replace(FORMATS[name], default_system=default_system)
 
 
 def prompt(tok: Tokenizer, question: str, system: str | None = None) -> list[int]:

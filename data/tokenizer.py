@@ -17,7 +17,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from data.documents import iter_documents
-from data.special_tokens import FIRST_SPECIAL_ID, SPECIAL_TOKENS
+from data.special_tokens import FIRST_SPECIAL_ID, SPECIAL_TOKENS, special_id
 
 # sentencepiece turns U+2581 (its whitespace marker) in input text into a space; the tokenizer
 # encodes that character through its UTF-8 byte pieces instead, which decode back to itself.
@@ -78,6 +78,10 @@ class Tokenizer:
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special_ids
+
+    def special_token_id(self, token: str) -> int:
+        """The id of a special token (data.special_tokens); an unknown one is refused."""
+        return special_id(token)
 
     def decode(self, ids: Iterable[int], show_special: bool = False) -> str:
         """Text of `ids`; special tokens are dropped, or spelled out when show_special."""

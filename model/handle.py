@@ -29,9 +29,12 @@ class LM:
     def prompt(self, question: str, system: str | None = None) -> list[int]:
         """The tokens that ask one question (after an optional system message) and wait for
         the reply, in this model's chat format."""
+        if self.chat is None:
+            raise ValueError("this model has no chat format (a base model imported without a "
+                             "chat template): use a completion evaluation, or fine-tune it")
         return self.chat.prompt(self.tok, question, system)
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
         """The token ids that end the assistant's turn in this model's chat format."""
-        return self.chat.stop_ids
+        return self.chat.stop_ids(self.tok)

@@ -60,7 +60,7 @@ def find_tokenizer(init_from: str | Path) -> Path:
         candidates.insert(0, Path(meta["tokenizer"]))
     candidates += [d / "tokenizer", d.parent / "tokenizer"]
     for c in candidates:
-        if (c / "tokenizer.model").is_file():
+        if (c / "tokenizer.model").is_file() or (c / "tokenizer.json").is_file():
             return c
     raise FileNotFoundError(
         f"no tokenizer found for {d} (looked in {', '.join(map(str, candidates))}): train one "
@@ -100,7 +100,7 @@ def read_stage(stage_dir: str | Path):
     tokenizer (checked to be the one it was trained with) and the chat format meta.json names
     (the project's own where it names none)."""
     from data.chat import chat_format
-    from data.tokenizer import Tokenizer
+    from data.hf_tokenizer import load_tokenizer
     from model.config import ModelConfig
     from model.handle import LM
 
@@ -110,12 +110,14 @@ def read_stage(stage_dir: str | Path):
         raise FileNotFoundError(f"{stage} is not a finished training stage (no meta.json with a "
                                 "model, or no checkpoints/)")
     tok_dir = find_tokenizer(stage)
-    tok = Tokenizer.load(tok_dir)
+    tok = load_tokenizer(tok_dir)
     if meta.get("tokenizer_sha256") not in (None, tok.sha256):
         raise ValueError(f"{stage} was trained with tokenizer {meta['tokenizer_sha256'][:12]}, "
                          f"but {tok_dir} is {tok.sha256[:12]}")
     cfg = ModelConfig.from_dict(meta["model"])
-    return LM(None, cfg, tok, chat_format(meta.get("chat_format", "project"))), meta
+    name = meta.get("chat_format", "project")  # None: a model without a chat format
+    chat = chat_format(name, meta.get("chat_default_system")) if name else None
+    return LM(None, cfg, tok, chat), meta
 
 
 def load_stage(stage_dir: str | Path):
@@ -197,6 +199,7 @@ def stage_meta(stage: str, model_cfg, config: dict, tok, parent: str | Path | No
             "parent": str(Path(parent).resolve()) if parent else None,
             "parent_step": (parent_meta or {}).get("figures", {}).get("step"),
             "n_params": model_cfg.n_params(),
-            "chat_format": (parent_meta or {}).get("chat_format", "project"), **extra}
+            "chat_format": (parent_meta or {}).get("chat_format", "project"),
+            "chat_default_system": (parent_meta or {}).get("chat_default_system"), **extra}
 
 

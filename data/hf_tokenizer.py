@@ -54,6 +54,13 @@ class HFTokenizer:
         self.sha256 = hashlib.sha256(self._full.to_str().encode()).hexdigest()
         self.source = source
         self.config = config or {}  # tokenizer_config.json: bos/eos tokens, chat_template
+        # What starts a document: the BOS the tokenizer's post-processor or config adds, if any.
+        first = self._full.encode("a", add_special_tokens=True).ids[:1]
+        self.bos_ids = [i for i in first if i in self._special_ids]
+        if "add_bos_token" in self.config:
+            name = self.config.get("bos_token") or ""
+            bos = self.special.get(name["content"] if isinstance(name, dict) else name)
+            self.bos_ids = [bos] if self.config["add_bos_token"] and bos is not None else []
 
     @classmethod
     def load(cls, path: str | Path) -> HFTokenizer:

@@ -17,7 +17,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from data.documents import iter_documents
-from data.special_tokens import FIRST_SPECIAL_ID, SPECIAL_TOKENS, special_id
+from data.special_tokens import BOS, FIRST_SPECIAL_ID, SPECIAL_TOKENS, special_id
 
 # sentencepiece turns U+2581 (its whitespace marker) in input text into a space; the tokenizer
 # encodes that character through its UTF-8 byte pieces instead, which decode back to itself.
@@ -78,6 +78,11 @@ class Tokenizer:
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special_ids
+
+    @property
+    def bos_ids(self) -> list[int]:
+        """What starts every document the model reads: <|bos|>."""
+        return [special_id(BOS)]
 
     def special_token_id(self, token: str) -> int:
         """The id of a special token (data.special_tokens); an unknown one is refused."""

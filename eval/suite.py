@@ -19,6 +19,7 @@ eval/chat_eval.py; experiments/eval.py runs them all over a stage and writes eva
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jax
@@ -240,8 +241,11 @@ def _mc_row(path, i: int, row) -> dict:
     lettered = sorted(k for k in row if k.startswith("answer_") and len(k) == 8)
     if "choices" in row:
         q, choices = row.get("question", ""), row["choices"]
-    elif "endings" in row:
-        q, choices = row.get("ctx", ""), row["endings"]
+    elif "endings" in row:  # HellaSwag: the activity and the context, WikiHow markup removed
+        ctx = row.get("ctx") or f"{row.get('ctx_a', '')} {row.get('ctx_b', '').capitalize()}"
+        label = row.get("activity_label")
+        q = hellaswag_clean(f"{label}: {ctx}" if label else ctx)
+        choices = [hellaswag_clean(str(e)) for e in row["endings"]]
     elif lettered:
         q, choices = row.get("question", ""), [row[k] for k in lettered]
     else:
@@ -257,14 +261,23 @@ def _mc_row(path, i: int, row) -> dict:
         raise ValueError(f"{path}:{i}: answer {ans!r} is not an index or a letter") from None
     if not (isinstance(choices, list) and choices and 0 <= ans < len(choices)):
         raise ValueError(f"{path}:{i}: answer {ans} is out of range for {len(choices)} choices")
-    return {"question": str(q), "choices": [str(c) for c in choices], "answer": ans}
+    context = q if "endings" in row else f"Question: {q}\nAnswer:"
+    return {"question": str(q), "context": context, "choices": [str(c) for c in choices],
+            "answer": ans}
+
+
+def hellaswag_clean(text: str) -> str:
+    """HellaSwag text as the standard harnesses score it: WikiHow's [title] / [step] markup
+    removed, doubled spaces collapsed."""
+    text = re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". "))
+    return text.replace("  ", " ").strip()
 
 
 
 
 def choice_logprobs(lm: LM, context: str, choices: list[str]) -> np.ndarray:
     """Sum of log p(choice tokens | context) per choice, and per-token means, [2, n]."""
-    ctx = [special_id(BOS)] + lm.tok.encode(context)
+    ctx = lm.tok.bos_ids + lm.tok.encode(context)
     rows = [ctx + lm.tok.encode(" " + c.strip()) for c in choices]
     longest = max(len(r) for r in rows)
     if longest > lm.cfg.max_seq_len + 1:
@@ -289,35 +302,94 @@ def next_token_losses(lm: LM, inputs, targets):
 _losses_jit = jax.jit(token_losses, static_argnames=("cfg",))
 
 
-def multiple_choice(lm: LM, rows: list[dict]) -> dict:
-    """Accuracy picking the choice with the highest total and per-token log-likelihood."""
-    total = norm = skipped = 0
-    scored = []
+def wilson(k: float, n: int, z: float = 1.96) -> list[float]:
+    """The 95% Wilson score interval of a proportion k / n ([0, 1] without items)."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    mid, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [round(float((mid - half) / (1 + z * z / n)), 4), round(float((mid + half) / (1 + z * z / n)), 4)]
+
+
+def choice_credit(scores, answer: int) -> float:
+    """1 when the answer alone scores highest, 1/m when it ties with m - 1 others; a NaN score
+    counts as the lowest. A model whose scores are all equal or NaN earns chance, never more."""
+    s = np.where(np.isfinite(scores), scores, -np.inf)
+    best = np.flatnonzero(s == s.max())
+    return float(answer in best) / len(best)
+
+
+def score_choices(losses, tok, rows: list[dict], max_len: int, batch_size: int = 64) -> dict:
+    """Accuracy of picking the choice with the highest log-likelihood after the row's context
+    (total, and per token), ties and NaN by choice_credit; rows too long for max_len are
+    skipped and counted. losses: as in eval.knowledge.continuation_logprobs."""
+    from eval.knowledge import continuation_logprobs
+
+    flat, owner, scored, skipped = [], [], [], 0
     for r in rows:
-        try:
-            lp = choice_logprobs(lm, r["question"], r["choices"])
-        except ValueError:  # longer than the model's context
+        ctx = tok.bos_ids + tok.encode(r.get("context", r.get("question", "")))
+        conts = [tok.encode(" " + c.strip()) or tok.encode(" ") for c in r["choices"]]
+        if max(len(ctx) + len(c) for c in conts) - 1 > max_len:
             skipped += 1
             continue
+        owner += [len(scored)] * len(conts)
+        flat += [{"prefix": ctx, "continuation": c} for c in conts]
         scored.append(r)
-        total += int(np.argmax(lp[0]) == r["answer"])
-        norm += int(np.argmax(lp[1]) == r["answer"])
-    n = max(len(scored), 1)
-    return {"accuracy": round(total / n, 4), "accuracy_per_token": round(norm / n, 4),
-            "n": len(scored), "skipped_too_long": skipped,
-            "chance": round(float(np.mean([1 / len(r["choices"]) for r in scored]))
-                            if scored else 0.0, 4)}
+    order = sorted(range(len(flat)), key=lambda i: len(flat[i]["prefix"]) + len(flat[i]["continuation"]))
+    lps = np.empty(len(flat))
+    if flat:
+        lps[order] = continuation_logprobs(losses, [flat[i] for i in order], max_len, batch_size,
+                                           width_per_batch=True)
+    owner = np.asarray(owner, int)
+    lengths = np.array([len(f["continuation"]) for f in flat])
+    total = [choice_credit(lps[owner == q], r["answer"]) for q, r in enumerate(scored)]
+    norm = [choice_credit(lps[owner == q] / lengths[owner == q], r["answer"])
+            for q, r in enumerate(scored)]
+    n = len(scored)
+    return {"accuracy": round(float(np.mean(total)), 4) if n else None,
+            "accuracy_95ci": wilson(sum(total), n),
+            "accuracy_per_token": round(float(np.mean(norm)), 4) if n else None,
+            "accuracy_per_token_95ci": wilson(sum(norm), n),
+            "n": n, "skipped_too_long": skipped,
+            "chance": round(float(np.mean([1 / len(r["choices"]) for r in scored])) if n else 0.0, 4)}
 
 
-def gsm8k(lm: LM, path: str | Path, limit: int = 0, max_new_tokens: int = 128) -> dict:
-    """Exact match of the final number on GSM8K-layout JSONL (greedy, chat format)."""
+def multiple_choice(lm: LM, rows: list[dict], batch_size: int = 64) -> dict:
+    """score_choices with the model's own next-token losses."""
+    from eval.knowledge import _model_losses
+
+    return score_choices(_model_losses(lm), lm.tok, rows, lm.cfg.max_seq_len, batch_size)
+
+
+def spread(rows: list, limit: int | None) -> list:
+    """`limit` rows evenly spaced over the file, so that a file sorted by subject (MMLU) is
+    sampled across every subject; all of them without a limit."""
+    if not limit or limit >= len(rows):
+        return list(rows)
+    return [rows[i * len(rows) // limit] for i in range(limit)]
+
+
+def gsm8k(lm: LM, path: str | Path, limit: int = 0, max_new_tokens: int = 384,
+          batch_size: int = 16) -> dict:
+    """Exact match of the final number on GSM8K-layout JSONL (greedy, chat format). Problems are
+    asked in batches of similar prompt length, so that each row's budget is max_new_tokens (or
+    what the context leaves); a prompt that leaves fewer than 32 tokens is skipped and counted."""
     from eval.tasks import GSM8KTask
 
     task = GSM8KTask({"test": path})
-    problems = task.problems("test", limit)
-    replies = ask(lm, [p.prompt for p in problems], max_new_tokens=max_new_tokens)
-    return {"accuracy": _share(task.evaluate(p, r["answer"])
-                               for p, r in zip(problems, replies, strict=True)),
-            "no_answer_rate": _share(extract_answer(r["answer"]) is None for r in replies),
-            "n": len(problems)}
-
+    problems = spread(task.problems("test", 0), limit)
+    lengths = [len(lm.prompt(p.prompt)) for p in problems]
+    keep = sorted((i for i, n in enumerate(lengths) if n + 32 <= lm.cfg.max_seq_len),
+                  key=lambda i: lengths[i])
+    replies = {}
+    for b in range(0, len(keep), batch_size):
+        chunk = keep[b: b + batch_size]
+        for i, r in zip(chunk, ask(lm, [problems[i].prompt for i in chunk], batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens), strict=True):
+            replies[i] = r
+    ok = [task.evaluate(problems[i], replies[i]["answer"]) for i in keep]
+    return {"accuracy": _share(ok), "accuracy_95ci": wilson(sum(ok), len(ok)),
+            "no_answer_rate": _share(extract_answer(replies[i]["answer"]) is None for i in keep),
+            "finished_rate": _share(replies[i]["finished"] for i in keep),
+            "n": len(keep), "skipped_too_long": len(problems) - len(keep),
+            "max_new_tokens": max_new_tokens}

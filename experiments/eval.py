@@ -48,10 +48,27 @@ def _once_seen_documents(workdir: Path, limit: int) -> list[str]:
 def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: list[str] = (),
                    limit: int = 100) -> dict:
     lm, meta = load_stage(stage)
-    world = load_world(workdir)
-    base = meta.get("stage") == "pretrain"
+    base = meta.get("stage") == "pretrain" or lm.chat is None
     out: dict = {"stage": str(stage.resolve()), "kind": "base" if base else "chat"}
     t0 = time.time()
+    if (workdir / "corpus" / "world.json").is_file():
+        _world_evals(cfg, lm, meta, workdir, base, limit, out)
+    else:  # an imported model's run root: only the benchmark files
+        out["world"] = "absent: no W/corpus/world.json, so no synthetic-world evaluations"
+    for path in mc:
+        rows = suite.load_multiple_choice(path, strict=False)
+        out[f"mc:{path}"] = {**suite.multiple_choice(lm, suite.spread(rows, limit)),
+                             "of_rows": len(rows), "skipped_bad_rows": rows.skipped}
+    for path in gsm8k:
+        out[f"gsm8k:{path}"] = suite.gsm8k(lm, path, limit=limit)
+    out["wall_s"] = round(time.time() - t0, 1)
+    write_json(stage / "eval.json", out)
+    return out
+
+
+def _world_evals(cfg, lm, meta: dict, workdir: Path, base: bool, limit: int, out: dict) -> None:
+    """The synthetic world's evaluations (module docstring) into `out`."""
+    world = load_world(workdir)
     if (workdir / "shards" / "manifest.json").is_file():
         out["validation"] = suite.validation_bpb(lm, workdir / "shards")
     out["reversal"] = suite.reversal(lm, world, chat=not base, limit=limit)
@@ -61,28 +78,18 @@ def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: l
         out["few_shot"] = suite.few_shot(lm, world, limit=limit)
         out["regurgitation"] = suite.regurgitation(lm, world.biographies(),
                                                    _once_seen_documents(workdir, 200))
-    else:
-        recall = recall_tool(meta, lm)  # for a model taught to call it
-        for split in ("train", "heldout", "nonexistent"):
-            r = world_qa(lm, world, split, limit=limit, recall=recall)
-            out[f"qa_{split}"] = {k: v for k, v in r.items() if k != "replies"}
-        out["hallucination_rate"] = out["qa_nonexistent"]["answer_rate"]
-        out["answer_first"] = suite.answer_first(lm, world, n=limit)
-        ident = identity_accuracy(lm, world, hooks=recall_hooks(lm.tok, recall))
-        out["identity_accuracy"] = ident["accuracy"]
-        if meta.get("config", {}).get("sft", {}).get("tools", False):
-            t = tool_eval(lm, world, tool_config(cfg), n=min(limit, 50),
-                          recall=recall)
-            out["tools"] = {k: v for k, v in t.items() if k != "transcripts"}
-    for path in mc:
-        rows = suite.load_multiple_choice(path, strict=False)
-        out[f"mc:{path}"] = {**suite.multiple_choice(lm, rows[:limit]),
-                             "skipped_bad_rows": rows.skipped}
-    for path in gsm8k:
-        out[f"gsm8k:{path}"] = suite.gsm8k(lm, path, limit=limit)
-    out["wall_s"] = round(time.time() - t0, 1)
-    write_json(stage / "eval.json", out)
-    return out
+        return
+    recall = recall_tool(meta, lm)  # for a model taught to call it
+    for split in ("train", "heldout", "nonexistent"):
+        r = world_qa(lm, world, split, limit=limit, recall=recall)
+        out[f"qa_{split}"] = {k: v for k, v in r.items() if k != "replies"}
+    out["hallucination_rate"] = out["qa_nonexistent"]["answer_rate"]
+    out["answer_first"] = suite.answer_first(lm, world, n=limit)
+    ident = identity_accuracy(lm, world, hooks=recall_hooks(lm.tok, recall))
+    out["identity_accuracy"] = ident["accuracy"]
+    if meta.get("config", {}).get("sft", {}).get("tools", False):
+        t = tool_eval(lm, world, tool_config(cfg), n=min(limit, 50), recall=recall)
+        out["tools"] = {k: v for k, v in t.items() if k != "transcripts"}
 
 
 def main(argv):

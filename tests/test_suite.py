@@ -183,3 +183,55 @@ def test_the_recall_threshold_is_fitted_between_real_and_made_up_names():
     assert fit_recall_threshold([-9.0], [-1.0]) == -10.0
     with pytest.raises(ValueError, match="n_unknown"):
         fit_recall_threshold([-1.0], [None])
+
+
+def test_multiple_choice_oracle_scores_all_and_broken_models_only_chance(setup):
+    from eval.suite import score_choices
+
+    tok = setup[2]
+    rows = [{"context": f"Question {i}: which?", "answer": i % 4,
+             "choices": ["7777" if j == i % 4 else "3333" for j in range(4)]} for i in range(12)]
+    right = set(tok.encode(" 7777")) - set(tok.encode(" 3333"))
+    assert len(tok.encode(" 7777")) == len(tok.encode(" 3333"))  # no length to tell them by
+
+    def oracle(inputs, targets):  # certain of the right answer's tokens, unsure of the rest
+        return np.where(np.isin(targets, list(right)), 0.0, 5.0)
+
+    res = score_choices(oracle, tok, rows, max_len=64)
+    assert res["accuracy"] == 1.0 and res["accuracy_per_token"] == 1.0 and res["n"] == 12
+    assert res["accuracy_95ci"][0] > 0.7 and res["chance"] == 0.25
+    first = [{**r, "answer": 0, "choices": ["7777", "3333", "3333", "3333"]} for r in rows]
+    for broken in (lambda i, t: np.full(t.shape, np.nan), lambda i, t: np.zeros(t.shape),
+                   lambda i, t: np.ones(t.shape)):  # NaN, constant: ties never beat chance
+        for case in (rows, first):  # also where the gold answer is always choice 0 (TruthfulQA)
+            res = score_choices(broken, tok, case, max_len=64)
+            assert res["accuracy"] <= 0.25 and res["accuracy_per_token"] <= 0.25
+    long = [{"context": "word " * 100, "choices": ["a", "b"], "answer": 0}] + rows[:2]
+    res = score_choices(oracle, tok, long, max_len=64)
+    assert res["skipped_too_long"] == 1 and res["n"] == 2  # skipped and counted, never fatal
+
+
+def test_the_harness_samples_across_a_sorted_file_and_cleans_hellaswag(tmp_path):
+    from eval.suite import hellaswag_clean, spread, wilson
+
+    assert spread(list(range(100)), 10) == list(range(0, 100, 10)) and spread([1, 2], 5) == [1, 2]
+    assert hellaswag_clean("[header] How to cook rice [title] Rinse the rice. [step] Boil  it.") \
+        == "How to cook rice. Rinse the rice. Boil it."
+    lo, hi = wilson(50, 100)
+    assert 0.40 < lo < 0.41 and 0.59 < hi < 0.60 and wilson(0, 0) == [0.0, 1.0]
+    path = tmp_path / "hs.jsonl"
+    path.write_text(json.dumps({"activity_label": "Cooking", "ctx": "[header] A man [title] boils",
+                                "endings": ["water [step] now", "a shoe"], "expected_index": 0}) + "\n")
+    row = load_multiple_choice(path)[0]
+    assert row["context"] == "Cooking: A man. boils" and row["choices"][0] == "water now"
+
+
+def test_gsm8k_skips_and_counts_a_prompt_too_long_for_the_context(setup, tmp_path):
+    from eval.suite import gsm8k
+
+    lm = setup[5]
+    path = tmp_path / "gsm.jsonl"
+    path.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}) + "\n"
+                    + json.dumps({"question": "Why? " * 300, "answer": "#### 1"}) + "\n")
+    res = gsm8k(lm, path, max_new_tokens=16)
+    assert res["n"] == 1 and res["skipped_too_long"] == 1 and 0 <= res["accuracy"] <= 1

@@ -262,14 +262,16 @@ def prompt(tok: Tokenizer, question: str, system: str | None = None) -> list[int
 
 
 def render_all(convs: Iterable[dict], tok: Tokenizer, max_tokens: int, too_long: str = "drop",
-               ) -> tuple[list[tuple[list[int], list[int]]], RenderStats]:
-    """Renders conversations for training; ones over max_tokens are dropped or truncated (a
-    truncated one keeps its first max_tokens tokens and is dropped if no assistant token is left)."""
+               fmt: ChatFormat | None = None) -> tuple[list[tuple[list[int], list[int]]], RenderStats]:
+    """Renders conversations for training in `fmt` (the project's format by default); ones over
+    max_tokens are dropped or truncated (a truncated one keeps its first max_tokens tokens and
+    is dropped if no assistant token is left)."""
+    fmt = fmt or FORMATS["project"]
     _check_too_long(too_long)
     stats, out = RenderStats(), []
     for conv in convs:
         stats.conversations += 1
-        ids, mask = render(conv, tok)
+        ids, mask = fmt.render(conv, tok)
         if len(ids) > max_tokens:
             if too_long == "drop" or not any(mask[:max_tokens]):
                 stats.dropped_too_long += 1
@@ -285,9 +287,10 @@ def render_all(convs: Iterable[dict], tok: Tokenizer, max_tokens: int, too_long:
 
 def render_document(text: str, tok: Tokenizer) -> tuple[list[int], list[int]]:
     """A pretraining document as a training row beside rendered conversations: (tokens, mask)
-    as `render` gives them, <|bos|> then the text, the loss on every token of the text."""
-    ids = tok.encode(text)
-    return [special_id(BOS)] + ids, [0] + [1] * len(ids)
+    as `render` gives them, the tokenizer's BOS (<|bos|>) then the text, the loss on every token
+    of the text."""
+    ids, bos = tok.encode(text), tok.bos_ids
+    return bos + ids, [0] * len(bos) + [1] * len(ids)
 
 
 def render_documents(texts: Iterable[str], tok: Tokenizer, max_tokens: int, too_long: str = "drop",

@@ -13,6 +13,7 @@ SHA-256, chat format). Nothing is written when the source is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import time
@@ -20,9 +21,10 @@ from pathlib import Path
 
 from absl import flags
 
-from experiments.workdir import StageFlags, lock_run, run_entry
-from train.stage import REPO_ROOT, code_version
+from experiments.workdir import StageFlags, define_config, lock_run, run_entry
+from train.stage import REPO_ROOT, code_version, write_json
 
+_CONFIG = define_config()
 _FLAGS = StageFlags(workdir="run root; writes WORKDIR/import", workdir_required=True)
 _SOURCE = flags.DEFINE_string("source", None, "Hugging Face model dir, GGUF file, or smollm2",
                               required=True)
@@ -101,8 +103,11 @@ def load_source(source: str, max_seq_len: int | None):
     return cfg, params, tok, {"kind": kind, "path": str(path.resolve())}
 
 
-def import_model(source: str, workdir: Path, max_seq_len: int | None = 2048) -> Path:
-    """The stage: W/import from `source`; returns its directory."""
+def import_model(source: str, workdir: Path, max_seq_len: int | None = 2048,
+                 world: dict | None = None) -> Path:
+    """The stage: W/import from `source`; returns its directory. world: the synthetic world's
+    config, written to W/corpus/world.json where the run root has none (SFT and RL teach and
+    ask about it), as the corpus stage does."""
     import jax
     import jax.numpy as jnp
 
@@ -135,6 +140,11 @@ def import_model(source: str, workdir: Path, max_seq_len: int | None = 2048) -> 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if world is not None and not (workdir / "corpus" / "world.json").is_file():
+        (workdir / "corpus").mkdir(parents=True, exist_ok=True)
+        from data.world import WorldConfig
+
+        write_json(workdir / "corpus" / "world.json", dataclasses.asdict(WorldConfig(**world)))
     print(f"imported {source} ({cfg.n_params():,} parameters, {cfg.n_layers} layers, "
           f"chat format {meta['chat_format']}) into {stage} in {time.time() - t0:.0f} s "
           f"(code {code_version()[:12]})")
@@ -144,7 +154,7 @@ def import_model(source: str, workdir: Path, max_seq_len: int | None = 2048) -> 
 def main(argv):
     del argv
     lock_run(_FLAGS.workdir)
-    import_model(_SOURCE.value, _FLAGS.workdir, _MAX_SEQ.value)
+    import_model(_SOURCE.value, _FLAGS.workdir, _MAX_SEQ.value, _CONFIG.value.world.to_dict())
 
 
 if __name__ == "__main__":

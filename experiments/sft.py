@@ -131,8 +131,9 @@ def train_sft(cfg, parent: Path, workdir: Path) -> dict:
                              f"max_seq_len={model_cfg.max_seq_len}")
     world = load_world(workdir)
     train_convs, val_convs, counts = build_conversations(cfg, world, workdir)
-    train_r, train_stats = render_all(train_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
-    val_r, val_stats = render_all(val_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long)
+    train_r, train_stats = render_all(train_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long,
+                                      lm.chat)
+    val_r, val_stats = render_all(val_convs, tok, train_cfg.seq_len + 1, cfg.sft.too_long, lm.chat)
     copies("sft.replay", cfg.sft.replay)
     if cfg.sft.replay:  # the pretraining text SFT would otherwise overwrite (tiny.py: sft.replay)
         replay, dropped = render_documents(world.biographies(), tok, train_cfg.seq_len + 1,

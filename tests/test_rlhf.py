@@ -21,7 +21,6 @@ from train.pair_loop import batch_indices, train_on_pairs
 from train.reward import (
     dpo_loss,
     init_reward_model,
-    make_step,
     pair_batch,
     ranking_loss,
     reward_hacking,
@@ -29,7 +28,7 @@ from train.reward import (
     sequence_logps,
 )
 from train.rl import RLConfig, build_batch, group_advantages, make_rl_step, rollout, token_logprobs
-from train.step import init_state
+from train.step import init_state, make_step
 
 
 def _toy_pair():

@@ -18,7 +18,8 @@ import numpy as np
 from model.config import ModelConfig
 from train.loop import TrainConfig, host_loop, open_state, to_global
 from train.optim import OptimConfig
-from train.reward import make_step, pair_batch
+from train.reward import pair_batch
+from train.step import make_step
 
 
 def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:

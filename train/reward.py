@@ -14,18 +14,16 @@ the implicit reward, loss -log sigmoid(beta * ((logp_c - ref_c) - (logp_r - ref_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from model import transformer
 from model.config import ModelConfig
 from model.padding import right_pad
 from train.rl import token_logprobs
-from train.step import finish_step
 
 SIDES = ("chosen", "rejected")
 
@@ -69,20 +67,6 @@ def dpo_loss(params, batch: dict, cfg: ModelConfig, beta: float) -> tuple[jax.Ar
     h = beta * ((lp["chosen"] - batch["ref_chosen"]) - (lp["rejected"] - batch["ref_rejected"]))
     return jnp.mean(jax.nn.softplus(-h)), {"accuracy": jnp.mean((h > 0).astype(jnp.float32)),
                                            "margin": jnp.mean(h) / beta}
-
-
-def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
-    """step(state, batch) -> (state, metrics) for any loss_fn(params, batch) -> (loss, aux)."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def step(state, batch):
-        (loss, aux), grads = grad_fn(state["params"], batch)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return finish_step(state, params, opt_state,
-                           {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux})
-
-    return step
 
 
 def pair_batch(pairs: Sequence[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]],

@@ -49,7 +49,7 @@ from model.engine import SamplingConfig, generate, generate_with_tools
 from model.handle import LM
 from model.losses import token_losses
 from model.padding import right_pad
-from train.step import State, finish_step
+from train.step import State, make_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,22 +135,8 @@ def pg_loss(params, batch: dict, cfg: ModelConfig, rl: RLConfig) -> tuple[jax.Ar
 def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
                  rl: RLConfig) -> Callable[[State, dict], tuple[State, dict]]:
     """rl_step(state, batch) -> (state, metrics): `rl.epochs` updates on the batch, step + 1."""
-    grad_fn = jax.value_and_grad(lambda p, b: pg_loss(p, b, cfg, rl), has_aux=True)
-
-    def rl_step(state: State, batch: dict) -> tuple[State, dict]:
-        def update(carry, _):
-            params, opt_state = carry
-            (loss, aux), grads = grad_fn(params, batch)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state), {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-
-        (params, opt_state), ms = jax.lax.scan(update, (state["params"], state["opt_state"]),
-                                               None, length=rl.epochs)
-        metrics = {k: v[0] if k in ("kl", "pg_loss") else v[-1] for k, v in ms.items()}
-        return finish_step(state, params, opt_state, metrics)
-
-    return rl_step
+    return make_step(lambda p, b: pg_loss(p, b, cfg, rl), optimizer, epochs=rl.epochs,
+                     first_epoch=("kl", "pg_loss"))
 
 
 @dataclasses.dataclass

@@ -39,31 +39,60 @@ def _loss(params, batch, cfg):
     return losses_BT.sum(), mask_BT.sum()
 
 
+def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+              micro_batches: int | None = None, epochs: int | None = None,
+              first_epoch: tuple[str, ...] = ()) -> Callable[[State, dict], tuple[State, dict]]:
+    """The one step builder: step(state, batch) -> (state, metrics), an optimizer update from
+    loss_fn(params, batch) -> (loss, aux), then finish_step.
+
+    micro_batches=k (token stages): the batch is k micro-batches; loss_fn returns a loss SUM and
+    its weight (the target count) as aux, and the update uses the summed gradients over the
+    summed weight (metrics: loss, grad_norm, tokens). Otherwise aux is a dict of metrics.
+    epochs=e (RL): e updates on the same batch; metrics of the last, `first_epoch` keys of the
+    first."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def update(params, opt_state, batch):
+        if micro_batches is None:
+            (loss, aux), grads = grad_fn(params, batch)
+            metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        else:
+            def micro(carry, mb):
+                grads, loss_sum, count = carry
+                (loss, n), g = grad_fn(params, mb)
+                return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, count + n), None
+
+            mbs = jax.tree.map(
+                lambda x: x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:]), batch)
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (grads, loss_sum, count), _ = jax.lax.scan(
+                micro, (zeros, jnp.float32(0), jnp.float32(0)), mbs)
+            count = jnp.maximum(count, 1.0)
+            grads = jax.tree.map(lambda g: g / count, grads)
+            metrics = {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads), "tokens": count}
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    def step(state: State, batch: dict) -> tuple[State, dict]:
+        if epochs is None:
+            params, opt_state, metrics = update(state["params"], state["opt_state"], batch)
+        else:
+            def body(carry, _):
+                params, opt_state, m = update(*carry, batch)
+                return (params, opt_state), m
+
+            (params, opt_state), ms = jax.lax.scan(body, (state["params"], state["opt_state"]),
+                                                   None, length=epochs)
+            metrics = {k: v[0] if k in first_epoch else v[-1] for k, v in ms.items()}
+        return finish_step(state, params, opt_state, metrics)
+
+    return step
+
+
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
                     accum_steps: int = 1) -> Callable[[State, dict], tuple[State, dict]]:
-    """train_step(state, batch) -> (state, metrics), averaging gradients over micro-batches."""
-
-    def train_step(state: State, batch: dict) -> tuple[State, dict]:
-        grad_fn = jax.value_and_grad(_loss, has_aux=True)
-
-        def micro(carry, mb):
-            grads, loss_sum, count = carry
-            (loss, n), g = grad_fn(state["params"], mb, cfg)
-            return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, count + n), None
-
-        micro_batches = jax.tree.map(
-            lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
-        zeros = jax.tree.map(jnp.zeros_like, state["params"])
-        (grads, loss_sum, count), _ = jax.lax.scan(
-            micro, (zeros, jnp.float32(0), jnp.float32(0)), micro_batches)
-        count = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g / count, grads)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return finish_step(state, params, opt_state, {
-            "loss": loss_sum / count, "grad_norm": optax.tree.norm(grads), "tokens": count})
-
-    return train_step
+    """The token stages' step (pretraining, SFT): gradients averaged over micro-batches."""
+    return make_step(lambda p, b: _loss(p, b, cfg), optimizer, micro_batches=accum_steps)
 
 
 def state_shardings(abstract_state: State, param_shardings, mesh) -> State:

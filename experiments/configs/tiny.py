@@ -2,6 +2,7 @@
 
   python -m experiments.speedrun --workdir runs/demo
   python -m experiments.speedrun --workdir runs/smoke --config=experiments/configs/tiny.py:smoke
+  python -m experiments.sft --init_from runs/smol/import --config=experiments/configs/tiny.py:import
 Any field can be overridden: --config.train.steps=600 --config.sft.replay=0. A stage's
 `*_train` / `*_optim` section overlays `train` / `optim` (experiments/configs/__init__.py), so
 --config.train.mesh_fsdp=2 reaches every stage. The model's vocab_size is always the
@@ -15,9 +16,11 @@ from experiments.configs import overlay
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """The tiny default; variant "smoke" (--config=experiments/configs/tiny.py:smoke) shrinks every
-    stage so the whole speedrun checks that the stages fit together in a few minutes."""
-    if variant not in (None, "", "smoke"):
-        raise ValueError(f"unknown tiny config variant {variant!r}: expected 'smoke' or nothing")
+    stage so the whole speedrun checks that the stages fit together in a few minutes; variant
+    "import" sizes SFT and RL for an imported model (experiments.import_model)."""
+    if variant not in (None, "", "smoke", "import"):
+        raise ValueError(f"unknown tiny config variant {variant!r}: expected 'smoke', 'import' or "
+                         "nothing")
     c = ml_collections.ConfigDict()
     c.tokenizer = ml_collections.ConfigDict(dict(
         vocab_size=4096,
@@ -159,7 +162,24 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.arena = ml_collections.ConfigDict(dict(samples=4, max_new_tokens=48, bootstrap=200, seed=0))
     if variant == "smoke":
         _smoke(c)
+    if variant == "import":
+        _imported(c)
     return c
+
+
+def _imported(c: ml_collections.ConfigDict) -> None:
+    """SFT and RL from an imported ~100M-parameter model in minutes on 2 cores: the identity
+    and the world's plain kinds only (its chat format carries no tools, it was never probed),
+    short rows, a small learning rate for weights that already work."""
+    c.sft.update(dict(idk=False, recall=False, tools=False, replay=0, n_arithmetic=200,
+                      n_spelling=50, n_mixed=0, eval_limit=20))
+    c.sft_train.update(dict(steps=16, batch_size=8, seq_len=128, save_every=8, eval_every=8,
+                            sample_every=16, eval_batches=2, log_every=2))
+    c.sft_optim.update(dict(lr=5e-5, warmup_steps=2, min_lr_ratio=0.1))
+    c.rl.update(dict(tools=False, n_train=200, n_eval=20, pass_k=4, n_pass_k=10,
+                     prompts_per_step=4, group_size=4, max_new_tokens=64))
+    c.rl_train.update(dict(steps=4, save_every=2, eval_every=2))
+    c.rl_optim.update(dict(lr=1e-5, warmup_steps=0))
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:

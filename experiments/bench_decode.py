@@ -1,0 +1,71 @@
+"""Benchmark (not a test): compile seconds, prefill and decode tokens/s of a stage's model.
+
+  python -m experiments.bench_decode --init_from runs/smol/import [--prompt_len 128 --new 64]
+
+For batch 1 and 16: the first call's seconds (compilation included), then the median of
+--repeats timed runs of prefill (prompt tokens / s) and of the whole generation's decode part
+(new tokens / s, after subtracting the prefill). A table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import flags
+
+from experiments.workdir import StageFlags, run_entry
+from model.engine import SamplingConfig, generate, pad_prompts, prefill
+from train.stage import load_stage
+
+_FLAGS = StageFlags("the stage whose model to time", workdir=None)
+_PROMPT = flags.DEFINE_integer("prompt_len", 128, "prompt tokens per row")
+_NEW = flags.DEFINE_integer("new", 64, "new tokens per row")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs per figure (the median is reported)")
+_BATCHES = flags.DEFINE_list("batches", ["1", "16"], "batch sizes")
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
+
+
+def bench_batch(lm, b: int, t: int, n_new: int, repeats: int) -> tuple[float, float, float]:
+    """(first generate's seconds, prefill tok/s, decode tok/s) at batch b."""
+    cfg = lm.cfg
+    prompts = np.random.default_rng(0).integers(100, cfg.vocab_size, (b, t)).tolist()
+    sampling = SamplingConfig(max_new_tokens=n_new, temperature=0.0, stop_tokens=())
+    tokens, lengths, cache_len = pad_prompts(prompts, cfg, n_new)
+
+    def gen():
+        return generate(lm.params, cfg, prompts, sampling).tokens
+
+    def pre():
+        return prefill(lm.params, tokens, lengths, cfg, cache_len)
+
+    first = _timed(gen)
+    _timed(pre)  # its own compile
+    t_pre = statistics.median(_timed(pre) for _ in range(repeats))
+    t_gen = statistics.median(_timed(gen) for _ in range(repeats))
+    return first, b * t / t_pre, b * n_new / max(t_gen - t_pre, 1e-9)
+
+
+def main(argv):
+    del argv
+    lm, _ = load_stage(_FLAGS.init_from)
+    cfg = lm.cfg
+    print(f"{_FLAGS.init_from}: {cfg.n_params() / 1e6:.1f}M parameters, {cfg.n_layers} layers, "
+          f"{jax.device_count()} x {jax.devices()[0].platform}; prompt {_PROMPT.value}, new "
+          f"{_NEW.value} tokens")
+    print("| batch | compile + first generate (s) | prefill tok/s | decode tok/s |")
+    print("| --- | --- | --- | --- |")
+    for b in map(int, _BATCHES.value):
+        first, pre, dec = bench_batch(lm, b, _PROMPT.value, _NEW.value, _REPEATS.value)
+        print(f"| {b} | {first:.1f} | {pre:,.0f} | {dec:,.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    run_entry(main)

@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from data.chat import read_jsonl, render
+from data.chat import FORMATS, ChatFormat, read_jsonl
 from data.tokenizer import Tokenizer
 from data.world import World
 
@@ -45,18 +45,21 @@ def load_preferences(path: str | Path) -> list[dict]:
     return rows
 
 
-def render_pair(row: dict, tok: Tokenizer):
-    """((ids, mask) of prompt + chosen, (ids, mask) of prompt + rejected)."""
-    return tuple(render({"messages": [{"role": "user", "content": row["prompt"]},
-                                      {"role": "assistant", "content": row[side]}]}, tok)
+def render_pair(row: dict, tok: Tokenizer, fmt: ChatFormat | None = None):
+    """((ids, mask) of prompt + chosen, (ids, mask) of prompt + rejected), in `fmt` (the
+    project's chat format by default)."""
+    fmt = fmt or FORMATS["project"]
+    return tuple(fmt.render({"messages": [{"role": "user", "content": row["prompt"]},
+                                          {"role": "assistant", "content": row[side]}]}, tok)
                  for side in ("chosen", "rejected"))
 
 
-def render_pairs(rows: Iterable[dict], tok: Tokenizer, max_tokens: int) -> tuple[list, int]:
+def render_pairs(rows: Iterable[dict], tok: Tokenizer, max_tokens: int,
+                 fmt: ChatFormat | None = None) -> tuple[list, int]:
     """(rendered pairs that fit in max_tokens, how many were dropped for length)."""
     out, dropped = [], 0
     for row in rows:
-        pair = render_pair(row, tok)
+        pair = render_pair(row, tok, fmt)
         if max(len(pair[0][0]), len(pair[1][0])) > max_tokens:
             dropped += 1
         else:

@@ -124,7 +124,7 @@ def run_dpo(cfg, parent: Path, workdir: Path, stage_dir: Path, rm_dir: Path,
                                 f"--init_from {parent}` first (it samples and ranks the pairs)")
     rows = load_preferences(prefs) + [r for p in cfg.rm.extra_jsonl.split(",") if p
                                       for r in load_preferences(p)]
-    pairs, dropped = render_pairs(rows, tok, model_cfg.max_seq_len)
+    pairs, dropped = render_pairs(rows, tok, model_cfg.max_seq_len, lm.chat)
     obj = labeler_objective(cfg, rm, world, _budget(cfg, lm, world))
     ref = restore_params(parent, transformer.param_shapes(model_cfg))
     beta = cfg.rlhf.dpo_beta

@@ -96,8 +96,9 @@ def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
             print(f"{split}: {len(rows)} ranked pairs -> {path}", flush=True)
     rows = {split: [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
             for split, path in files.items()}
-    train_pairs, dropped_train = render_pairs(rows["train"] + extra, tok, model_cfg.max_seq_len)
-    val_pairs, dropped_val = render_pairs(rows["test"], tok, model_cfg.max_seq_len)
+    train_pairs, dropped_train = render_pairs(rows["train"] + extra, tok, model_cfg.max_seq_len,
+                                              lm.chat)
+    val_pairs, dropped_val = render_pairs(rows["test"], tok, model_cfg.max_seq_len, lm.chat)
     if not train_pairs:
         raise ValueError("no preference pairs to train on (every sampled answer scored the "
                              "same?); raise rm.k or rm.rounds, or add rm.extra_jsonl")

@@ -19,6 +19,7 @@ accuracy on train and held-out people, and the answer rate on nonexistent people
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 import time
@@ -124,6 +125,9 @@ def train_sft(cfg, parent: Path, workdir: Path) -> dict:
     chat evaluations; returns meta.json's figures."""
     stage_dir = workdir / "sft"
     lm, _ = read_stage(parent)  # the parent's model, tokenizer and chat format, always
+    if lm.chat.default_system and cfg.sft.identity != "none":
+        # the identity is taught here: an imported template's own ("You are SmolLM...") goes
+        lm = dataclasses.replace(lm, chat=dataclasses.replace(lm.chat, default_system=None))
     tok, model_cfg = lm.tok, lm.cfg
     _, train_cfg, optim_cfg = configs_from(cfg, tok, train="sft_train", optim="sft_optim")
     if train_cfg.seq_len > model_cfg.max_seq_len:
@@ -166,7 +170,7 @@ def train_sft(cfg, parent: Path, workdir: Path) -> dict:
     base_meta = stage_meta("sft", model_cfg, resolved(cfg), tok, parent, mixture=counts,
                            rendered={"train": vars(train_stats), "val": vars(val_stats)},
                            train_rows=len(train_data.tokens), idk=cfg.sft.idk,
-                           identity=cfg.sft.identity)
+                           identity=cfg.sft.identity, chat_default_system=lm.chat.default_system)
     if cfg.sft.recall and cfg.sft.idk:  # the probe's recall threshold: eval uses it too
         threshold = (read_meta(workdir / "probe") or {}).get("figures", {}).get("recall_threshold")
         if threshold is None:

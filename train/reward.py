@@ -1,6 +1,6 @@
 """Learning from preferences: a reward model (Bradley-Terry), DPO, and a reward-hacking detector.
 
-Pairs are (prompt, chosen, rejected) conversations, rendered with data.chat.render; a batch
+Pairs are (prompt, chosen, rejected) conversations, rendered in the model's chat format; a batch
 holds, per side, the whole conversation's ids [B, T + 1], the loss mask over its targets [B, T]
 (1 on the assistant's tokens) and the index of its last token [B].
 
@@ -71,7 +71,7 @@ def dpo_loss(params, batch: dict, cfg: ModelConfig, beta: float) -> tuple[jax.Ar
 
 def pair_batch(pairs: Sequence[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]],
                seq_len: int) -> dict[str, np.ndarray]:
-    """pairs: ((ids, mask) chosen, (ids, mask) rejected), from data.chat.render; every
+    """pairs: ((ids, mask) chosen, (ids, mask) rejected), from data.preferences.render_pairs; every
     conversation must fit in seq_len tokens."""
     out = {}
     for k, side in enumerate(SIDES):
@@ -119,7 +119,7 @@ def rm_shardings(cfg: ModelConfig, mesh) -> dict:
 class RewardModel:
     """A trained reward-model stage, scoring (prompt, answer) texts in batches."""
 
-    def __init__(self, stage_dir, tok, batch_size: int = 32):
+    def __init__(self, stage_dir, tok, batch_size: int = 32, fmt=None):
         from train.checkpoint import restore_params
         from train.stage import read_stage
 
@@ -128,17 +128,16 @@ class RewardModel:
         if rm_tok.sha256 != tok.sha256:
             raise ValueError(f"the reward model {stage_dir} uses tokenizer {rm_tok.sha256[:12]}, "
                              f"the policy {tok.sha256[:12]}: train the RM from this SFT stage")
-        self.tok, self.batch_size = tok, batch_size
+        self.tok, self.batch_size, self.fmt = tok, batch_size, fmt or rm.chat
         self.params = restore_params(stage_dir, rm_shapes(self.cfg))
         self._fn = jax.jit(lambda p, t, last: reward_scores(p, t, last, self.cfg))
 
     def score(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        from data.chat import render
-
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            rows = [render({"messages": [{"role": "user", "content": p},
-                                         {"role": "assistant", "content": a}]}, self.tok)[0]
+            rows = [self.fmt.render({"messages": [{"role": "user", "content": p},
+                                                  {"role": "assistant", "content": a}]},
+                                    self.tok)[0]
                     [: self.cfg.max_seq_len]
                     for p, a in zip(prompts[i:i + self.batch_size], answers[i:i + self.batch_size],
                                     strict=True)]

@@ -173,9 +173,9 @@ def _imported(c: ml_collections.ConfigDict) -> None:
     short rows, a small learning rate for weights that already work."""
     c.sft.update(dict(idk=False, recall=False, tools=False, replay=0, n_arithmetic=200,
                       n_spelling=50, n_mixed=0, eval_limit=20))
-    c.sft_train.update(dict(steps=16, batch_size=8, seq_len=128, save_every=8, eval_every=8,
-                            sample_every=16, eval_batches=2, log_every=2))
-    c.sft_optim.update(dict(lr=5e-5, warmup_steps=2, min_lr_ratio=0.1))
+    c.sft_train.update(dict(steps=24, batch_size=8, seq_len=128, save_every=8, eval_every=8,
+                            sample_every=24, eval_batches=2, log_every=2))
+    c.sft_optim.update(dict(lr=1e-4, warmup_steps=2, min_lr_ratio=0.1))
     c.rl.update(dict(tools=False, n_train=200, n_eval=20, pass_k=4, n_pass_k=10,
                      prompts_per_step=4, group_size=4, max_new_tokens=64))
     c.rl_train.update(dict(steps=4, save_every=2, eval_every=2))

@@ -68,7 +68,7 @@ def _sha256(path: Path) -> str:
 
 def default_system(template: str | None, tok) -> str | None:
     """The system message a ChatML chat template adds when a conversation has none."""
-    if not template:
+    if not isinstance(template, str) or not template:  # none, or several named templates
         return None
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 

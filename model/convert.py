@@ -114,7 +114,7 @@ def load_hf(directory: str | Path, max_seq_len: int | None = None) -> tuple[Mode
             raise FileNotFoundError(f"{directory} holds no *.safetensors")
         where = {}
         for f in files:
-            with safe_open(f, "np") as fh:
+            with safe_open(f, "flax") as fh:
                 where.update({k: f for k in fh.keys()})
     if cfg.tie_embeddings is False and "lm_head.weight" not in where:
         raise ValueError("config.json: tie_word_embeddings is false but there is no lm_head.weight")
@@ -122,8 +122,8 @@ def load_hf(directory: str | Path, max_seq_len: int | None = None) -> tuple[Mode
     def get(name):
         if name not in where:
             raise ValueError(f"tensor {name} is missing from {directory}")
-        with safe_open(where[name], "np") as fh:
-            return fh.get_tensor(name).astype(np.float32)
+        with safe_open(where[name], "flax") as fh:  # numpy has no bfloat16; jax does
+            return np.asarray(fh.get_tensor(name), np.float32)
 
     return cfg, params_from_tensors(get, cfg, {})
 

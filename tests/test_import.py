@@ -122,6 +122,22 @@ def test_a_hugging_face_directory_imports_with_the_reference_logits(tiny):
     np.testing.assert_allclose(_logits(cfg, params, tokens), want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_bfloat16_checkpoint_imports_as_the_weights_it_stores(tiny, tmp_path):
+    import jax.numpy as jnp
+    from safetensors.flax import save_file as save_jax
+
+    for f in tiny["hf"].iterdir():
+        if not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    save_jax({k: jnp.asarray(v, jnp.bfloat16) for k, v in tiny["weights"].items()},
+             str(tmp_path / "model.safetensors"))  # one file, bfloat16, as most checkpoints are
+    cfg, params = load_hf(tmp_path)
+    rounded = {k: np.asarray(jnp.asarray(v, jnp.bfloat16), np.float32) for k, v in tiny["weights"].items()}
+    tokens = [5, 17, 99, 3]
+    np.testing.assert_allclose(_logits(cfg, params, tokens), reference_logits(rounded, np.array(tokens)),
+                               rtol=1e-5, atol=1e-5)
+
+
 def _permute(w, heads):  # llama.cpp's convert_hf_to_gguf: q/k rows reordered for its rope
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 

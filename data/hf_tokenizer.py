@@ -73,7 +73,7 @@ class HFTokenizer:
         config = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
         try:
             return cls(file.read_text(encoding="utf-8"), str(file), config)
-        except (json.JSONDecodeError, UnicodeDecodeError, Exception) as e:
+        except Exception as e:  # tokenizers' parse errors are plain Exceptions
             if isinstance(e, ValueError) and str(e).startswith(str(file)):
                 raise
             raise ValueError(f"{file} is not a usable tokenizer.json ({e})") from None
@@ -145,7 +145,7 @@ _DIGITS_ONE_BY_ONE = {"smollm", "starcoder", "refact", "codeshell"}
 
 def tokenizer_from_gguf(fields: dict, source: str) -> HFTokenizer:
     """The tokenizer of a GGUF file (tokenizer.ggml.*: gpt2-style byte-level BPE), as a
-    tokenizer.json. fields: key -> value, as model.gguf_import reads them."""
+    tokenizer.json. fields: key -> value, as model.convert.gguf_fields reads them."""
     if fields.get("tokenizer.ggml.model") != "gpt2":
         raise ValueError(f"{source}: tokenizer.ggml.model={fields.get('tokenizer.ggml.model')!r} is "
                          "not supported (byte-level BPE, 'gpt2', only)")

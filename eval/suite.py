@@ -34,7 +34,6 @@ from eval.tasks import ArithmeticTask, extract_answer
 from model.engine import SamplingConfig, generate
 from model.handle import LM
 from model.losses import bits_per_byte, make_eval_step, token_losses
-from model.padding import bucket, right_pad
 from model.transformer import forward
 
 
@@ -275,24 +274,6 @@ def hellaswag_clean(text: str) -> str:
 
 
 
-def choice_logprobs(lm: LM, context: str, choices: list[str]) -> np.ndarray:
-    """Sum of log p(choice tokens | context) per choice, and per-token means, [2, n]."""
-    ctx = lm.tok.bos_ids + lm.tok.encode(context)
-    rows = [ctx + lm.tok.encode(" " + c.strip()) for c in choices]
-    longest = max(len(r) for r in rows)
-    if longest > lm.cfg.max_seq_len + 1:
-        raise ValueError(f"a question with its choice is {longest} tokens; the model takes "
-                         f"{lm.cfg.max_seq_len}")
-    t = bucket(longest - 1, 16, lm.cfg.max_seq_len)
-    tokens = right_pad(rows, t + 1)
-    # targets that are the choice's tokens
-    mask = right_pad([[0] * (len(ctx) - 1) + [1] * (len(r) - len(ctx)) for r in rows], t,
-                     dtype=np.float32)
-    losses, _ = next_token_losses(lm, tokens[:, :-1], tokens[:, 1:])
-    lp = -(np.asarray(losses) * mask).sum(1)
-    return np.stack([lp, lp / np.maximum(mask.sum(1), 1)])
-
-
 def next_token_losses(lm: LM, inputs, targets):
     """(losses, mask) [B, T]: -log p(targets[:, t] | inputs[:, :t+1]) (model.losses.token_losses)."""
     return _losses_jit(lm.params, {"inputs": jnp.asarray(inputs),
@@ -325,14 +306,13 @@ def score_choices(losses, tok, rows: list[dict], max_len: int, batch_size: int =
     skipped and counted. losses: as in eval.knowledge.continuation_logprobs."""
     from eval.knowledge import continuation_logprobs
 
-    flat, owner, scored, skipped = [], [], [], 0
+    flat, scored, skipped = [], [], 0
     for r in rows:
         ctx = tok.bos_ids + tok.encode(r.get("context", r.get("question", "")))
         conts = [tok.encode(" " + c.strip()) or tok.encode(" ") for c in r["choices"]]
         if max(len(ctx) + len(c) for c in conts) - 1 > max_len:
             skipped += 1
             continue
-        owner += [len(scored)] * len(conts)
         flat += [{"prefix": ctx, "continuation": c} for c in conts]
         scored.append(r)
     order = sorted(range(len(flat)), key=lambda i: len(flat[i]["prefix"]) + len(flat[i]["continuation"]))
@@ -340,11 +320,12 @@ def score_choices(losses, tok, rows: list[dict], max_len: int, batch_size: int =
     if flat:
         lps[order] = continuation_logprobs(losses, [flat[i] for i in order], max_len, batch_size,
                                            width_per_batch=True)
-    owner = np.asarray(owner, int)
     lengths = np.array([len(f["continuation"]) for f in flat])
-    total = [choice_credit(lps[owner == q], r["answer"]) for q, r in enumerate(scored)]
-    norm = [choice_credit(lps[owner == q] / lengths[owner == q], r["answer"])
-            for q, r in enumerate(scored)]
+    ends = np.cumsum([len(r["choices"]) for r in scored])[:-1]  # each question's rows, in order
+    total = [choice_credit(lp, r["answer"])
+             for lp, r in zip(np.split(lps, ends) if scored else [], scored, strict=True)]
+    norm = [choice_credit(lp, r["answer"]) for lp, r in zip(
+        np.split(lps / np.maximum(lengths, 1), ends) if scored else [], scored, strict=True)]
     n = len(scored)
     return {"accuracy": round(float(np.mean(total)), 4) if n else None,
             "accuracy_95ci": wilson(sum(total), n),

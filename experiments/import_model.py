@@ -50,12 +50,12 @@ def fetch_smollm2(cache: Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a directory's files one after another in name order."""
+    from train.checkpoint import file_digest
+
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+    for f in [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()):
+        file_digest(f, h)
     return h.hexdigest()
 
 

@@ -21,15 +21,6 @@ import numpy as np
 from model.config import ModelConfig
 
 HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-# config.json keys that change nothing the project computes, or that it already reads
-_HF_IGNORED = {"architectures", "model_type", "torch_dtype", "transformers_version", "use_cache",
-               "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range",
-               "pretraining_tp", "_name_or_path", "attention_dropout", "hidden_act",
-               "is_llama_config", "rope_interleaved", "tie_word_embeddings", "vocab_size",
-               "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "head_dim", "max_position_embeddings", "rope_theta",
-               "rms_norm_eps", "rope_scaling", "attention_bias", "mlp_bias", "sliding_window",
-               "dtype"}
 
 
 def config_from_hf(hf: dict, max_seq_len: int | None = None) -> ModelConfig:

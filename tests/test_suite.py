@@ -25,7 +25,6 @@ from eval.knowledge import (
 )
 from eval.suite import (
     answer_first,
-    choice_logprobs,
     copy_accuracy,
     in_context_copy,
     load_multiple_choice,
@@ -78,17 +77,21 @@ def test_multiple_choice_files_load_in_both_layouts_and_bad_rows_name_the_line(t
 
 
 def test_choice_scores_are_the_log_likelihood_of_the_choice_tokens_only(setup):
-    _, _, tok, cfg, params, lm = setup
-    lp = choice_logprobs(lm, "Ada has 3 apples.", ["Yes", "No apples here"])
     from data.special_tokens import BOS, special_id
+    from eval.knowledge import _model_losses, continuation_logprobs
 
+    _, _, tok, cfg, params, lm = setup
     ids = [special_id(BOS)] + tok.encode("Ada has 3 apples.")
-    full = ids + tok.encode(" No apples here")
+    choices = [tok.encode(" Yes"), tok.encode(" No apples here")]
+    # the rows multiple_choice scores, batched with per-batch widths as it batches them
+    rows = [{"prefix": ids, "continuation": c} for c in choices]
+    lp = continuation_logprobs(_model_losses(lm), rows, cfg.max_seq_len, width_per_batch=True)
+    full = ids + choices[1]
     losses, _ = token_losses(params, {"inputs": np.array([full[:-1]]),
                                       "targets": np.array([full[1:]])}, cfg)
     want = -float(np.asarray(losses)[0, len(ids) - 1:].sum())
-    assert lp[0, 1] == pytest.approx(want, rel=1e-4)
-    assert lp[1, 1] == pytest.approx(want / (len(full) - len(ids)), rel=1e-4)
+    assert lp[1] == pytest.approx(want, rel=1e-4)
+    assert lp[1] / len(choices[1]) == pytest.approx(want / (len(full) - len(ids)), rel=1e-4)
     res = multiple_choice(lm, [{"question": "Q", "choices": ["a", "b"], "answer": 0}])
     assert res["n"] == 1 and res["chance"] == 0.5 and res["accuracy"] in (0.0, 1.0)
 

@@ -31,8 +31,9 @@ class DamagedCheckpoint(ValueError):
     """A checkpoint whose files do not match what was saved."""
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
+def file_digest(path: Path, h=None) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks; with `h`, the file's bytes go on into that hash."""
+    h = h or hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
@@ -43,7 +44,7 @@ def write_checksums(step_dir: Path) -> None:
     """step_dir/checksums.json: {relative path: [size, sha256]} of every file in the step."""
     from train.stage import write_json
 
-    write_json(step_dir / CHECKSUMS, {str(p.relative_to(step_dir)): [p.stat().st_size, _file_digest(p)]
+    write_json(step_dir / CHECKSUMS, {str(p.relative_to(step_dir)): [p.stat().st_size, file_digest(p)]
                                       for p in sorted(step_dir.rglob("*"))
                                       if p.is_file() and p.name != CHECKSUMS})
 
@@ -70,7 +71,7 @@ def verify(step_dir: Path) -> None:
         if path.stat().st_size != size:
             raise DamagedCheckpoint(f"{where}: {rel} is {path.stat().st_size} bytes, "
                                     f"{size} were saved (truncated?)")
-        if _file_digest(path) != digest:
+        if file_digest(path) != digest:
             raise DamagedCheckpoint(f"{where}: {rel} does not match its checksum (changed on disk)")
 
 

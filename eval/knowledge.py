@@ -147,23 +147,28 @@ def auc(pos, neg) -> float:
 
 
 def continuation_logprobs(losses, rows: list[dict], max_len: int | None = None,
-                          batch_size: int = 64, width_per_batch: bool = False) -> list[float]:
+                          batch_size: int = 64, width_per_batch: bool = False,
+                          batch_tokens: int | None = None) -> list[float]:
     """log p(continuation | prefix) for each row ({"prefix", "continuation"}: token ids).
     losses(inputs [B, T], targets [B, T]) -> next-token losses in nats [B, T] (a model through
     eval.suite.next_token_losses, or a stand-in in tests); max_len: the longest input it takes.
     width_per_batch: pad each batch to its own longest row's bucket (rows sorted by length
-    then pad little), not every batch to the longest row's."""
+    then pad little), not every batch to the longest row's; batch_tokens: with it, a batch of
+    long rows is halved until rows x width fits (the logits of a large vocabulary are big)."""
     def longest(chunk):
         return max(len(r["prefix"]) + len(r["continuation"]) for r in chunk) - 1
 
     if max_len is not None and longest(rows) > max_len:
         raise ValueError(f"a scored row is {longest(rows)} tokens; the model takes {max_len}")
     width = bucket(longest(rows), 1, max_len)
-    scores = []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i: i + batch_size]
+    scores, i = [], 0
+    while i < len(rows):
+        n = batch_size
         if width_per_batch:
-            width = bucket(longest(chunk), 16, max_len)
+            while n > 1 and batch_tokens and n * bucket(longest(rows[i: i + n]), 16, max_len) > batch_tokens:
+                n //= 2
+            width = bucket(longest(rows[i: i + n]), 16, max_len)
+        chunk, i = rows[i: i + n], i + n
         tokens = right_pad([r["prefix"] + r["continuation"] for r in chunk], width + 1)
         loss_BT = np.asarray(losses(tokens[:, :-1], tokens[:, 1:]))
         for j, r in enumerate(chunk):

@@ -300,7 +300,8 @@ def choice_credit(scores, answer: int) -> float:
     return float(answer in best) / len(best)
 
 
-def score_choices(losses, tok, rows: list[dict], max_len: int, batch_size: int = 64) -> dict:
+def score_choices(losses, tok, rows: list[dict], max_len: int, batch_size: int = 64,
+                  batch_tokens: int | None = None) -> dict:
     """Accuracy of picking the choice with the highest log-likelihood after the row's context
     (total, and per token), ties and NaN by choice_credit; rows too long for max_len are
     skipped and counted. losses: as in eval.knowledge.continuation_logprobs."""
@@ -319,27 +320,33 @@ def score_choices(losses, tok, rows: list[dict], max_len: int, batch_size: int =
     lps = np.empty(len(flat))
     if flat:
         lps[order] = continuation_logprobs(losses, [flat[i] for i in order], max_len, batch_size,
-                                           width_per_batch=True)
-    lengths = np.array([len(f["continuation"]) for f in flat])
+                                           width_per_batch=True, batch_tokens=batch_tokens)
+    n_tokens = np.array([len(f["continuation"]) for f in flat])
+    n_chars = np.array([len(" " + c.strip()) for r in scored for c in r["choices"]])
     ends = np.cumsum([len(r["choices"]) for r in scored])[:-1]  # each question's rows, in order
-    total = [choice_credit(lp, r["answer"])
-             for lp, r in zip(np.split(lps, ends) if scored else [], scored, strict=True)]
-    norm = [choice_credit(lp, r["answer"]) for lp, r in zip(
-        np.split(lps / np.maximum(lengths, 1), ends) if scored else [], scored, strict=True)]
-    n = len(scored)
-    return {"accuracy": round(float(np.mean(total)), 4) if n else None,
-            "accuracy_95ci": wilson(sum(total), n),
-            "accuracy_per_token": round(float(np.mean(norm)), 4) if n else None,
-            "accuracy_per_token_95ci": wilson(sum(norm), n),
+
+    def credit(scores):
+        return [choice_credit(lp, r["answer"])
+                for lp, r in zip(np.split(scores, ends) if scored else [], scored, strict=True)]
+
+    n, out = len(scored), {}
+    # per character: lm-evaluation-harness's acc_norm, the figure usually quoted for HellaSwag
+    for name, c in (("", credit(lps)), ("_per_token", credit(lps / np.maximum(n_tokens, 1))),
+                    ("_per_char", credit(lps / n_chars if n else lps))):
+        out[f"accuracy{name}"] = round(float(np.mean(c)), 4) if n else None
+        out[f"accuracy{name}_95ci"] = wilson(sum(c), n)
+    return {**out,
             "n": n, "skipped_too_long": skipped,
             "chance": round(float(np.mean([1 / len(r["choices"]) for r in scored])) if n else 0.0, 4)}
 
 
 def multiple_choice(lm: LM, rows: list[dict], batch_size: int = 64) -> dict:
-    """score_choices with the model's own next-token losses."""
+    """score_choices with the model's own next-token losses, in batches whose logits stay
+    under 2 GiB (float32)."""
     from eval.knowledge import _model_losses
 
-    return score_choices(_model_losses(lm), lm.tok, rows, lm.cfg.max_seq_len, batch_size)
+    return score_choices(_model_losses(lm), lm.tok, rows, lm.cfg.max_seq_len, batch_size,
+                         batch_tokens=max(16, (1 << 29) // lm.cfg.vocab_size))
 
 
 def spread(rows: list, limit: int | None) -> list:

@@ -221,6 +221,27 @@ def render_chatml(conv: dict, tok, for_prompt: bool = False, default_system: str
     return ids, mask
 
 
+# Jinja chat templates (Hugging Face tokenizer_config.json, GGUF tokenizer.chat_template) that
+# render as `render` and `render_chatml` do; tool calls, which only the project's format
+# carries, come through the message's "tool_call" ({"name": "python"|"search"|..., "input"}).
+PROJECT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}<|system|>{{ m['content'] }}<|end|>"
+    "{% elif m['role'] == 'user' %}<|user|>{{ m['content'] }}<|end|>"
+    "{% elif m['role'] == 'tool' %}<|result|>{{ m['content'] }}<|/result|>"
+    "{% else %}{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}<|assistant|>"
+    "{% endif %}{{ m['content'] }}{% if m.get('tool_call') %}<|{{ m['tool_call']['name'] }}|>"
+    "{{ m['tool_call']['input'] }}<|/{{ m['tool_call']['name'] }}|>{% else %}<|end|>{% endif %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt and (not messages or messages[-1]['role'] != 'tool') %}"
+    "<|assistant|>{% endif %}")
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' and default_system %}"
+    "<|im_start|>system\n{{ default_system }}<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ChatFormat:
     """How a conversation becomes tokens for one family of models; a model handle
@@ -240,6 +261,18 @@ class ChatFormat:
         msgs = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": question}]
         return self.render({"messages": msgs}, tok, for_prompt=True)[0]
+
+    def template(self, tok) -> str:
+        """This format as a Jinja chat template: the model's own where its tokenizer has one
+        (an imported ChatML model), else the project's or ChatML's, with the default system
+        message written in."""
+        own = getattr(tok, "config", {}).get("chat_template")
+        if self.name == "chatml" and isinstance(own, str) and own:
+            return own
+        if self.name == "chatml":
+            system = json.dumps(self.default_system or "")
+            return "{% set default_system = " + system + " %}" + CHATML_TEMPLATE
+        return PROJECT_TEMPLATE
 
     def stop_ids(self, tok) -> tuple[int, ...]:
         """The ids that end an assistant turn."""

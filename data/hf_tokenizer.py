@@ -143,12 +143,15 @@ def _is_byte_level(pre) -> bool:
 _DIGITS_ONE_BY_ONE = {"smollm", "starcoder", "refact", "codeshell"}
 
 
-def tokenizer_from_gguf(fields: dict, source: str) -> HFTokenizer:
-    """The tokenizer of a GGUF file (tokenizer.ggml.*: gpt2-style byte-level BPE), as a
-    tokenizer.json. fields: key -> value, as model.convert.gguf_fields reads them."""
+def tokenizer_from_gguf(fields: dict, source: str):
+    """The tokenizer of a GGUF file: gpt2-style byte-level BPE as a tokenizer.json, or a
+    sentencepiece model ('llama') that the project trained (sp_from_gguf). fields: key ->
+    value, as model.convert.gguf_fields reads them."""
+    if fields.get("tokenizer.ggml.model") == "llama":
+        return sp_from_gguf(fields, source)
     if fields.get("tokenizer.ggml.model") != "gpt2":
         raise ValueError(f"{source}: tokenizer.ggml.model={fields.get('tokenizer.ggml.model')!r} is "
-                         "not supported (byte-level BPE, 'gpt2', only)")
+                         "not supported (byte-level BPE 'gpt2', or the project's own 'llama')")
     tokens, merges = fields["tokenizer.ggml.tokens"], fields.get("tokenizer.ggml.merges", [])
     types = fields.get("tokenizer.ggml.token_type", [1] * len(tokens))
     # token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
@@ -179,6 +182,80 @@ def tokenizer_from_gguf(fields: dict, source: str) -> HFTokenizer:
               "add_bos_token": bool(fields.get("tokenizer.ggml.add_bos_token", False)),
               "chat_template": fields.get("tokenizer.chat_template")}
     return HFTokenizer(json.dumps(spec), source, config)
+
+
+# How the project's sentencepiece models encode (data.tokenizer.train_tokenizer's options): what
+# a GGUF file does not carry beside the pieces, their scores and types.
+_SP_OPTIONS = {"byte_fallback": True, "split_digits": True, "allow_whitespace_only_pieces": True,
+               "unk_id": 0, "bos_id": -1, "eos_id": -1, "pad_id": -1}
+
+
+def sp_from_gguf(fields: dict, source: str):
+    """The project's sentencepiece tokenizer rebuilt from a GGUF file's 'llama' vocabulary
+    (pieces, scores, types) and the options the project trains with; a file whose special
+    tokens are not the project's is refused (data.tokenizer.Tokenizer checks them)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from data.tokenizer import Tokenizer
+
+    tokens = fields["tokenizer.ggml.tokens"]
+    scores = fields.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+    types = fields.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    m = pb.ModelProto()
+    m.trainer_spec.model_type = pb.TrainerSpec.BPE
+    m.trainer_spec.vocab_size = len(tokens)
+    for k, v in _SP_OPTIONS.items():
+        setattr(m.trainer_spec, k, v)
+    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.add_dummy_prefix = bool(fields.get("tokenizer.ggml.add_space_prefix", False))
+    m.normalizer_spec.remove_extra_whitespaces = False
+    m.normalizer_spec.escape_whitespaces = True
+    for piece, score, kind in zip(tokens, scores, types, strict=True):
+        m.pieces.add(piece=piece, score=float(score), type=int(kind))
+    try:
+        return Tokenizer(m.SerializeToString(), source)
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"{source}: a sentencepiece ('llama') vocabulary is imported only when "
+                         f"the project trained it ({e})") from None
+
+
+def add_gguf_tokenizer(writer, tok, chat_template: str | None) -> None:
+    """Writes a tokenizer's tokenizer.ggml.* keys (and the chat template) with the gguf
+    package's writer: the project's sentencepiece model as 'llama' (pieces, scores, types),
+    an imported byte-level BPE as 'gpt2' (tokens, merges, types)."""
+    if isinstance(tok, HFTokenizer):
+        spec = json.loads(tok._full.to_str())
+        vocab = spec["model"]["vocab"]
+        tokens = sorted(vocab, key=vocab.get)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(tok.config.get("gguf_pre") or "default")
+        writer.add_token_list(tokens)
+        writer.add_token_types([3 if t in tok.special else 1 for t in tokens])
+        writer.add_token_merges([m if isinstance(m, str) else " ".join(m)
+                                 for m in spec["model"]["merges"]])
+        for key, name in (("bos", "bos_token"), ("eos", "eos_token")):
+            if tok.config.get(name) in vocab:
+                getattr(writer, f"add_{key}_token_id")(vocab[tok.config[name]])
+        writer.add_add_bos_token(bool(tok.config.get("add_bos_token", False)))
+    else:
+        from data.special_tokens import BOS, END, PAD, special_id
+
+        sp = tok._sp
+        n = tok.vocab_size
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list([sp.id_to_piece(i) for i in range(n)])
+        writer.add_token_scores([float(sp.get_score(i)) for i in range(n)])
+        writer.add_token_types([3 if sp.is_control(i) else 2 if sp.is_unknown(i) else
+                                6 if sp.is_byte(i) else 5 if sp.is_unused(i) else 1
+                                for i in range(n)])
+        writer.add_bos_token_id(special_id(BOS))
+        writer.add_eos_token_id(special_id(END))
+        writer.add_pad_token_id(special_id(PAD))
+        writer.add_unk_token_id(0)
+        writer.add_add_bos_token(False)  # the chat template starts with <|bos|> itself
+        writer.add_add_space_prefix(False)
+    if chat_template:
+        writer.add_chat_template(chat_template)
 
 
 def load_tokenizer(path: str | Path):

@@ -60,6 +60,11 @@ class Tokenizer:
             raise ValueError(f"{path} is not a sentencepiece model (unreadable or damaged): "
                              "retrain it with `python -m experiments.tokenizer`") from None
 
+    def save(self, out_dir: str | Path) -> None:
+        """Writes out_dir/tokenizer.model (what `load` reads)."""
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "tokenizer.model").write_bytes(self._sp.serialized_model_proto())
+
     @property
     def vocab_size(self) -> int:
         return self._sp.vocab_size()

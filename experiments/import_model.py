@@ -74,7 +74,7 @@ def default_system(template: str | None, tok) -> str | None:
 
 def load_source(source: str, max_seq_len: int | None):
     """(ModelConfig, params, tokenizer, description) of a Hugging Face directory or GGUF file."""
-    from data.hf_tokenizer import HFTokenizer, tokenizer_from_gguf
+    from data.hf_tokenizer import load_tokenizer, tokenizer_from_gguf
     from model.convert import load_gguf, load_hf
 
     path = Path(source)
@@ -82,7 +82,7 @@ def load_source(source: str, max_seq_len: int | None):
         path = fetch_smollm2(REPO_ROOT / ".cache")
     if path.is_dir():
         cfg, params = load_hf(path, max_seq_len)
-        tok = HFTokenizer.load(path)
+        tok = load_tokenizer(path)  # tokenizer.json, or a project export's tokenizer.model
         kind = "huggingface"
     elif path.is_file():
         cfg, params, fields = load_gguf(path, max_seq_len)
@@ -113,12 +113,15 @@ def import_model(source: str, workdir: Path, max_seq_len: int | None = 2048,
     t0 = time.time()
     cfg, params, tok, src = load_source(source, max_seq_len)
     src["sha256"] = _sha256(Path(src["path"]))
-    system = default_system(tok.config.get("chat_template"), tok)
-    chatml = {"<|im_start|>", "<|im_end|>"} <= set(tok.special)
+    config = getattr(tok, "config", {})  # the project's sentencepiece model has none
+    system = default_system(config.get("chat_template"), tok)
+    chatml = {"<|im_start|>", "<|im_end|>"} <= set(getattr(tok, "special", ()))
+    fmt = "chatml" if chatml else None if config else "project"  # a project export: its own
     tmp = workdir / f".import.tmp-{time.time_ns()}"
     try:
         tok.save(tmp / "tokenizer")
-        tok.source = str((stage / "tokenizer" / "tokenizer.json").resolve())
+        saved = "tokenizer.json" if (tmp / "tokenizer" / "tokenizer.json").is_file() else "tokenizer.model"
+        tok.source = str((stage / "tokenizer" / saved).resolve())
         state = {"step": jnp.zeros((), jnp.int32), "params": jax.tree.map(jnp.asarray, params),
                  "opt_state": {}, "rng": jax.random.key_data(jax.random.key(0))}
         ckpt = Checkpointer(tmp / "checkpoints", keep=1)
@@ -126,7 +129,7 @@ def import_model(source: str, workdir: Path, max_seq_len: int | None = 2048,
         ckpt.close()
         meta = stage_meta("import", cfg, {"source": source, "max_seq_len": max_seq_len}, tok,
                           source=src)
-        meta.update(chat_format="chatml" if chatml else None, chat_default_system=system)
+        meta.update(chat_format=fmt, chat_default_system=system)
         write_meta(tmp, meta, {"step": 0, "n_params": cfg.n_params(),
                                "wall_s": round(time.time() - t0, 1)})
         tmp.rename(stage)

@@ -138,6 +138,11 @@ def _gguf_names(n_layers: int, tied: bool) -> dict[str, str]:
     return names
 
 
+def _decimal(x) -> float:
+    """A GGUF float32 as the shortest decimal it rounds from (1e-06, not 9.99999997e-07)."""
+    return float(str(np.float32(x)))
+
+
 def gguf_fields(reader) -> dict:
     """A GGUF file's metadata as plain Python values (strings, numbers, lists)."""
     return {k: f.contents() for k, f in reader.fields.items()}
@@ -175,8 +180,8 @@ def load_gguf(path: str | Path, max_seq_len: int | None = None) -> tuple[ModelCo
         n_layers=need("block_count"), n_heads=n, n_kv_heads=f.get("llama.attention.head_count_kv") or n,
         head_dim=f.get("llama.rope.dimension_count") or d // n, d_ff=need("feed_forward_length"),
         max_seq_len=min(f.get("llama.context_length", 2048), max_seq_len or 1 << 30),
-        rope_theta=float(f.get("llama.rope.freq_base", 10000.0)),
-        norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+        rope_theta=_decimal(f.get("llama.rope.freq_base", 10000.0)),
+        norm_eps=_decimal(need("attention.layer_norm_rms_epsilon")),
         tie_embeddings="output.weight" not in tensors)
 
     def get(name):
@@ -192,3 +197,97 @@ def load_gguf(path: str | Path, max_seq_len: int | None = None) -> tuple[ModelCo
 
     return cfg, params_from_tensors(get, cfg, _gguf_names(cfg.n_layers, cfg.tie_embeddings),
                                     unpermute=True), f
+
+
+def hf_config(cfg: ModelConfig) -> dict:
+    """The Hugging Face config.json (LlamaForCausalLM) of a ModelConfig; what Llama cannot
+    express is refused by name."""
+    if cfg.qk_norm:
+        raise ValueError("qk_norm=True: LlamaForCausalLM has no QK-norm; export a model without it")
+    if cfg.logit_softcap:
+        raise ValueError(f"logit_softcap={cfg.logit_softcap}: LlamaForCausalLM has no logit "
+                         "soft-cap; export a model without it")
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
+            "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+            "intermediate_size": cfg.d_ff, "max_position_embeddings": cfg.max_seq_len,
+            "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.norm_eps,
+            "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu",
+            "attention_bias": False, "mlp_bias": False, "rope_scaling": None,
+            "torch_dtype": "float32"}
+
+
+def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Hugging Face-named float32 [out, in] tensors of a params pytree: params_from_tensors'
+    inverse."""
+    d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+
+    def a(x):
+        return np.asarray(x, np.float32)
+
+    out = {"model.embed_tokens.weight": a(params["embed_VD"]),
+           "model.norm.weight": a(params["final_norm"]["scale"])}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = a(params["head_DV"]).T
+    blocks = params["blocks"]
+    for i in range(cfg.n_layers):
+        b, p = blocks[i] if i in blocks else blocks[str(i)], f"model.layers.{i}."
+        at, mlp = b["attn"], b["mlp"]
+        out.update({
+            p + "input_layernorm.weight": a(b["attn_norm"]["scale"]),
+            p + "post_attention_layernorm.weight": a(b["mlp_norm"]["scale"]),
+            p + "self_attn.q_proj.weight": a(at["wq_DNH"]).reshape(d, n * h).T,
+            p + "self_attn.k_proj.weight": a(at["wk_DKH"]).reshape(d, k * h).T,
+            p + "self_attn.v_proj.weight": a(at["wv_DKH"]).reshape(d, k * h).T,
+            p + "self_attn.o_proj.weight": a(at["wo_NHD"]).reshape(n * h, d).T,
+            p + "mlp.gate_proj.weight": a(mlp["w_gate_DF"]).T, p + "mlp.up_proj.weight": a(mlp["w_up_DF"]).T,
+            p + "mlp.down_proj.weight": a(mlp["w_down_FD"]).T})
+    return {name: np.ascontiguousarray(w) for name, w in out.items()}
+
+
+def _permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """Rotate-half q/k rows into llama.cpp's interleaved order: _unpermute's inverse."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# --dtype of a GGUF export -> (the type of its 2-D weights, general.file_type); 1-D stay F32
+GGUF_EXPORT = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7)}
+
+
+def write_gguf(path: str | Path, cfg: ModelConfig, params: dict, dtype: str = "f32",
+               add_metadata: Callable | None = None) -> None:
+    """One GGUF v3 file of architecture llama, written with the gguf package's writer:
+    hyperparameters, llama.cpp's tensor names and q/k row order, 2-D weights as `dtype`.
+    add_metadata(writer) adds the rest (the tokenizer, the chat template)."""
+    import gguf
+
+    hf_config(cfg)  # refuses what Llama cannot express
+    kind, file_type = GGUF_EXPORT[dtype]
+    qtype = gguf.GGMLQuantizationType[kind]
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in (("block_count", cfg.n_layers), ("context_length", cfg.max_seq_len),
+                       ("embedding_length", cfg.d_model), ("feed_forward_length", cfg.d_ff),
+                       ("head_count", cfg.n_heads), ("head_count_kv", cfg.n_kv_heads),
+                       ("rope_dimension_count", cfg.head_dim), ("key_length", cfg.head_dim),
+                       ("value_length", cfg.head_dim), ("rope_freq_base", cfg.rope_theta),
+                       ("layer_norm_rms_eps", cfg.norm_eps), ("vocab_size", cfg.vocab_size),
+                       ("file_type", file_type)):
+        getattr(w, f"add_{key}")(value)  # llama.<key>, as llama.cpp reads it
+    if add_metadata is not None:
+        add_metadata(w)
+    names = _gguf_names(cfg.n_layers, cfg.tie_embeddings)
+    for hf_name, x in hf_tensors(params, cfg).items():
+        if ".q_proj." in hf_name:
+            x = _permute(x, cfg.n_heads)
+        elif ".k_proj." in hf_name:
+            x = _permute(x, cfg.n_kv_heads)
+        if x.ndim == 1 or kind == "F32":
+            w.add_tensor(names[hf_name], x)
+        else:
+            q = gguf.quants.quantize(x, qtype)
+            w.add_tensor(names[hf_name], q, raw_shape=q.shape, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

@@ -6,7 +6,8 @@ both back.
 
 hf: config.json (LlamaForCausalLM), model.safetensors (Hugging Face names, f32 / f16 / bf16),
 the tokenizer (the project's sentencepiece model as tokenizer.model, an imported model's
-tokenizer.json) with the chat template in tokenizer_config.json, and generation_config.json.
+tokenizer.json) with the chat template in tokenizer_config.json, and generation_config.json; with
+the project's tokenizer also run.py, which runs the model with numpy alone (the "two files").
 gguf: DIR/model.gguf, one GGUF v3 file (llama architecture, the tokenizer, its special tokens and
 the chat template) written with the gguf package's writer; 2-D weights f32 / f16 / bf16 / q8_0.
 What Llama cannot express (QK-norm, a logit soft-cap) is refused by name; --out must be new or
@@ -62,8 +63,9 @@ def _write_hf(lm, meta: dict, dtype: str, out: Path) -> None:
     if isinstance(lm.tok, HFTokenizer):
         lm.tok.save(out)
         tok_config = {**lm.tok.config, "chat_template": template}
-    else:  # the sentencepiece model itself; LlamaTokenizer reads it
+    else:  # the sentencepiece model itself (LlamaTokenizer reads it), and the numpy runner
         lm.tok.save(out)
+        shutil.copy(Path(__file__).with_name("run.py"), out / "run.py")
         tok_config = {"tokenizer_class": "LlamaTokenizer", "bos_token": BOS, "eos_token": END,
                       "pad_token": PAD, "unk_token": "<unk>", "add_bos_token": False,
                       "add_eos_token": False, "add_prefix_space": False, "legacy": False,

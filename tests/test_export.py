@@ -1,6 +1,7 @@
 """Export (experiments.export): a tiny model out to Hugging Face and GGUF layouts, read back by the
 formats' own readers (safetensors, gguf) and by the import, with equal logits and tokens."""
 
+import dataclasses
 import json
 import re
 
@@ -29,7 +30,7 @@ def project(tmp_path_factory):
     train_tokenizer([d / "t.txt"], d / "sp", 400)
     tok = Tokenizer.load(d / "sp")
     cfg = tiny_config(vocab_size=tok.vocab_size, d_model=64, head_dim=16, d_ff=96,
-                      tie_embeddings=False)
+                      tie_embeddings=False, init_std=0.3)  # spread logits: no near-ties in argmax
     lm = LM(transformer.init(cfg, jax.random.key(3)), cfg, tok, chat_format("project"))
     return {"dir": d, "lm": lm}
 
@@ -54,7 +55,8 @@ def test_a_project_model_exported_and_imported_back_keeps_its_logits_and_tokens(
 
     lm = project["lm"]
     _, (back, meta) = _roundtrip(lm, fmt, dtype, project["dir"])
-    assert meta["chat_format"] == "project" and back.cfg == lm.cfg
+    assert meta["chat_format"] == "project"
+    assert dataclasses.replace(back.cfg, init_std=lm.cfg.init_std) == lm.cfg  # all but the init
     assert all(back.tok.encode(t) == lm.tok.encode(t) for t in TEXTS)
     q = lm.prompt("Who are you?")
     assert back.prompt("Who are you?") == q
@@ -63,9 +65,16 @@ def test_a_project_model_exported_and_imported_back_keeps_its_logits_and_tokens(
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         s = SamplingConfig(max_new_tokens=12, temperature=0.0, stop_tokens=lm.stop_ids)
         assert generate(back.params, back.cfg, [q], s).tokens == generate(lm.params, lm.cfg, [q], s).tokens
-    else:  # q8_0: 8-bit blocks of 32 with one scale each; the logits move by the rounding only
+    else:  # q8_0: the import holds exactly the 8-bit blocks' values; the logits move a little
+        from model.convert import hf_tensors
+
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        got_w, want_w = hf_tensors(back.params, back.cfg), hf_tensors(lm.params, lm.cfg)
+        for name, x in want_w.items():
+            stored = x if x.ndim == 1 else gguf.quants.dequantize(gguf.quants.quantize(x, q8), q8)
+            np.testing.assert_array_equal(got_w[name], stored.reshape(x.shape))
         err = np.abs(got - want).max() / np.abs(want).max()
-        assert 0 < err < 0.03, err
+        assert 0 < err < 0.1, err
 
 
 def test_the_files_read_back_with_the_formats_own_readers_as_llama_requires(project):
@@ -191,3 +200,32 @@ def test_bad_requests_fail_in_one_line_and_write_nothing(project, tmp_path):
         export_lm(lm, {}, "hf", "f32", tmp_path / "full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no partial output anywhere
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+
+
+def test_run_py_alone_generates_the_engines_greedy_tokens(project):
+    import subprocess
+    import sys
+
+    from experiments.export import export_lm
+    from model.engine import SamplingConfig, generate
+
+    lm = project["lm"]
+    out = export_lm(lm, {"stage": "sft"}, "hf", "f32", project["dir"] / "two-files")
+    for question in ("Who are you?", "Привет, мир! 12345 + 678"):
+        # -I: isolated, so that nothing of the project is importable; numpy is all it has
+        r = subprocess.run([sys.executable, "-I", str(out / "run.py"), str(out), "--prompt",
+                            question, "--max_new_tokens", "12", "--ids"],
+                           capture_output=True, text=True, cwd=out)
+        assert r.returncode == 0, r.stderr
+        want = generate(lm.params, lm.cfg, [lm.prompt(question)], SamplingConfig(
+            max_new_tokens=12, temperature=0.0, stop_tokens=lm.stop_ids)).tokens[0]
+        assert json.loads(r.stdout.strip().splitlines()[-1]) == want
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_two_files", out / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    tok = run.Tokenizer(out / "tokenizer.model")
+    assert all(tok.encode(t) == lm.tok.encode(t) for t in TEXTS + [TEXT])
+    assert all(tok.decode(tok.encode(t)) == t for t in TEXTS)
+    assert len((out / "run.py").read_text().splitlines()) <= 250

@@ -124,6 +124,11 @@ class HFTokenizer:
                        else sum(c in chars for c in piece))
         return out
 
+    @property
+    def spec(self) -> dict:
+        """The tokenizer.json document (vocab, merges, added tokens, ...)."""
+        return json.loads(self._full.to_str())
+
     def save(self, out_dir: str | Path) -> None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +229,7 @@ def add_gguf_tokenizer(writer, tok, chat_template: str | None) -> None:
     package's writer: the project's sentencepiece model as 'llama' (pieces, scores, types),
     an imported byte-level BPE as 'gpt2' (tokens, merges, types)."""
     if isinstance(tok, HFTokenizer):
-        spec = json.loads(tok._full.to_str())
+        spec = tok.spec
         vocab = spec["model"]["vocab"]
         tokens = sorted(vocab, key=vocab.get)
         writer.add_tokenizer_model("gpt2")
@@ -240,14 +245,11 @@ def add_gguf_tokenizer(writer, tok, chat_template: str | None) -> None:
     else:
         from data.special_tokens import BOS, END, PAD, special_id
 
-        sp = tok._sp
-        n = tok.vocab_size
+        pieces, scores, types = zip(*tok.pieces(), strict=True)
         writer.add_tokenizer_model("llama")
-        writer.add_token_list([sp.id_to_piece(i) for i in range(n)])
-        writer.add_token_scores([float(sp.get_score(i)) for i in range(n)])
-        writer.add_token_types([3 if sp.is_control(i) else 2 if sp.is_unknown(i) else
-                                6 if sp.is_byte(i) else 5 if sp.is_unused(i) else 1
-                                for i in range(n)])
+        writer.add_token_list(list(pieces))
+        writer.add_token_scores(list(scores))
+        writer.add_token_types(list(types))
         writer.add_bos_token_id(special_id(BOS))
         writer.add_eos_token_id(special_id(END))
         writer.add_pad_token_id(special_id(PAD))

@@ -111,6 +111,14 @@ class Tokenizer:
     def id_to_piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(int(token_id))
 
+    def pieces(self) -> list[tuple[str, float, int]]:
+        """(piece, score, type) of every id; types as sentencepiece numbers them (1 normal,
+        2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte), which GGUF shares."""
+        sp = self._sp
+        return [(sp.id_to_piece(i), float(sp.get_score(i)),
+                 3 if sp.is_control(i) else 2 if sp.is_unknown(i) else 6 if sp.is_byte(i)
+                 else 5 if sp.is_unused(i) else 1) for i in range(self.vocab_size)]
+
     def token_bytes(self) -> list[int]:
         """UTF-8 bytes each id stands for (0 for special tokens): the bits-per-byte table."""
         out = []

@@ -12,11 +12,10 @@ import pytest
 from safetensors import safe_open
 
 from data.chat import CHATML_TEMPLATE, PROJECT_TEMPLATE, chat_format, render, render_chatml
-from data.tokenizer import Tokenizer, train_tokenizer
 from model import transformer
 from model.handle import LM
 from tests.test_import import TEXT, tiny  # noqa: F401 - the imported-model fixture
-from tests.tiny import tiny_config
+from tests.tiny import project_lm, tiny_config
 
 TEXTS = ["Who are you?", "Привет, мир! 12345 + 678 = 13023", "  two  spaces\tand a tab",
          "東京は大きい", "<|user|> typed, not special", "a\u2581mark"]
@@ -26,13 +25,8 @@ TEXTS = ["Who are you?", "Привет, мир! 12345 + 678 = 13023", "  two  sp
 def project(tmp_path_factory):
     """A model as the project trains them: its sentencepiece tokenizer, random weights."""
     d = tmp_path_factory.mktemp("export")
-    (d / "t.txt").write_text(TEXT)
-    train_tokenizer([d / "t.txt"], d / "sp", 400)
-    tok = Tokenizer.load(d / "sp")
-    cfg = tiny_config(vocab_size=tok.vocab_size, d_model=64, head_dim=16, d_ff=96,
-                      tie_embeddings=False, init_std=0.3)  # spread logits: no near-ties in argmax
-    lm = LM(transformer.init(cfg, jax.random.key(3)), cfg, tok, chat_format("project"))
-    return {"dir": d, "lm": lm}
+    return {"dir": d, "lm": project_lm(d, TEXT, seed=3, d_model=64, head_dim=16, d_ff=96,
+                                       tie_embeddings=False)}
 
 
 def _roundtrip(lm, fmt, dtype, d):

@@ -1,0 +1,193 @@
+"""Continuous batching: a fixed number of decode slots over one KV cache, which requests join and
+leave at step boundaries (the serving engine; model/engine.py decodes one fixed batch).
+
+Each step decodes one token for every slot, each at its own position with its own sampling
+settings and seed (the token of a request's step i is drawn with fold_in(key(seed), i), whoever
+shares the batch). A new request is prefilled alone (its prompt padded to a power-of-two bucket)
+and its cache copied into a free slot. Shapes depend only on the slot count, the cache length and
+the prompt bucket, so no request recompiles anything; and since a slot's row is computed the
+same way whatever the other slots hold, a greedy request gives the same tokens alone or in a
+crowd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import queue
+import threading
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model.config import ModelConfig
+from model.padding import bucket, right_pad
+from model.sampling import sample_logits
+from model.transformer import Params, forward, init_cache
+
+
+@dataclasses.dataclass
+class Request:
+    """One completion. on_token(token) is called from the batcher's thread with every new
+    token; `finish_reason` ("stop", "length" or "cancelled") is set and `done` is set at the end."""
+    prompt: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_tokens: tuple[int, ...] = ()
+    on_token: Callable[[int], None] | None = None
+    on_finish: Callable[[], None] | None = None  # called once, after the last on_token
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    finish_reason: str | None = None
+    cancelled: bool = False  # set by the caller (a client went away): the slot is freed
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def _sample_rows(logits_NV, keys_N, steps_N, temp_N, topk_N, topp_N):
+    """One token per row, each with its own key (folded with its own step) and knobs."""
+    def one(logits_V, key, step, t, k, p):
+        key = jax.random.fold_in(jax.random.wrap_key_data(key), step)
+        return sample_logits(logits_V[None], key, t, k, p)[0]
+    return jax.vmap(one)(logits_NV, keys_N, steps_N, temp_N, topk_N, topp_N)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+def _admit(params, cache, tokens_1T, length, slot, knobs, cfg):
+    """Prefills one prompt, copies its cache into `slot`, samples its first token."""
+    small = init_cache(cfg, 1, cache[0]["k"].shape[1])
+    logits_1TV, small = forward(params, tokens_1T, cfg, cache=small,
+                                cache_start_B=jnp.zeros((1,), jnp.int32))
+    cache = jax.tree.map(lambda big, one: jax.lax.dynamic_update_slice(
+        big, one, (slot,) + (0,) * (big.ndim - 1)), cache, small)
+    last_1V = jax.lax.dynamic_slice_in_dim(logits_1TV[0], length - 1, 1)
+    tok = _sample_rows(last_1V, knobs["key"][None], jnp.zeros((1,), jnp.int32),
+                       knobs["temperature"][None], knobs["top_k"][None], knobs["top_p"][None])
+    return tok[0], cache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+def _step(params, cache, tokens_N, pos_N, steps_N, knobs, cfg):
+    """One token for every slot at its own position."""
+    logits_N1V, cache = forward(params, tokens_N[:, None], cfg, cache=cache, cache_start_B=pos_N)
+    return _sample_rows(logits_N1V[:, 0], knobs["key"], steps_N, knobs["temperature"],
+                        knobs["top_k"], knobs["top_p"]), cache
+
+
+class Batcher:
+    """Up to `slots` requests decoding together; `submit` from any thread, `run` in one."""
+
+    def __init__(self, params: Params, cfg: ModelConfig, slots: int = 8,
+                 cache_len: int | None = None):
+        self.params, self.cfg, self.n = params, cfg, slots
+        self.cache_len = cache_len or cfg.max_seq_len
+        self.cache = init_cache(cfg, slots, self.cache_len)
+        self.slots: list[Request | None] = [None] * slots
+        self.pending: queue.Queue[Request] = queue.Queue()
+        self.token = np.zeros(slots, np.int32)
+        self.pos = np.zeros(slots, np.int32)
+        self.steps = np.zeros(slots, np.int32)
+        self.knobs = {"temperature": np.zeros(slots, np.float32), "top_k": np.zeros(slots, np.int32),
+                      "top_p": np.ones(slots, np.float32),
+                      "key": np.zeros((slots, 2), np.uint32)}
+        self.steps_run = 0  # decode steps taken (each one token for every busy slot)
+        self._wake = threading.Event()
+
+    def check(self, req: Request) -> None:
+        """Refuses a request the cache cannot hold, naming the numbers."""
+        if not req.prompt:
+            raise ValueError("the prompt is empty")
+        if req.max_new_tokens < 1:
+            raise ValueError(f"max_tokens={req.max_new_tokens} must be at least 1")
+        if len(req.prompt) + 1 > self.cache_len:
+            raise ValueError(f"the prompt is {len(req.prompt)} tokens; the model's context is "
+                             f"{self.cache_len}")
+
+    def submit(self, req: Request) -> Request:
+        self.check(req)
+        self.pending.put(req)
+        self._wake.set()
+        return req
+
+    @property
+    def busy(self) -> int:
+        return sum(r is not None for r in self.slots)
+
+    def _finish(self, i: int, reason: str) -> None:
+        req, self.slots[i] = self.slots[i], None
+        req.finish_reason = reason
+        req.done.set()
+        if req.on_finish is not None:
+            req.on_finish()
+
+    def _emit(self, i: int, token: int) -> None:
+        """Records slot i's new token and ends the request on a stop token or its budget."""
+        req = self.slots[i]
+        if req.cancelled:
+            return self._finish(i, "cancelled")
+        if token in req.stop_tokens:
+            return self._finish(i, "stop")
+        req.tokens.append(token)
+        if req.on_token is not None:
+            req.on_token(token)
+        if len(req.tokens) >= req.max_new_tokens or self.pos[i] + 1 >= self.cache_len:
+            self._finish(i, "length")
+
+    def _admit_pending(self) -> None:
+        while not self.pending.empty() and None in self.slots:
+            req = self.pending.get()
+            if req.cancelled:
+                req.finish_reason = "cancelled"
+                req.done.set()
+                if req.on_finish is not None:
+                    req.on_finish()
+                continue
+            i = self.slots.index(None)
+            width = bucket(len(req.prompt), 16, self.cache_len)
+            key = np.asarray(jax.random.key_data(jax.random.key(req.seed)), np.uint32)
+            one = {"temperature": np.float32(req.temperature), "top_k": np.int32(req.top_k),
+                   "top_p": np.float32(req.top_p), "key": key}
+            tok, self.cache = _admit(self.params, self.cache, right_pad([req.prompt], width),
+                                     np.int32(len(req.prompt)), np.int32(i), one, self.cfg)
+            for name, v in one.items():
+                self.knobs[name][i] = v
+            self.slots[i] = req
+            self.token[i], self.pos[i], self.steps[i] = int(tok), len(req.prompt), 1
+            self._emit(i, int(tok))
+
+    def run_once(self) -> bool:
+        """Admits what fits, then one decode step; False when nothing is left to do."""
+        self._admit_pending()
+        live = [i for i, r in enumerate(self.slots) if r is not None]
+        if not live:
+            return False
+        tokens, self.cache = _step(self.params, self.cache, self.token, self.pos, self.steps,
+                                   self.knobs, self.cfg)
+        tokens = np.asarray(tokens)
+        self.steps_run += 1
+        for i in live:
+            self.token[i] = tokens[i]
+            self.pos[i] += 1
+            self.steps[i] += 1
+            self._emit(i, int(tokens[i]))
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        """Serves until `stop` is set; sleeps on the queue while idle."""
+        while not stop.is_set():
+            self._wake.clear()
+            if not self.run_once():
+                self._wake.wait(timeout=0.1)
+
+    def generate(self, req: Request) -> Request:
+        """Serves one request to the end on the calling thread (no other thread may run)."""
+        self.submit(req)
+        while not req.done.is_set():
+            self.run_once()
+        return req

@@ -1,0 +1,133 @@
+"""Serving (experiments.serve, model/batcher.py) through the official `openai` client against a
+server on a free loopback port: the API's shapes, errors, streaming, and continuous batching."""
+
+import concurrent.futures
+import json
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from model import batcher
+from tests.test_import import TEXT
+from tests.tiny import project_lm
+
+USER = [{"role": "user", "content": "Who are you?"}]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import uvicorn
+
+    from experiments.serve import Server, make_app
+
+    lm = project_lm(tmp_path_factory.mktemp("serve"), TEXT, max_seq_len=128)
+    server = Server(lm, "tiny", slots=4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(make_app(server), host="127.0.0.1", port=port,
+                                       log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    yield {"url": url, "server": server, "lm": lm,
+           "client": openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)}
+    uv.should_exit = True
+    thread.join()
+    server.close()
+
+
+def _ask(client, **kw):
+    return client.chat.completions.create(model="tiny", messages=kw.pop("messages", USER), **kw)
+
+
+def test_the_api_answers_in_its_own_shapes(served):
+    c = served["client"]
+    assert [m.id for m in c.models.list().data] == ["tiny"]
+    assert httpx.get(served["url"] + "/health").json()["status"] == "ok"
+    r = _ask(c, temperature=0, max_tokens=12)
+    text = r.choices[0].message.content
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason in ("stop", "length") and text
+    assert r.usage.prompt_tokens == len(served["lm"].prompt("Who are you?"))
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    # streamed: the same text in pieces, a role first, a finish reason last, then [DONE]
+    chunks = list(_ask(c, temperature=0, max_tokens=12, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == text
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+    with httpx.stream("POST", served["url"] + "/v1/chat/completions", json={
+            "messages": USER, "max_tokens": 4, "stream": True}) as resp:
+        lines = [ln for ln in resp.iter_lines() if ln]
+    assert lines[-1] == "data: [DONE]" and all(ln.startswith("data: ") for ln in lines)
+    # max_tokens cuts with "length"; a stop string cuts before it with "stop"
+    short = _ask(c, temperature=0, max_tokens=3)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+    long = _ask(c, temperature=0, max_tokens=40)
+    full = long.choices[0].message.content
+    cut = full[len(full) // 2:][:3]
+    if cut.strip():
+        stopped = _ask(c, temperature=0, max_tokens=40, stop=[cut])
+        assert stopped.choices[0].message.content == full[: full.index(cut)]
+        assert stopped.choices[0].finish_reason == "stop"
+    # n choices, each its own seed: reproducible with a seed
+    a = _ask(c, temperature=1.0, n=3, seed=5, max_tokens=10)
+    b = _ask(c, temperature=1.0, n=3, seed=5, max_tokens=10)
+    assert [x.index for x in a.choices] == [0, 1, 2]
+    assert [x.message.content for x in a.choices] == [x.message.content for x in b.choices]
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        _ask(c, temperature=-1)
+    comp = c.completions.create(model="tiny", prompt="Hello", max_tokens=5, temperature=0)
+    assert comp.object == "text_completion" and comp.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"messages": USER, "temperature": -1}, "temperature"),
+    ({"messages": USER, "top_p": 0}, "top_p"),
+    ({"messages": USER, "n": 99}, "n"),
+    ({"messages": USER, "max_tokens": 0}, "max_tokens"),
+    ({"messages": USER, "stop": [1, 2]}, "stop"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": "word " * 400}]}, "messages"),
+])
+def test_bad_requests_get_400_in_openais_error_shape_and_the_server_goes_on(served, body, param):
+    r = httpx.post(served["url"] + "/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == param
+    r = httpx.post(served["url"] + "/v1/chat/completions", content=b"{not json")
+    assert r.status_code == 400
+    assert _ask(served["client"], temperature=0, max_tokens=2).choices[0].finish_reason == "length"
+
+
+def test_sixteen_at_once_answer_as_each_alone_without_recompiling_or_leaking_slots(served):
+    c, server = served["client"], served["server"]
+    questions = [f"Question number {i}: who are you?" for i in range(16)]
+
+    def ask(q):
+        return _ask(c, messages=[{"role": "user", "content": q}], temperature=0,
+                    max_tokens=16).choices[0].message.content
+
+    alone = [ask(q) for q in questions]
+    compiled = batcher._step._cache_size()
+    steps = server.batcher.steps_run
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        crowd = list(pool.map(ask, questions))
+    assert crowd == alone
+    assert server.batcher.steps_run - steps < 16 * 16  # the requests shared decode steps
+    assert batcher._step._cache_size() == compiled  # no request recompiled the step
+    # a client that goes away mid-stream frees its slot
+    stream = _ask(c, temperature=0, max_tokens=100, stream=True)
+    next(iter(stream))
+    stream.close()
+    deadline = time.time() + 10
+    while server.batcher.busy and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.batcher.busy == 0 and server.batcher.pending.empty()
+    assert json.loads(httpx.get(served["url"] + "/health").text)["busy_slots"] == 0

@@ -51,11 +51,28 @@ class Request:
 
 
 def _sample_rows(logits_NV, keys_N, steps_N, temp_N, topk_N, topp_N):
-    """One token per row, each with its own key (folded with its own step) and knobs."""
-    def one(logits_V, key, step, t, k, p):
-        key = jax.random.fold_in(jax.random.wrap_key_data(key), step)
-        return sample_logits(logits_V[None], key, t, k, p)[0]
-    return jax.vmap(one)(logits_NV, keys_N, steps_N, temp_N, topk_N, topp_N)
+    """One token per row, each with its own key (folded with its own step) and knobs. Only
+    what some row needs is computed (lax.cond runs one branch): the argmax when every row is
+    greedy, no sort of the vocabulary unless a row asks for top-k or top-p."""
+    keys = jax.vmap(lambda k, s: jax.random.fold_in(jax.random.wrap_key_data(k), s))(keys_N, steps_N)
+    greedy = jnp.argmax(logits_NV, axis=-1).astype(jnp.int32)
+
+    def filtered(_):
+        return jax.vmap(lambda lg, k, t, tk, tp: sample_logits(lg[None], k, t, tk, tp)[0])(
+            logits_NV, keys, temp_N, topk_N, topp_N)
+
+    def plain(_):
+        scaled = logits_NV.astype(jnp.float32) / jnp.maximum(temp_N, 1e-6)[:, None]
+        # drawn as sample_logits draws it (a [1, V] row), so a row's token never depends on
+        # which branch its batch took
+        return jax.vmap(lambda k, lg: jax.random.categorical(k, lg[None])[0])(
+            keys, scaled).astype(jnp.int32)
+
+    def sampled(_):
+        return jax.lax.cond(jnp.any((topk_N > 0) | (topp_N < 1)), filtered, plain, None)
+
+    tok = jax.lax.cond(jnp.any(temp_N > 0), sampled, lambda _: greedy, None)
+    return jnp.where(temp_N > 0, tok, greedy)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
@@ -87,7 +104,8 @@ class Batcher:
                  cache_len: int | None = None):
         self.params, self.cfg, self.n = params, cfg, slots
         self.cache_len = cache_len or cfg.max_seq_len
-        self.cache = init_cache(cfg, slots, self.cache_len)
+        # committed to its device, as every later cache is: else the first request compiles twice
+        self.cache = jax.device_put(init_cache(cfg, slots, self.cache_len), jax.devices()[0])
         self.slots: list[Request | None] = [None] * slots
         self.pending: queue.Queue[Request] = queue.Queue()
         self.token = np.zeros(slots, np.int32)

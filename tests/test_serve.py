@@ -115,13 +115,14 @@ def test_sixteen_at_once_answer_as_each_alone_without_recompiling_or_leaking_slo
                     max_tokens=16).choices[0].message.content
 
     alone = [ask(q) for q in questions]
-    compiled = batcher._step._cache_size()
+    compiled = batcher._step._cache_size(), batcher._admit._cache_size()
     steps = server.batcher.steps_run
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         crowd = list(pool.map(ask, questions))
     assert crowd == alone
     assert server.batcher.steps_run - steps < 16 * 16  # the requests shared decode steps
-    assert batcher._step._cache_size() == compiled  # no request recompiled the step
+    # no request recompiled the step or the prefill (the prompts share one bucket)
+    assert (batcher._step._cache_size(), batcher._admit._cache_size()) == compiled
     # a client that goes away mid-stream frees its slot
     stream = _ask(c, temperature=0, max_tokens=100, stream=True)
     next(iter(stream))
@@ -131,3 +132,26 @@ def test_sixteen_at_once_answer_as_each_alone_without_recompiling_or_leaking_slo
         time.sleep(0.05)
     assert server.batcher.busy == 0 and server.batcher.pending.empty()
     assert json.loads(httpx.get(served["url"] + "/health").text)["busy_slots"] == 0
+
+
+def test_a_rows_sampled_token_does_not_depend_on_what_its_batch_peers_ask():
+    """Each row's own key and step; the argmax-only and sort-free branches give a row the
+    token the full top-k / top-p path would."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 6
+    logits = jnp.asarray(rng.standard_normal((n, 300)) * 3, jnp.float32)
+    keys = jnp.asarray(np.stack([np.asarray(batcher.jax.random.key_data(batcher.jax.random.key(i)))
+                                 for i in range(n)]), jnp.uint32)
+    temp = jnp.array([0.0, 1.0, 0.7, 1.0, 1.3, 0.0], jnp.float32)
+    sample = batcher.jax.jit(batcher._sample_rows)
+    for step in range(20):
+        steps = jnp.full((n,), step, jnp.int32)
+        plain = sample(logits, keys, steps, temp, jnp.zeros(n, jnp.int32), jnp.ones(n))
+        peer = sample(logits, keys, steps, temp, jnp.zeros(n, jnp.int32), jnp.ones(n).at[5].set(0.5))
+        assert (plain == peer).all()
+        greedy = sample(logits, keys, steps, jnp.zeros(n), jnp.zeros(n, jnp.int32), jnp.ones(n))
+        assert (greedy == jnp.argmax(logits, -1)).all()
+        assert plain[0] == greedy[0] and plain[5] == greedy[5]  # temperature 0 rows

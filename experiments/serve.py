@@ -6,10 +6,12 @@ Then any OpenAI client talks to it (base_url http://127.0.0.1:8000/v1, any api_k
   POST /v1/chat/completions  messages, temperature, top_p, max_tokens, stop, seed, n, stream
   POST /v1/completions       prompt (continued after <|bos|>), the same knobs
   GET  /v1/models, GET /health
+  GET  /                     a chat page (experiments/chat_page.html): multi-turn, a system
+                             message box, the reply shown as it streams; nothing from elsewhere
 Streaming is server-sent events in the API's chunk format, whole UTF-8 characters only, ending
 with `data: [DONE]`. Bad requests get 400 with OpenAI's error shape and the server goes on; a
 client that disconnects frees its slot. FastAPI + uvicorn: the usual Python pair for an HTTP
-API with streaming responses. Not yet: the model's tools during generation, the web chat page.
+API with streaming responses. Not yet: the model's tools during generation.
 """
 
 
@@ -18,12 +20,14 @@ import json
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from absl import flags
 
 from experiments.workdir import StageFlags, run_entry
 
 MAX_N = 8  # choices per request
+PAGE = Path(__file__).with_name("chat_page.html")
 
 
 class BadRequest(ValueError):
@@ -163,13 +167,17 @@ class Choice:
 def make_app(server: Server):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
     app = FastAPI(title="tinylab serve")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc):
         return _error(f"invalid request: {exc.errors()[:1]}")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return PAGE.read_text(encoding="utf-8")
 
     @app.get("/health")
     async def health():

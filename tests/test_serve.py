@@ -155,3 +155,48 @@ def test_a_rows_sampled_token_does_not_depend_on_what_its_batch_peers_ask():
         greedy = sample(logits, keys, steps, jnp.zeros(n), jnp.zeros(n, jnp.int32), jnp.ones(n))
         assert (greedy == jnp.argmax(logits, -1)).all()
         assert plain[0] == greedy[0] and plain[5] == greedy[5]  # temperature 0 rows
+
+
+def test_the_chat_page_streams_a_reply_in_a_real_browser(served, tmp_path):
+    """Debian's chromium, headless, driven by selenium: type, send, see the reply the API gives."""
+    import shutil
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(served["url"] + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_element(By.ID, "model").text == "tiny")
+        temperature = driver.find_element(By.ID, "temperature")
+        temperature.clear()
+        temperature.send_keys("0")
+        budget = driver.find_element(By.ID, "max_tokens")
+        budget.clear()
+        budget.send_keys("16")  # two turns fit the tiny model's 128-token context
+        for turn, question in enumerate(("Who are you?", "And then?")):
+            driver.find_element(By.ID, "input").send_keys(question)
+            driver.find_element(By.ID, "send").click()
+            done = wait.until(lambda d, n=turn + 1: (lambda e: e if len(e) >= n else False)(
+                d.find_elements(By.CSS_SELECTOR, ".assistant[data-done='1']")))
+        shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".msg")]
+        driver.save_screenshot(str(tmp_path / "chat_page.png"))
+    finally:
+        driver.quit()
+    first = _ask(served["client"], temperature=0, max_tokens=16).choices[0].message.content
+    second = _ask(served["client"], temperature=0, max_tokens=16, messages=USER + [
+        {"role": "assistant", "content": first}, {"role": "user", "content": "And then?"}])
+    assert len(done) == 2 and shown[0] == "Who are you?" and shown[2] == "And then?"
+    # the page shows the API's greedy replies (the browser trims trailing whitespace in .text)
+    assert shown[1] == first.strip() and shown[3] == second.choices[0].message.content.strip()
+    assert (tmp_path / "chat_page.png").stat().st_size > 1000

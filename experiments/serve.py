@@ -10,8 +10,11 @@ Then any OpenAI client talks to it (base_url http://127.0.0.1:8000/v1, any api_k
                              message box, the reply shown as it streams; nothing from elsewhere
 Streaming is server-sent events in the API's chunk format, whole UTF-8 characters only, ending
 with `data: [DONE]`. Bad requests get 400 with OpenAI's error shape and the server goes on; a
-client that disconnects frees its slot. FastAPI + uvicorn: the usual Python pair for an HTTP
-API with streaming responses. Not yet: the model's tools during generation.
+client that disconnects frees its slot. A model in the project's chat format runs its tools
+(search over the run's world, python in the sandbox, recall when taught) while it generates,
+as experiments.chat does: a call and its result stay in the reply's text with their tags,
+`<|python|>print(6 * 7)<|/python|><|result|>42<|/result|>`, and count as completion tokens.
+FastAPI + uvicorn: the usual Python pair for an HTTP API with streaming responses.
 """
 
 
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from absl import flags
 
-from experiments.workdir import StageFlags, run_entry
+from experiments.workdir import StageFlags, define_config, run_entry
 
 MAX_N = 8  # choices per request
 PAGE = Path(__file__).with_name("chat_page.html")
@@ -60,10 +63,11 @@ def _knob(body: dict, name: str, kind, default, lo=None, hi=None):
 class Server:
     """The model, its batcher thread, and the request handling that the routes share."""
 
-    def __init__(self, lm, name: str, slots: int = 8):
+    def __init__(self, lm, name: str, slots: int = 8, hooks: dict | None = None,
+                 max_calls: int = 4):
         from model.batcher import Batcher
 
-        self.lm, self.name = lm, name
+        self.lm, self.name, self.hooks, self.max_calls = lm, name, hooks, max_calls
         self.batcher = Batcher(lm.params, lm.cfg, slots)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.batcher.run, args=(self._stop,), daemon=True)
@@ -113,7 +117,7 @@ class Server:
                 "top_p": _knob(body, "top_p", float, 1.0, 1e-6, 1.0),
                 "n": _knob(body, "n", int, 1, 1, MAX_N),
                 "seed": _knob(body, "seed", int, None),
-                "stream": _knob(body, "stream", bool, False)}
+                "stream": _knob(body, "stream", bool, False), "chat": chat}
 
     def start(self, p: dict, on_event) -> list:
         """Submits p["n"] requests; on_event(index, token or None) runs on the batcher thread."""
@@ -123,7 +127,8 @@ class Server:
         reqs = []
         for i in range(p["n"]):
             req = Request(p["prompt"], p["max_tokens"], p["temperature"], 0, p["top_p"],
-                          seed + i, tuple(self.lm.stop_ids) if self.lm.chat else ())
+                          seed + i, tuple(self.lm.stop_ids) if self.lm.chat else (),
+                          hooks=self.hooks if p["chat"] else None, max_calls=self.max_calls)
             req.on_token = lambda t, i=i: on_event(i, t)
             req.on_finish = lambda i=i: on_event(i, None)
             reqs.append(self.batcher.submit(req))
@@ -131,16 +136,18 @@ class Server:
 
 
 class Choice:
-    """One choice's text as it grows: whole characters only, cut at a stop string."""
+    """One choice's text as it grows: whole characters only, cut at a stop string. With
+    show_special (a model with tools), tool calls and results keep their tags in the text."""
 
-    def __init__(self, tok, stop: list[str]):
+    def __init__(self, tok, stop: list[str], show_special: bool = False):
         self.tok, self.stop, self.ids, self.sent, self.stopped = tok, stop, [], 0, False
+        self.show = show_special
         self.hold = max((len(s) for s in stop), default=1) - 1
 
     def add(self, token: int) -> str:
         """The new text safe to send after `token`."""
         self.ids.append(token)
-        text = self.tok.decode(self.ids)
+        text = self.tok.decode(self.ids, show_special=self.show)
         for s in self.stop:
             if s in text[max(0, self.sent - len(s)):]:
                 self.stopped = True
@@ -160,7 +167,7 @@ class Choice:
         """What is left to send once the request ended."""
         if self.stopped:
             return ""
-        text = self.tok.decode(self.ids)
+        text = self.tok.decode(self.ids, show_special=self.show)
         return self._take(text, len(text))
 
 
@@ -198,7 +205,8 @@ def make_app(server: Server):
         except BadRequest as e:
             return _error(str(e), e.param)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        choices = [Choice(server.lm.tok, p["stop"]) for _ in range(p["n"])]
+        choices = [Choice(server.lm.tok, p["stop"], server.hooks is not None and chat)
+                   for _ in range(p["n"])]
 
         def on_event(i, token):
             loop.call_soon_threadsafe(events.put_nowait, (i, token))
@@ -293,10 +301,14 @@ def main(argv):
     del argv
     import uvicorn
 
+    from experiments.workdir import tool_hooks
     from train.stage import load_stage
 
     lm, meta = load_stage(_FLAGS.init_from)
-    server = Server(lm, _NAME.value or f"{meta.get('stage')}", _SLOTS.value)
+    cfg = _CONFIG.value
+    hooks = tool_hooks(cfg, lm, meta, _FLAGS.init_from.parent) if _TOOLS.value else None
+    server = Server(lm, _NAME.value or f"{meta.get('stage')}", _SLOTS.value, hooks,
+                    cfg.tools.max_calls)
     print(f"serving {_FLAGS.init_from} on http://{_HOST.value}:{_PORT.value}/v1 "
           f"({_SLOTS.value} slots)", flush=True)
     try:
@@ -306,7 +318,9 @@ def main(argv):
 
 
 if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
+    _CONFIG = define_config()
     _FLAGS = StageFlags("the stage whose model to serve", workdir=None)
+    _TOOLS = flags.DEFINE_bool("tools", True, "run the model's tools while it generates")
     _HOST = flags.DEFINE_string("host", "127.0.0.1", "address to listen on")
     _PORT = flags.DEFINE_integer("port", 8000, "port to listen on")
     _SLOTS = flags.DEFINE_integer("slots", 8, "requests decoded together (continuous batching)")

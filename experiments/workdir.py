@@ -198,3 +198,18 @@ def recall_tool(meta: dict, lm):
 
     return Recall(lm, threshold)
 
+
+
+def tool_hooks(cfg, lm, meta: dict, workdir: str | Path):
+    """The model's tools as engine hooks (data.tools.make_hooks): search over the run's world
+    (when W/corpus/world.json exists), python in the sandbox, recall when it was taught; None
+    for a chat format that carries no tools (ChatML). What experiments.serve and
+    experiments.chat run."""
+    if lm.chat is None or lm.chat.name != "project":
+        return None
+    from data.tools import BM25, make_hooks
+    from train.stage import load_world
+
+    world = (Path(workdir) / "corpus" / "world.json").is_file() and load_world(workdir)
+    return make_hooks(lm.tok, BM25(world.biographies()) if world else None, tool_config(cfg),
+                      recall=recall_tool(meta, lm))

@@ -41,6 +41,13 @@ class Request:
     stop_tokens: tuple[int, ...] = ()
     on_token: Callable[[int], None] | None = None
     on_finish: Callable[[], None] | None = None  # called once, after the last on_token
+    # tools: closing-tag id -> hook(row, tokens so far, calls so far) -> ids to feed after it
+    # (data.tools.make_hooks); fed one a step in place of sampling, marked in `injected`
+    hooks: dict | None = None
+    max_calls: int = 4
+    injected: list[bool] = dataclasses.field(default_factory=list)
+    queue: list[int] = dataclasses.field(default_factory=list)
+    calls: int = 0
     tokens: list[int] = dataclasses.field(default_factory=list)
     finish_reason: str | None = None
     cancelled: bool = False  # set by the caller (a client went away): the slot is freed
@@ -144,16 +151,21 @@ class Batcher:
         if req.on_finish is not None:
             req.on_finish()
 
-    def _emit(self, i: int, token: int) -> None:
-        """Records slot i's new token and ends the request on a stop token or its budget."""
+    def _emit(self, i: int, token: int, forced: bool = False) -> None:
+        """Records slot i's new token (forced: fed by a tool, not sampled), runs a tool on its
+        closing tag, and ends the request on a stop token or its budget."""
         req = self.slots[i]
         if req.cancelled:
             return self._finish(i, "cancelled")
-        if token in req.stop_tokens:
+        if not forced and token in req.stop_tokens:
             return self._finish(i, "stop")
         req.tokens.append(token)
+        req.injected.append(forced)
         if req.on_token is not None:
             req.on_token(token)
+        if not forced and req.hooks and token in req.hooks and req.calls < req.max_calls:
+            req.calls += 1
+            req.queue = list(req.hooks[token](i, list(req.tokens), req.calls))
         if len(req.tokens) >= req.max_new_tokens or self.pos[i] + 1 >= self.cache_len:
             self._finish(i, "length")
 
@@ -190,10 +202,12 @@ class Batcher:
         tokens = np.asarray(tokens)
         self.steps_run += 1
         for i in live:
-            self.token[i] = tokens[i]
+            req = self.slots[i]
+            forced = bool(req.queue)  # a tool's result goes in whatever was sampled
+            self.token[i] = req.queue.pop(0) if forced else tokens[i]
             self.pos[i] += 1
             self.steps[i] += 1
-            self._emit(i, int(tokens[i]))
+            self._emit(i, int(self.token[i]), forced)
         return True
 
     def run(self, stop: threading.Event) -> None:

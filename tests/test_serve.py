@@ -128,7 +128,7 @@ def test_sixteen_at_once_answer_as_each_alone_without_recompiling_or_leaking_slo
     next(iter(stream))
     stream.close()
     deadline = time.time() + 10
-    while server.batcher.busy and time.time() < deadline:
+    while (server.batcher.busy or not server.batcher.pending.empty()) and time.time() < deadline:
         time.sleep(0.05)
     assert server.batcher.busy == 0 and server.batcher.pending.empty()
     assert json.loads(httpx.get(served["url"] + "/health").text)["busy_slots"] == 0
@@ -200,3 +200,27 @@ def test_the_chat_page_streams_a_reply_in_a_real_browser(served, tmp_path):
     # the page shows the API's greedy replies (the browser trims trailing whitespace in .text)
     assert shown[1] == first.strip() and shown[3] == second.choices[0].message.content.strip()
     assert (tmp_path / "chat_page.png").stat().st_size > 1000
+
+
+def test_tools_in_the_batcher_feed_their_results_as_the_engines_tool_loop_does(served):
+    """A hook on the token the model writes first: the batcher feeds its ids in place of
+    sampling and the model goes on from there, token for token as generate_with_tools."""
+    from model.batcher import Batcher, Request
+    from model.engine import SamplingConfig, generate_with_tools
+
+    lm = served["lm"]
+    prompt = lm.prompt("Who are you?")
+    b = Batcher(lm.params, lm.cfg, slots=2)
+    first = b.generate(Request(prompt, 1)).tokens[0]
+    calls = []
+
+    def hook(row, tokens, n):
+        calls.append((list(tokens), n))
+        return [7, 8, 9]
+
+    got = b.generate(Request(prompt, 12, hooks={first: hook}, max_calls=2))
+    want = generate_with_tools(lm.params, lm.cfg, [prompt], SamplingConfig(
+        max_new_tokens=12, temperature=0.0), {first: hook}, max_calls=2)
+    assert got.tokens[:4] == [first, 7, 8, 9] and got.injected[:4] == [False, True, True, True]
+    assert got.tokens == want.tokens[0] and got.injected == want.injected[0]
+    assert got.calls == want.calls[0] >= 1 and calls[0] == ([first], 1)

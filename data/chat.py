@@ -152,6 +152,31 @@ def render(conv: dict, tok: Tokenizer, for_prompt: bool = False) -> tuple[list[i
     return ids, mask
 
 
+def reply_messages(ids: Sequence[int], tok: Tokenizer) -> list[dict]:
+    """The messages of one generated assistant turn in the project's format (render's inverse):
+    text, then per tool call an assistant message with its `tool_call` and the tool message of
+    the result that was fed after it, then the closing text. A call with no result after it
+    (the budget or the call limit ran out) stays in the text, where its tags are dropped."""
+    opens = {special_id(o): (name, special_id(c)) for name, (o, c) in TOOLS.items()}
+    result, result_end = special_id(RESULT), special_id(RESULT_END)
+    out, text, i = [], [], 0
+    while i < len(ids):
+        if ids[i] in opens:
+            name, close = opens[ids[i]]
+            j = next((k for k in range(i + 1, len(ids)) if ids[k] == close), None)
+            end = (next((k for k in range(j + 2, len(ids)) if ids[k] == result_end), None)
+                   if j is not None and j + 1 < len(ids) and ids[j + 1] == result else None)
+            if end is not None:
+                out += [{"role": "assistant", "content": tok.decode(text),
+                         "tool_call": {"name": name, "input": tok.decode(ids[i + 1: j])}},
+                        {"role": "tool", "name": name, "content": tok.decode(ids[j + 2: end])}]
+                text, i = [], end + 1
+                continue
+        text.append(ids[i])
+        i += 1
+    return out + [{"role": "assistant", "content": tok.decode(text)}]
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, conversation) for each non-blank line; bad JSON raises naming the line."""
     path = Path(path)

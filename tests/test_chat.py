@@ -404,43 +404,65 @@ def test_the_chat_cli_trims_old_turns_to_fit_the_context(tok):
     assert "history trimmed" in out.getvalue()
 
 
-def test_the_chat_cli_runs_recall_calls_mid_reply_and_keeps_them_in_the_history(tok, monkeypatch):
+def test_the_chat_cli_runs_tool_calls_mid_reply_and_keeps_them_in_the_history(tok, monkeypatch):
     import io
 
-    import numpy as np
+    import jax.numpy as jnp
 
     import experiments.chat as chat_cli
     from data.chat import FORMATS
-    from data.special_tokens import RECALL, RECALL_END
+    from data.special_tokens import PYTHON, PYTHON_END, RECALL, RECALL_END
+    from data.tools import make_hooks
+    from model import batcher
     from model.config import ModelConfig
     from model.engine import SamplingConfig
     from model.handle import LM
 
     name = "Ada Quist"
-    script = [[special_id(RECALL), *tok.encode(name), special_id(RECALL_END), *tok.encode("oops")],
-              [*tok.encode("I'm sorry, but I don't know who Ada Quist is."), special_id(END)]]
-    prompts = []
+    fed = len(tok.encode("unknown")) + 2  # <|result|> unknown <|/result|>: the tool's, not sampled
+    answer = "I'm sorry, but I don't know who Ada Quist is."
+    # what the stand-in model writes at each generated position (the fed ones are overwritten)
+    script = [special_id(RECALL), *tok.encode(name), special_id(RECALL_END), *[0] * fed,
+              *tok.encode(answer), special_id(END)]
+    prompt_len = []
 
-    def scripted(params, cfg, prompt_ids, sampling):  # stands in for the model's sampling
-        prompts.append(list(prompt_ids[0]))
-        for t in script[len(prompts) - 1]:
-            yield np.array([t]), np.array([True])
+    def admit(params, cache, tokens, length, slot, knobs, cfg):  # stands in for the model
+        prompt_len.append(int(length))
+        return jnp.int32(script[0]), cache
 
-    monkeypatch.setattr(chat_cli, "stream", scripted)
+    def step(params, cache, tokens_n, pos_n, steps_n, knobs, cfg):
+        return jnp.asarray([script[int(pos_n[0]) - prompt_len[-1] + 1]]), cache
+
+    monkeypatch.setattr(batcher, "_admit", admit)
+    monkeypatch.setattr(batcher, "_step", step)
     asked = []
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
                       head_dim=16, d_ff=64, max_seq_len=256)
+    hooks = make_hooks(tok, None, recall=lambda n: asked.append(n) or "unknown")
     chat = chat_cli.Chat(LM(None, cfg, tok, FORMATS["project"]), None,
-                         SamplingConfig(max_new_tokens=40, stop_tokens=(special_id(END),)),
-                         recall=lambda n: asked.append(n) or "unknown")
+                         SamplingConfig(max_new_tokens=60, stop_tokens=(special_id(END),)), hooks)
     out = io.StringIO()
-    answer = chat.reply(f"Where was {name} born?", out=out)
-    assert asked == [name] and answer == "I'm sorry, but I don't know who Ada Quist is."
+    assert chat.reply(f"Where was {name} born?", out=out) == answer
+    assert asked == [name]
     assert chat.messages[1:] == [
         {"role": "assistant", "content": "", "tool_call": {"name": "recall", "input": name}},
         {"role": "tool", "name": "recall", "content": "unknown"},
         {"role": "assistant", "content": answer}]
-    assert prompts[1] == render({"messages": chat.messages[:3]}, tok, for_prompt=True)[0]
-    assert prompts[1][-1] == special_id(RESULT_END)  # the second round goes on after the result
     assert f"{name}<|/recall|><|result|>unknown<|/result|>I'm sorry" in out.getvalue()
-    assert "oops" not in out.getvalue()  # sampling stops at the closed call
+    # the next turn's prompt renders the calls and results as the model saw them
+    assert render({"messages": chat.messages}, tok)[0][1:] == [
+        special_id(USER), *tok.encode(f"Where was {name} born?"), special_id(END),
+        special_id(ASSISTANT), *script[: len(script) - len(tok.encode(answer)) - 1 - fed],
+        special_id(RESULT), *tok.encode("unknown"), special_id(RESULT_END), *tok.encode(answer),
+        special_id(END)]
+    # a python call runs in the sandbox the same way; a call left open stays text
+    from data.chat import reply_messages
+
+    ids = [*tok.encode("Let me see."), special_id(PYTHON), *tok.encode("print(6 * 7)"),
+           special_id(PYTHON_END), special_id(RESULT), *tok.encode("42"), special_id(RESULT_END),
+           *tok.encode("It is 42."), special_id(PYTHON), *tok.encode("print(")]
+    assert reply_messages(ids, tok) == [
+        {"role": "assistant", "content": "Let me see.",
+         "tool_call": {"name": "python", "input": "print(6 * 7)"}},
+        {"role": "tool", "name": "python", "content": "42"},
+        {"role": "assistant", "content": "It is 42.print("}]

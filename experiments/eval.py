@@ -46,7 +46,10 @@ def _once_seen_documents(workdir: Path, limit: int) -> list[str]:
 
 
 def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: list[str] = (),
-                   limit: int = 100) -> dict:
+                   limit: int = 100, bench_limit: int | None = None) -> dict:
+    """eval.json of a stage: the world's evaluations on `limit` questions each, and the
+    benchmark files on `bench_limit` items each (0: every item; default: `limit`)."""
+    bench = limit if bench_limit is None else bench_limit
     lm, meta = load_stage(stage)
     base = meta.get("stage") == "pretrain" or lm.chat is None
     out: dict = {"stage": str(stage.resolve()), "kind": "base" if base else "chat"}
@@ -57,10 +60,10 @@ def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: l
         out["world"] = "absent: no W/corpus/world.json, so no synthetic-world evaluations"
     for path in mc:
         rows = suite.load_multiple_choice(path, strict=False)
-        out[f"mc:{path}"] = {**suite.multiple_choice(lm, suite.spread(rows, limit)),
+        out[f"mc:{path}"] = {**suite.multiple_choice(lm, suite.spread(rows, bench)),
                              "of_rows": len(rows), "skipped_bad_rows": rows.skipped}
     for path in gsm8k:
-        out[f"gsm8k:{path}"] = suite.gsm8k(lm, path, limit=limit)
+        out[f"gsm8k:{path}"] = suite.gsm8k(lm, path, limit=bench)
     out["wall_s"] = round(time.time() - t0, 1)
     write_json(stage / "eval.json", out)
     return out
@@ -97,7 +100,7 @@ def main(argv):
     stage, workdir = _FLAGS.init_from, _FLAGS.workdir
     lock_run(workdir)
     out = evaluate_stage(_CONFIG.value, stage, workdir, _MC.value or [], _GSM8K.value or [],
-                         _LIMIT.value or _CONFIG.value.eval.limit)
+                         _LIMIT.value or _CONFIG.value.eval.limit, _BENCH_LIMIT.value)
     print(json.dumps(out, indent=1), file=sys.stdout)
     print(f"wrote {stage / 'eval.json'}", file=sys.stdout)
 
@@ -108,4 +111,6 @@ if __name__ == "__main__":  # flags only for the command line: the functions imp
     _MC = flags.DEFINE_multi_string("mc", None, "multiple-choice JSONL (MMLU / HellaSwag layout)")
     _GSM8K = flags.DEFINE_multi_string("gsm8k", None, "GSM8K-layout JSONL")
     _LIMIT = flags.DEFINE_integer("limit", None, "questions per evaluation (default: eval.limit)")
+    _BENCH_LIMIT = flags.DEFINE_integer("bench_limit", None, "items per --mc / --gsm8k file, "
+                                        "spread over it; 0: every item (default: --limit)")
     run_entry(main)

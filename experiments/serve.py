@@ -13,7 +13,8 @@ with `data: [DONE]`. Bad requests get 400 with OpenAI's error shape and the serv
 client that disconnects frees its slot. A model in the project's chat format runs its tools
 (search over the run's world, python in the sandbox, recall when taught) while it generates,
 as experiments.chat does: a call and its result stay in the reply's text with their tags,
-`<|python|>print(6 * 7)<|/python|><|result|>42<|/result|>`, and count as completion tokens.
+`<|python|>print(6 * 7)<|/python|><|result|>42<|/result|>`, and count as completion tokens; a
+tool that fails outright ends its choice with finish_reason "error" (the other requests go on).
 FastAPI + uvicorn: the usual Python pair for an HTTP API with streaming responses.
 """
 
@@ -218,6 +219,9 @@ def make_app(server: Server):
 
         def finish(i):
             r = reqs[i]
+            if r.finish_reason == "error":  # a tool raised; its message is in the server log
+                print(f"tool error in {rid}: {r.tool_error}", flush=True)
+                return "error"
             return "stop" if choices[i].stopped or r.finish_reason == "stop" else "length"
 
         async def events_until_done():

@@ -31,7 +31,8 @@ from model.transformer import Params, forward, init_cache
 @dataclasses.dataclass
 class Request:
     """One completion. on_token(token) is called from the batcher's thread with every new
-    token; `finish_reason` ("stop", "length" or "cancelled") is set and `done` is set at the end."""
+    token; `finish_reason` ("stop", "length", "cancelled" or "error") is set and `done` is set
+    at the end."""
     prompt: list[int]
     max_new_tokens: int
     temperature: float = 0.0
@@ -48,6 +49,7 @@ class Request:
     injected: list[bool] = dataclasses.field(default_factory=list)
     queue: list[int] = dataclasses.field(default_factory=list)
     calls: int = 0
+    tool_error: str | None = None  # a hook that raised ends its request ("error"), no other
     tokens: list[int] = dataclasses.field(default_factory=list)
     finish_reason: str | None = None
     cancelled: bool = False  # set by the caller (a client went away): the slot is freed
@@ -165,7 +167,11 @@ class Batcher:
             req.on_token(token)
         if not forced and req.hooks and token in req.hooks and req.calls < req.max_calls:
             req.calls += 1
-            req.queue = list(req.hooks[token](i, list(req.tokens), req.calls))
+            try:
+                req.queue = list(req.hooks[token](i, list(req.tokens), req.calls))
+            except Exception as e:  # noqa: BLE001 - a tool's failure must not stop every slot
+                req.tool_error = f"{type(e).__name__}: {e}"
+                return self._finish(i, "error")
         if len(req.tokens) >= req.max_new_tokens or self.pos[i] + 1 >= self.cache_len:
             self._finish(i, "length")
 

@@ -224,3 +224,22 @@ def test_tools_in_the_batcher_feed_their_results_as_the_engines_tool_loop_does(s
     assert got.tokens[:4] == [first, 7, 8, 9] and got.injected[:4] == [False, True, True, True]
     assert got.tokens == want.tokens[0] and got.injected == want.injected[0]
     assert got.calls == want.calls[0] >= 1 and calls[0] == ([first], 1)
+
+
+def test_a_tool_that_raises_ends_its_request_and_no_other(served):
+    from model.batcher import Batcher, Request
+
+    lm = served["lm"]
+    prompt = lm.prompt("Who are you?")
+    b = Batcher(lm.params, lm.cfg, slots=2)
+    first = b.generate(Request(prompt, 1)).tokens[0]
+
+    def broken(row, tokens, n):
+        raise RuntimeError("the tool broke")
+
+    bad = b.submit(Request(prompt, 8, hooks={first: broken}))
+    good = b.submit(Request(prompt, 8))
+    while not (bad.done.is_set() and good.done.is_set()):
+        b.run_once()
+    assert bad.finish_reason == "error" and "the tool broke" in bad.tool_error
+    assert good.finish_reason in ("stop", "length") and len(good.tokens) >= 1 and b.busy == 0

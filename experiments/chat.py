@@ -19,6 +19,7 @@ import sys
 from absl import flags
 
 from data.chat import reply_messages
+from experiments.serve import Choice
 from experiments.workdir import StageFlags, define_config, run_entry, tool_hooks
 from model.batcher import Batcher, Request
 from model.engine import SamplingConfig
@@ -65,21 +66,18 @@ class Chat:
         if dropped:
             print(f"[history trimmed: {dropped} oldest turn(s) dropped to fit the context]", file=out)
         s = self.sampling
-        shown = [""]
+        shown = Choice(self.tok, [], show_special=True)  # the server's incremental text
 
-        def show(_token):
-            now = self.tok.decode(req.tokens, show_special=True)
-            if not now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                out.write(now[len(shown[0]):])
-                out.flush()
-                shown[0] = now
+        def show(token):
+            out.write(shown.add(token))
+            out.flush()
 
         req = Request(ids, min(s.max_new_tokens, self.cfg.max_seq_len - len(ids)), s.temperature,
                       s.top_k, s.top_p, s.seed + self.turn, tuple(self.lm.stop_ids),
                       on_token=show, hooks=self.hooks, max_calls=self.max_calls)
         self.turn += 1
         self.batcher.generate(req)
-        out.write(self.tok.decode(req.tokens, show_special=True)[len(shown[0]):] + "\n")
+        out.write(shown.rest() + "\n")
         turn = reply_messages(req.tokens, self.tok)
         self.messages += turn
         return turn[-1]["content"]

@@ -13,6 +13,10 @@ from typing import Any
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+REMAT = ("none", "full", "dots")
+ATTENTION = ("einsum", "dot_product")
+# fields that change how the model runs, not what it computes: a stage may differ from its parent
+EXECUTION_FIELDS = ("scan_layers", "remat", "attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +39,10 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype
     init_std: float = 0.02
+    # How the forward pass runs; none of these changes what it computes.
+    scan_layers: bool = False  # layers as one lax.scan over stacked parameters (deep models)
+    remat: str = "none"  # recompute in the backward pass: "none", "full" or "dots" (keep matmuls)
+    attention: str = "einsum"  # "einsum", or "dot_product": jax.nn.dot_product_attention (cuDNN)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -51,6 +59,10 @@ class ModelConfig:
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: expected one of "
                                  f"{sorted(DTYPES)}")
+        for name, allowed in (("remat", REMAT), ("attention", ATTENTION)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: expected one of "
+                                 f"{list(allowed)}")
         if self.logit_softcap < 0:
             raise ValueError(f"logit_softcap={self.logit_softcap} must be >= 0 (0 disables it)")
 

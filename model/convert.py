@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model import transformer
 from model.config import ModelConfig
 
 HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
@@ -230,6 +231,8 @@ def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
            "model.norm.weight": a(params["final_norm"]["scale"])}
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = a(params["head_DV"]).T
+    if transformer.is_stacked(params):  # a scan_layers model: the per-layer layout HF uses
+        params = transformer.unstack_layers(params)
     blocks = params["blocks"]
     for i in range(cfg.n_layers):
         b, p = blocks[i] if i in blocks else blocks[str(i)], f"model.layers.{i}."

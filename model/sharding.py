@@ -31,6 +31,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),
     ("norm", None),
     ("cache_length", None),
+    ("layers", None),  # a scanned model's stacked layer axis
 )
 
 

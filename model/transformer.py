@@ -7,6 +7,7 @@ back into modules. The KV cache is an explicit pytree passed in and returned.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -84,14 +85,23 @@ class Attention(nnx.Module):
             new_cache = {"k": k_BSKH, "v": v_BSKH}
 
         b, t, n, h = q_BTNH.shape
-        kv = cfg.n_kv_heads
-        q_BTKGH = q_BTNH.reshape(b, t, kv, n // kv, h)
-        scores_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH.astype(dt),
-                                  preferred_element_type=jnp.float32) * (h**-0.5)
-        scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS, -1e30)
-        probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dt)
-        out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH.astype(dt))
-        out_BTNH = out_BTKGH.reshape(b, t, n, h)
+        k_BSKH, v_BSKH = k_BSKH.astype(dt), v_BSKH.astype(dt)
+        if cfg.attention == "dot_product":  # XLA's softmax attention on a CPU, cuDNN's on a GPU
+            out_BTNH = jax.nn.dot_product_attention(
+                q_BTNH, k_BSKH, v_BSKH, mask=None if mask_BTS is None else mask_BTS[:, None],
+                is_causal=mask_BTS is None)
+        else:
+            kv = cfg.n_kv_heads
+            q_BTKGH = q_BTNH.reshape(b, t, kv, n // kv, h)
+            scores_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
+                                      preferred_element_type=jnp.float32) * (h**-0.5)
+            if mask_BTS is None:  # plain causal: built here from indices, fused by XLA
+                s = k_BSKH.shape[1]
+                mask_BTS = (jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])[None]
+            scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS, -1e30)
+            probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dt)
+            out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH)
+            out_BTNH = out_BTKGH.reshape(b, t, n, h)
         return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo_NHD[...].astype(dt)), new_cache
 
 
@@ -133,7 +143,10 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
                                cfg.init_std, cfg)
-        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        if cfg.scan_layers:  # one block whose parameters carry a leading layer axis (init stacks)
+            self.blocks = Block(cfg, rngs)
+        else:
+            self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
         self.final_norm = RMSNorm(cfg.d_model, cfg)
         if not cfg.tie_embeddings:
             self.head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
@@ -146,12 +159,27 @@ class Transformer(nnx.Module):
         table_VD = constrain(self.embed_VD[...], (None, None))
         x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(dt)
         x_BTD = constrain(x_BTD, ("batch", "length", "act_embed"))
+        run = _block_fn(cfg.remat)
         new_cache = [] if cache is not None else None
-        for i, block in enumerate(self.blocks):
-            x_BTD, layer_cache = block(x_BTD, pos_BT, mask_BTS,
-                                       None if cache is None else cache[i], cache_start_B)
-            if cache is not None:
-                new_cache.append(layer_cache)
+        if cfg.scan_layers and cache is None:
+            graphdef, stacked = nnx.split(self.blocks)
+
+            def body(x_BTD, layer_state):
+                return run(graphdef, layer_state, x_BTD, pos_BT, mask_BTS, None, None)[0], None
+
+            x_BTD, _ = jax.lax.scan(body, x_BTD, stacked)
+        else:
+            if cfg.scan_layers:  # decoding: the cache stays a list, each layer a slice
+                graphdef, stacked = nnx.split(self.blocks)
+                layers = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(cfg.n_layers)]
+            else:
+                splits = [nnx.split(block) for block in self.blocks]
+                graphdef, layers = splits[0][0], [st for _, st in splits]
+            for i, layer_state in enumerate(layers):
+                x_BTD, layer_cache = run(graphdef, layer_state, x_BTD, pos_BT, mask_BTS,
+                                         None if cache is None else cache[i], cache_start_B)
+                if cache is not None:
+                    new_cache.append(layer_cache)
         x_BTD = self.final_norm(x_BTD)
         if hidden:  # the final normed hidden states (a reward model's scalar head reads them)
             return x_BTD.astype(jnp.float32), new_cache
@@ -166,6 +194,46 @@ class Transformer(nnx.Module):
         return logits_BTV, new_cache
 
 
+def _run_block(graphdef, state, x_BTD, pos_BT, mask_BTS, layer_cache, cache_start_B):
+    return nnx.merge(graphdef, state)(x_BTD, pos_BT, mask_BTS, layer_cache, cache_start_B)
+
+
+@functools.cache
+def _block_fn(remat: str):
+    """One block as a pure function of (graphdef, its params, inputs), rematerialised in the
+    backward pass as `remat` says: "full" keeps only the block's inputs, "dots" also the
+    outputs of its weight matmuls (attention scores and element-wise work are recomputed)."""
+    if remat == "none":
+        return _run_block
+    policy = None if remat == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return jax.checkpoint(_run_block, policy=policy, static_argnums=(0,))
+
+
+def stack_layers(params: Params) -> Params:
+    """Per-layer params ({"blocks": {0: ..., 1: ...}}) -> one stacked block (scan_layers=True)."""
+    blocks = params["blocks"]
+    layers = [blocks[k] for k in sorted(blocks, key=int)]
+    stack = (lambda *xs: jax.ShapeDtypeStruct((len(xs), *xs[0].shape), xs[0].dtype)) \
+        if isinstance(jax.tree.leaves(layers[0])[0], jax.ShapeDtypeStruct) else \
+        (lambda *xs: jnp.stack(xs))
+    return {**params, "blocks": jax.tree.map(stack, *layers)}
+
+
+def unstack_layers(params: Params) -> Params:
+    """A stacked block (scan_layers=True) -> per-layer params, the layout import and export use."""
+    blocks = params["blocks"]
+    n = jax.tree.leaves(blocks)[0].shape[0]
+    take = (lambda a, i: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)) \
+        if isinstance(jax.tree.leaves(blocks)[0], jax.ShapeDtypeStruct) else (lambda a, i: a[i])
+    return {**params, "blocks": {i: jax.tree.map(lambda a, i=i: take(a, i), blocks)
+                                 for i in range(n)}}
+
+
+def is_stacked(params: Params) -> bool:
+    """Whether params hold their layers stacked (a scan_layers model's layout)."""
+    return not all(str(k).isdigit() for k in params["blocks"])
+
+
 @functools.lru_cache(maxsize=32)
 def _abstract(cfg: ModelConfig):
     """(graphdef, abstract state) of a model with this config; no arrays are allocated."""
@@ -176,15 +244,23 @@ def _abstract(cfg: ModelConfig):
 def logical_axes(cfg: ModelConfig) -> Params:
     """The params pytree's logical axis names: a tuple of names per array."""
     _, state = _abstract(cfg)
-    return nnx.to_pure_dict(jax.tree.map(
+    axes = nnx.to_pure_dict(jax.tree.map(
         lambda v: v.get_metadata()["logical_axes"], state,
         is_leaf=lambda v: isinstance(v, nnx.Variable)))
+    if cfg.scan_layers:
+        axes["blocks"] = jax.tree.map(lambda a: ("layers", *a), axes["blocks"],
+                                      is_leaf=lambda x: isinstance(x, tuple))
+    return axes
 
 
 def param_shapes(cfg: ModelConfig) -> Params:
     """The params pytree as jax.ShapeDtypeStruct leaves."""
     _, state = _abstract(cfg)
-    return nnx.to_pure_dict(state)
+    shapes = nnx.to_pure_dict(state)
+    if cfg.scan_layers:
+        shapes["blocks"] = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct((cfg.n_layers, *a.shape), a.dtype), shapes["blocks"])
+    return shapes
 
 
 def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Params:
@@ -197,8 +273,10 @@ def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Params:
 def init(cfg: ModelConfig, rng: jax.Array, mesh: jax.sharding.Mesh | None = None) -> Params:
     """Initialises the params pytree; under a mesh every array is created already sharded."""
 
-    def make(key):
-        return nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(params=key)))[1])
+    def make(key):  # a scanned model starts from the unrolled one's draws, stacked
+        unrolled = dataclasses.replace(cfg, scan_layers=False)
+        params = nnx.to_pure_dict(nnx.split(Transformer(unrolled, nnx.Rngs(params=key)))[1])
+        return stack_layers(params) if cfg.scan_layers else params
 
     out_shardings = None if mesh is None else param_shardings(cfg, mesh)
     return jax.jit(make, out_shardings=out_shardings)(rng)
@@ -227,7 +305,7 @@ def forward(
     if cache is None:
         if segment_ids_BT is None:
             pos_BT = jnp.broadcast_to(t_idx, (b, t))
-            mask_BTS = jnp.broadcast_to(t_idx[:, None] >= t_idx[None, :], (b, t, t))
+            mask_BTS = None  # plain causal: the attention builds it (or is_causal does)
         else:
             same_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
             mask_BTS = same_BTS & (t_idx[:, None] >= t_idx[None, :])

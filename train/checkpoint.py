@@ -146,8 +146,8 @@ def _checked_restore(manager, directory: Path, step: int, abstract_params, args)
         raise DamagedCheckpoint(f"checkpoint {directory / str(step)} cannot be read: {first}") from None
 
 
-def check_shapes(directory: Path, step: int, abstract_params) -> None:
-    """Refuses, with a clear error, a checkpoint whose parameter shapes differ from the model's."""
+def _saved_shapes(directory: Path, step: int) -> dict[str, tuple]:
+    """The saved parameters' shapes by path ("blocks/0/attn/wq_DNH"), from Orbax's metadata."""
     try:
         meta = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "params")
     except Exception as e:
@@ -155,11 +155,16 @@ def check_shapes(directory: Path, step: int, abstract_params) -> None:
                                 f"cannot be read ({type(e).__name__})") from None
     saved = getattr(meta, "item_metadata", meta)
     saved = getattr(saved, "tree", saved)
-    want = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
     have = dict(jax.tree_util.tree_flatten_with_path(
         saved, is_leaf=lambda x: hasattr(x, "shape"))[0])
+    return {_path_name(k): tuple(v.shape) for k, v in have.items()}
+
+
+def check_shapes(directory: Path, step: int, abstract_params) -> None:
+    """Refuses, with a clear error, a checkpoint whose parameter shapes differ from the model's."""
+    have_s = _saved_shapes(directory, step)
+    want = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
     want_s = {_path_name(k): tuple(v.shape) for k, v in want.items()}
-    have_s = {_path_name(k): tuple(v.shape) for k, v in have.items()}
     if not have_s:
         raise DamagedCheckpoint(f"checkpoint {directory / str(step)}: the parameters' metadata "
                                 "is missing or unreadable")
@@ -172,18 +177,50 @@ def check_shapes(directory: Path, step: int, abstract_params) -> None:
             f"({len(diff)} arrays differ). Use the config it was trained with, or another workdir")
 
 
+def _all_steps(directory: Path) -> list[int]:
+    return [int(p.name) for p in directory.glob("*") if p.name.isdigit()] \
+        if directory.is_dir() else []
+
+
 def _path_name(path) -> str:
     # Orbax's metadata spells integer keys as strings; compare paths as text.
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _stacked_on_disk(directory: Path, step: int) -> bool | None:
+    """Whether a saved language model holds its layers stacked (scan_layers), None if no LM."""
+    keys = [k.split("/")[1] for k in _saved_shapes(directory, step) if k.startswith("blocks/")]
+    return None if not keys else not all(k.isdigit() for k in keys)
 
 
 def restore_params(stage_dir: str | Path, abstract_params, step: int | None = None):
     """Parameters only (never the optimizer state) from a stage's latest (or given) checkpoint.
 
     Leaves of abstract_params without a sharding are restored onto the first local device, so a
-    checkpoint saved on a pod loads on a laptop.
+    checkpoint saved on a pod loads on a laptop. A language model saved with its layers stacked
+    (scan_layers) loads into the per-layer layout and back: the layout is converted.
     """
+    from model import transformer
+
     directory = Path(stage_dir).resolve() / "checkpoints"
+    if isinstance(abstract_params, dict) and "blocks" in abstract_params:
+        steps = [step] if step is not None else sorted(_all_steps(directory), reverse=True)
+        want = transformer.is_stacked(abstract_params)
+        have = None
+        for s in steps:  # the newest step whose metadata reads (a damaged one is skipped below)
+            try:
+                have = _stacked_on_disk(directory, s)
+                break
+            except DamagedCheckpoint:
+                continue
+        if have is not None and have != want:
+            convert = transformer.unstack_layers if want is False else transformer.stack_layers
+            other = (transformer.stack_layers if have else transformer.unstack_layers)(
+                jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_params))
+            params = convert(restore_params(stage_dir, other, step))
+            return jax.tree.map(
+                lambda x, a: jax.device_put(x, getattr(a, "sharding", None)), params,
+                abstract_params)
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract_params = jax.tree.map(
         lambda a: a if getattr(a, "sharding", None) is not None

@@ -60,10 +60,11 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params) -> dict:
-    """Weight decay on matrices only: not on norms (1-D) nor on the embedding table."""
+    """Weight decay on matrices only: not on norm scales (1-D, or 2-D stacked by a scanned
+    model) nor on the embedding table."""
     def keep(path, x):
         names = [getattr(k, "key", None) for k in path]
-        return x.ndim >= 2 and "embed_VD" not in names
+        return x.ndim >= 2 and "embed_VD" not in names and names[-1] != "scale"
     return jax.tree_util.tree_map_with_path(keep, params)
 
 

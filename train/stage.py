@@ -77,8 +77,13 @@ def check_parent(init_from: str | Path, model_cfg, tok) -> Path:
         raise ValueError(f"--init_from {parent} was trained with tokenizer "
                          f"{str(meta.get('tokenizer_sha256'))[:12]}, this run uses "
                          f"{tok.sha256[:12]}: use the parent's tokenizer ({meta.get('tokenizer')})")
-    theirs, ours = meta.get("model", {}), model_cfg.to_dict()
-    diff = {k: (theirs.get(k), ours[k]) for k in ours if theirs.get(k) != ours[k]}
+    from model.config import EXECUTION_FIELDS, ModelConfig
+
+    theirs = ModelConfig.from_dict(meta.get("model", {})).to_dict() if meta.get("model") else {}
+    ours = model_cfg.to_dict()
+    # how the model runs may differ (restore_params converts a stacked / per-layer layout)
+    diff = {k: (theirs.get(k), ours[k]) for k in ours
+            if theirs.get(k) != ours[k] and k not in EXECUTION_FIELDS}
     if diff:
         raise ValueError(f"--init_from {parent} holds another model: " + ", ".join(
             f"{k}={a} there but {b} here" for k, (a, b) in diff.items())

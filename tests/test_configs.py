@@ -1,21 +1,18 @@
 """The shipped configs build; the GPU-sized one is checked by eval_shape and a sharded compile."""
 
-import dataclasses
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import pytest
 from absl import flags as absl_flags
 
-from experiments.configs import gpt2_small, resolve, tiny
+from experiments.configs import gpt2_small, llama_1b, llama_350m, resolve, tiny
 from experiments.rl_stage import rl_config
 from model import transformer
 from model.config import ModelConfig
 from train.loop import TrainConfig
-from train.mesh import make_mesh
 from train.optim import OptimConfig, make_optimizer
-from train.step import batch_sharding, init_state, make_train_step, state_shardings
+from train.step import init_state
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,30 +92,16 @@ def test_an_unknown_override_is_one_line(tmp_path):
     assert r.returncode == 2 and len(lines) == 1 and "sft_train.stepz" in lines[0], r.stderr
 
 
-def test_gpt2_small_state_shapes_and_sharded_compile():
-    model, train, optim = _configs(gpt2_small, 32768)
-    assert 100e6 < model.n_params() < 140e6
-    optimizer = make_optimizer(optim, train.steps)
-    abstract = jax.eval_shape(lambda p: init_state(p, optimizer, 0), transformer.param_shapes(model))
-    n = sum(x.size for x in jax.tree.leaves(abstract["params"]))
-    assert n == model.n_params()
-    # The sharded compile uses two of the twelve layers: the same shapes and shardings per layer,
-    # a sixth of the compile time.
-    model = dataclasses.replace(model, n_layers=2)
-    abstract = jax.eval_shape(lambda p: init_state(p, optimizer, 0), transformer.param_shapes(model))
-    mesh = make_mesh(data=2, fsdp=2, tensor=2)
-    p_sh = transformer.param_shardings(model, mesh)
-    s_sh = state_shardings(abstract, p_sh, mesh)
-    mu = abstract["opt_state"][1][0].mu["blocks"][0]["mlp"]["w_up_DF"]
-    assert mu.shape == (768, 2048)
-    step = jax.jit(make_train_step(model, optimizer), in_shardings=(s_sh, batch_sharding(mesh)),
-                   out_shardings=(s_sh, None), donate_argnums=0)
-    b, t = 8, train.seq_len  # a small batch: compile cost does not depend on it
-    batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32) for k in ("inputs", "targets",
-                                                                  "segment_ids")}
-    compiled = step.lower(abstract, batch).compile()
-    assert compiled.cost_analysis() is not None
-    # Adam's moments are sharded like their parameters (FSDP over optimizer state too).
-    mu_sharding = s_sh["opt_state"][1][0].mu["blocks"][0]["mlp"]["w_up_DF"]
-    want = jax.sharding.PartitionSpec("fsdp", "tensor")
-    assert mu_sharding.spec == p_sh["blocks"][0]["mlp"]["w_up_DF"].spec == want
+def test_pod_configs_state_shapes():
+    """Their train steps are compiled sharded in tests/test_plan.py (experiments.plan)."""
+    for module, low, high in ((gpt2_small, 95e6, 140e6), (llama_350m, 300e6, 400e6),
+                              (llama_1b, 1.2e9, 1.4e9)):
+        model, train, optim = _configs(module, 32768)
+        assert low < model.n_params() < high and model.scan_layers
+        assert train.seq_len <= model.max_seq_len
+        optimizer = make_optimizer(optim, train.steps)
+        abstract = jax.eval_shape(lambda p, o=optimizer, m=model: init_state(p, o, 0),
+                                  transformer.param_shapes(model))
+        assert sum(x.size for x in jax.tree.leaves(abstract["params"])) == model.n_params()
+        mu = abstract["opt_state"][1][0].mu["blocks"]["mlp"]["w_up_DF"]
+        assert mu.shape == (model.n_layers, model.d_model, model.d_ff)

@@ -37,6 +37,7 @@ from train.optim import OptimConfig, make_optimizer, make_schedule
 from train.step import (
     batch_sharding,
     init_state,
+    jit_sharded,
     make_train_step,
     state_shardings,
 )
@@ -342,12 +343,12 @@ def run(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_c
                                       jax.process_count()))
     if st.data_state is not None:
         data_iter.set_state(st.data_state)
-    step_fn = jax.jit(make_train_step(model_cfg, st.optimizer, cfg.accum_steps),
+    step_fn = jit_sharded(make_train_step(model_cfg, st.optimizer, cfg.accum_steps), st.mesh,
                       in_shardings=(st.state_sharding, st.batch_sharding),
                       out_shardings=(st.state_sharding, None), donate_argnums=0)
     token_bytes = jnp.asarray(tokenizer.token_bytes(), jnp.float32)
-    eval_fn = jax.jit(make_eval_step(model_cfg, token_bytes),
-                      in_shardings=(st.param_sharding, st.batch_sharding))
+    eval_fn = jit_sharded(make_eval_step(model_cfg, token_bytes), st.mesh,
+                          in_shardings=(st.param_sharding, st.batch_sharding))
     start = int(st.state["step"])
     if start >= cfg.steps and jax.process_index() == 0:
         print(f"{stage_dir} is already trained to step {start} (train.steps={cfg.steps}); "

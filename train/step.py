@@ -112,5 +112,15 @@ def state_shardings(abstract_state: State, param_shardings, mesh) -> State:
     return jax.tree_util.tree_map_with_path(pick, abstract_state)
 
 
+def jit_sharded(fn: Callable, mesh, **jit_kwargs) -> Callable:
+    """jax.jit of fn, traced under the mesh so that model.sharding.constrain pins the activations'
+    shardings (without a mesh in context it does nothing)."""
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return jax.jit(traced, **jit_kwargs)
+
+
 def batch_sharding(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))

@@ -1,10 +1,14 @@
-"""GPT-2-small-sized (~124M parameters with a 32k vocabulary): for a GPU or a TPU slice, not 2 CPUs.
+"""GPT-2-small-shaped (d 768, 12 layers; 101M parameters with a 32k vocabulary and GQA 12/4): for
+a GPU or a TPU slice, not 2 CPUs.
 
   python -m experiments.tokenizer --workdir runs/g --input CORPUS --config experiments/configs/gpt2_small.py
   python -m experiments.pretrain --workdir runs/g --config experiments/configs/gpt2_small.py \
       --config.data.inputs=CORPUS
-On this CPU it is only checked (tests/test_configs.py): its state by jax.eval_shape, its train
-step by a compile over 8 fake devices. Nothing here has been trained with it yet.
+  python -m experiments.plan --config experiments/configs/gpt2_small.py --devices 8  # memory, FLOPs
+Pure data parallelism (the model fits a device many times over); layers scanned, matmul outputs
+kept for the backward pass (remat "dots"), bf16 compute over f32 weights and Adam state.
+On this CPU it is only checked (tests/test_configs.py, experiments.plan): nothing here has been
+trained with it yet.
 """
 
 import ml_collections
@@ -17,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer.vocab_size = 32768
     c.model.update(dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, head_dim=64,
                         d_ff=2048, max_seq_len=1024, qk_norm=True, dtype="bfloat16",
-                        param_dtype="float32"))
+                        param_dtype="float32", scan_layers=True, remat="dots",
+                        attention="dot_product"))
     c.data.val_every = 1000
     # no copy warm-up: it is the tiny model's fix (2M tokens of mostly biographies form no
     # induction heads); a model this size on real text is expected to form them itself (untested)

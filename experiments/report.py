@@ -213,9 +213,25 @@ def write_report(workdir: str | Path) -> Path:
     if figs:
         out.append("## Plots\n")
         out += [f"![{f}]({f})\n" for f in figs]
+    out += _sweeps(w)
     path = w / "report.md"
     path.write_text("\n".join(out))
     return path
+
+
+def _sweeps(w: Path) -> list[str]:
+    """The tables and plots of each sweep run under W/sweeps/ (experiments.sweep), as it wrote
+    them in W/sweeps/NAME/results.md, its headings one level down and its links re-rooted."""
+    import re
+
+    out = []
+    for results in sorted((w / "sweeps").glob("*/results.md")):
+        rel = results.parent.relative_to(w).as_posix()
+        text = results.read_text()
+        text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
+        text = re.sub(r"\]\(plots/", f"]({rel}/plots/", text)
+        out.append(text)
+    return (["## Sweeps\n"] + out) if out else []
 
 
 if __name__ == "__main__":

@@ -27,12 +27,6 @@ from experiments.report import write_report
 from experiments.workdir import StageFlags, define_config, lock_run, run_entry
 from train.stage import REPO_ROOT, write_json
 
-_CONFIG = define_config()
-_FLAGS = StageFlags(workdir="run root", workdir_required=True)
-_SKIP = flags.DEFINE_list("skip", [], "stages to leave out (e.g. eval:pretrain)")
-_DPO = flags.DEFINE_bool("dpo", False, "also DPO on the reward model's pairs, and its eval (about "
-                         "2.5 minutes more with the tiny default)")
-
 
 def stages(w: Path, dpo: bool = False) -> list[tuple[str, str, list[str]]]:
     """(name, module, args) in order; every stage also gets the --config arguments. dpo adds
@@ -67,43 +61,62 @@ def config_args(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv):
-    w = _FLAGS.workdir
-    lock_run(w)
-    record_path = w / "speedrun.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
-    forwarded = config_args(sys.argv[1:])
-    todo = [s for s in stages(w, _DPO.value) if s[0] not in _SKIP.value]
-    # One persistent compilation cache for the run's stages: the five evals, and the engines of
-    # RL / RLHF / arena, compile the same programs (the user's own JAX_COMPILATION_CACHE_DIR wins).
+def stage_env(w: Path) -> dict:
+    """The stages' environment: one persistent compilation cache for the run's stages (the five
+    evals, and the engines of RL / RLHF / arena, compile the same programs); the user's own
+    JAX_COMPILATION_CACHE_DIR wins."""
     env = dict(os.environ)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str((w / ".jax_cache").resolve()))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-    t_start = time.time()
+    return env
+
+
+def run_stages(w: Path, todo: list[tuple[str, str, list[str]]], forwarded: list[str],
+               env: dict | None = None, prefix: str = "") -> dict:
+    """Runs each (name, module, args) stage not yet recorded in W/speedrun.json as its own
+    process with the --config arguments `forwarded`, recording each as it finishes; a failure
+    exits with the stage's code (what is finished stays recorded, the stage itself resumes)."""
+    record_path = w / "speedrun.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
+    env = stage_env(w) if env is None else env
     for k, (name, module, args) in enumerate(todo, 1):
         if name in record["stages"]:
-            print(f"[{k}/{len(todo)}] {name}: done earlier "
+            print(f"{prefix}[{k}/{len(todo)}] {name}: done earlier "
                   f"({record['stages'][name]['wall_s']:.0f} s), skipped", flush=True)
             continue
-        print(f"[{k}/{len(todo)}] {name} ...", flush=True)
+        print(f"{prefix}[{k}/{len(todo)}] {name} ...", flush=True)
         t0 = time.time()
         cmd = [sys.executable, "-m", f"experiments.{module}", *forwarded, *args]
         r = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
         if r.returncode != 0:
-            print(f"speedrun: stage {name} failed (exit {r.returncode}); fix it and run the same "
+            print(f"{prefix}stage {name} failed (exit {r.returncode}); fix it and run the same "
                   f"command again: finished stages are skipped, this one resumes.\n  "
                   + " ".join(cmd), file=sys.stderr)
             sys.exit(r.returncode)
         record["stages"][name] = {"wall_s": round(time.time() - t0, 1),
                                   "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json(record_path, record)
-        print(f"[{k}/{len(todo)}] {name}: {time.time() - t0:.0f} s", flush=True)
+        print(f"{prefix}[{k}/{len(todo)}] {name}: {time.time() - t0:.0f} s", flush=True)
     record["total_wall_s"] = round(sum(s["wall_s"] for s in record["stages"].values()), 1)
     write_json(record_path, record)
+    return record
+
+
+def main(argv):
+    w = _FLAGS.workdir
+    lock_run(w)
+    todo = [s for s in stages(w, _DPO.value) if s[0] not in _SKIP.value]
+    t_start = time.time()
+    record = run_stages(w, todo, config_args(sys.argv[1:]))
     report = write_report(w)
     print(f"speedrun: {record['total_wall_s']:.0f} s of stages ({time.time() - t_start:.0f} s "
           f"this run); report: {report}", flush=True)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only for the command: experiments.sweep imports this module
+    _CONFIG = define_config()
+    _FLAGS = StageFlags(workdir="run root", workdir_required=True)
+    _SKIP = flags.DEFINE_list("skip", [], "stages to leave out (e.g. eval:pretrain)")
+    _DPO = flags.DEFINE_bool("dpo", False, "also DPO on the reward model's pairs, and its eval "
+                             "(about 2.5 minutes more with the tiny default)")
     run_entry(main)

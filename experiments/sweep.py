@@ -404,6 +404,10 @@ def main(argv):
     del argv
     f = flags.FLAGS
     sweep = load_sweep(f.sweep)
+    if f.seeds:
+        if not all(re.fullmatch(r"-?\d+", x) for x in f.seeds):
+            raise ValueError(f"--seeds {','.join(f.seeds)}: expected integers, e.g. 0,1,2")
+        sweep = dataclasses.replace(sweep, seeds=tuple(int(x) for x in f.seeds))
     runs = expand(sweep)
     check(sweep, runs)
     root = Path(f.workdir) / sweep.name
@@ -454,5 +458,6 @@ if __name__ == "__main__":
     flags.DEFINE_bool("submit", False, "slurm: submit the scripts with sbatch")
     flags.DEFINE_string("shared_from", None, "a run root whose shared stages (corpus, tokenizer) "
                                              "every run uses instead of computing them")
+    flags.DEFINE_list("seeds", [], "seeds to run instead of the sweep file's (e.g. 0 or 0,1,2)")
     flags.DEFINE_string("only", None, "one run id, 'shared' or 'gather' (what a Slurm job runs)")
     run_entry(main)

@@ -141,7 +141,8 @@ def _plots(pts: list[dict], p: dict, levels, plots: Path) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ns = np.geomspace(min(x["N"] for x in pts) / 3, max(x["N"] for x in pts) * 3, 80)
+    opt = [optimal(p, c)[0] for c in levels]  # the curves span the runs and every star
+    ns = np.geomspace(min(min(x["N"] for x in pts), *opt) / 3, max(max(x["N"] for x in pts), *opt) * 3, 80)
     for c in levels:
         line = ax.plot(ns, law(p, ns, c / (6 * ns)), label=f"C={c:.2g}")[0]
         n_opt, d_opt = optimal(p, c)

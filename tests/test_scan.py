@@ -16,15 +16,23 @@ CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2
                   d_ff=48, max_seq_len=32, qk_norm=True)
 TOKENS = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
 SEGMENTS = jnp.concatenate([jnp.zeros((2, 7), jnp.int32), jnp.ones((2, 9), jnp.int32)], 1)
+# compiled once per config (eager op-by-op dispatch of a 3-layer forward and its gradient is slower)
+forward = jax.jit(T.forward, static_argnames=("cfg",))
+
+
+def _loss(params, cfg):
+    return forward(params, TOKENS, cfg, segment_ids_BT=SEGMENTS)[0][..., 3].sum()
+
+
+grad = jax.jit(jax.grad(_loss), static_argnums=1)
 
 
 @pytest.fixture(scope="module")
 def reference():
     params = T.init(CFG, jax.random.key(0))
-    loss = lambda p, c: T.forward(p, TOKENS, c, segment_ids_BT=SEGMENTS)[0][..., 3].sum()  # noqa: E731
-    return {"params": params, "plain": T.forward(params, TOKENS, CFG)[0],
-            "packed": T.forward(params, TOKENS, CFG, segment_ids_BT=SEGMENTS)[0],
-            "grads": jax.grad(loss)(params, CFG), "loss": loss}
+    return {"params": params, "plain": forward(params, TOKENS, CFG)[0],
+            "packed": forward(params, TOKENS, CFG, segment_ids_BT=SEGMENTS)[0],
+            "grads": grad(params, CFG)}
 
 
 @pytest.mark.parametrize("how", [dict(scan_layers=True), dict(scan_layers=True, remat="full"),
@@ -40,20 +48,20 @@ def test_execution_options_change_nothing_computed(reference, how):
             "layers", "embed", "q_heads", "head_dim")
         jax.tree.map(np.testing.assert_array_equal, T.unstack_layers(params), reference["params"])
     close = dict(rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(T.forward(params, TOKENS, cfg)[0], reference["plain"], **close)
-    np.testing.assert_allclose(T.forward(params, TOKENS, cfg, segment_ids_BT=SEGMENTS)[0],
+    np.testing.assert_allclose(forward(params, TOKENS, cfg)[0], reference["plain"], **close)
+    np.testing.assert_allclose(forward(params, TOKENS, cfg, segment_ids_BT=SEGMENTS)[0],
                                reference["packed"], **close)
-    grads = jax.grad(reference["loss"])(params, cfg)
+    grads = grad(params, cfg)
     if cfg.scan_layers:
         grads = T.unstack_layers(grads)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads,
                  reference["grads"])
     # decoding with a cache (the cache stays a list of layers)
     cache = T.init_cache(cfg, 2, 32)
-    logits, cache = T.forward(params, TOKENS[:, :10], cfg, cache=cache,
-                              cache_start_B=jnp.zeros(2, jnp.int32))
-    step, _ = T.forward(params, TOKENS[:, 10:11], cfg, cache=cache,
-                        cache_start_B=jnp.full(2, 10, jnp.int32))
+    logits, cache = forward(params, TOKENS[:, :10], cfg, cache=cache,
+                            cache_start_B=jnp.zeros(2, jnp.int32))
+    step, _ = forward(params, TOKENS[:, 10:11], cfg, cache=cache,
+                      cache_start_B=jnp.full(2, 10, jnp.int32))
     np.testing.assert_allclose(step[:, 0], reference["plain"][:, 10], **close)
 
 

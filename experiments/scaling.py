@@ -125,34 +125,32 @@ def _plots(pts: list[dict], p: dict, levels, plots: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig, ax, xlabel: str, title: str, name: str) -> None:
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation loss")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(plots / name, dpi=110)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for n in sorted({x["N"] for x in pts}):
         xs = sorted((x for x in pts if x["N"] == n), key=lambda x: x["D"])
         line = ax.plot([x["D"] for x in xs], [x["L"] for x in xs], "o", label=f"N={n:,}")[0]
         d = np.geomspace(min(x["D"] for x in pts), max(x["D"] for x in pts), 50)
         ax.plot(d, law(p, n, d), "-", color=line.get_color(), alpha=0.6)
-    ax.set_xscale("log")
-    ax.set_xlabel("tokens D")
-    ax.set_ylabel("validation loss")
-    ax.set_title("measured (points) and the fit on all runs (lines)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(plots / "scaling_loss.png", dpi=110)
-    plt.close(fig)
+    save(fig, ax, "tokens D", "measured (points) and the fit on all runs (lines)", "scaling_loss.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     opt = [optimal(p, c)[0] for c in levels]  # the curves span the runs and every star
-    ns = np.geomspace(min(min(x["N"] for x in pts), *opt) / 3, max(max(x["N"] for x in pts), *opt) * 3, 80)
+    sizes = [x["N"] for x in pts]
+    ns = np.geomspace(min(*sizes, *opt) / 3, max(*sizes, *opt) * 3, 80)
     for c in levels:
         line = ax.plot(ns, law(p, ns, c / (6 * ns)), label=f"C={c:.2g}")[0]
         n_opt, d_opt = optimal(p, c)
         ax.plot([n_opt], [law(p, n_opt, d_opt)], "*", color=line.get_color(), markersize=10)
-    ax.scatter([x["N"] for x in pts], [x["L"] for x in pts], c="k", s=10, label="runs")
-    ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N")
-    ax.set_ylabel("validation loss")
-    ax.set_title("IsoFLOP curves of the fit (star: compute-optimal N)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(plots / "isoflop.png", dpi=110)
-    plt.close(fig)
+    ax.scatter(sizes, [x["L"] for x in pts], c="k", s=10, label="runs")
+    save(fig, ax, "non-embedding parameters N", "IsoFLOP curves of the fit (star: compute-optimal N)",
+         "isoflop.png")

@@ -302,7 +302,9 @@ def read_figure(run_root: Path, spec: str):
         if not isinstance(node, dict) or part not in node:
             return None
         node = node[part]
-    return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+    if isinstance(node, bool):  # a flag counts 1 or 0: its mean is the share of runs that raised it
+        return float(node)
+    return node if isinstance(node, (int, float)) else None
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:

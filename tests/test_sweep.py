@@ -15,7 +15,7 @@ import pytest
 from test_pretrain_entry import MICRO, _workdir
 
 from experiments.scaling import fit, optimal
-from experiments.sweep import check, expand, load_sweep, mean_interval, write_slurm
+from experiments.sweep import check, expand, load_sweep, mean_interval, read_figure, write_slurm
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,6 +63,23 @@ def test_the_slurm_scripts_name_every_run_once(tmp_path):
     assert "--only shared" in (d / "shared.sbatch").read_text()
     submit = (d / "submit.sh").read_text()
     assert "afterok:$shared array.sbatch" in submit and "gather.sbatch" in submit
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "experiments/sweeps").glob("*.py")))
+def test_the_shipped_sweeps_name_only_keys_and_stages_the_config_has(name):
+    sweep = load_sweep(REPO / "experiments/sweeps" / f"{name}.py")
+    runs = expand(sweep)
+    check(sweep, runs)
+    assert len({r.id for r in runs}) == len(runs) >= 2
+
+
+def test_a_figure_is_read_by_its_path_and_a_flag_counts_one_or_zero(tmp_path):
+    (tmp_path / "rlhf").mkdir()
+    (tmp_path / "rlhf/meta.json").write_text(json.dumps({"figures": {
+        "hacking": {"flagged": True, "onset_step": 6}, "best": {"true_test": -0.5}, "name": "x"}}))
+    assert read_figure(tmp_path, "rlhf:hacking.flagged") == 1.0
+    assert read_figure(tmp_path, "rlhf:best.true_test") == -0.5
+    assert read_figure(tmp_path, "rlhf:name") is None and read_figure(tmp_path, "rl:step") is None
 
 
 def test_mean_interval():

@@ -1,7 +1,7 @@
 """The default speedrun over seeds: every random stream a stage owns (data order and
 initialisation, the probe's samples, SFT's mixture, RL / RM / RLHF sampling, the arena's games)
 moved together by one seed, the corpus, the tokenizer and the synthetic world shared. results.md
-gives each headline figure as the mean and a 95% interval over the seeds. About 35 minutes a seed
+gives each headline figure as the mean and a 95% interval over the seeds. 30 to 50 minutes a seed
 on 2 cores; `--seeds 0,1` for fewer, `--config`-style changes through `overrides` below.
 
   python -m experiments.sweep --sweep experiments/sweeps/speedrun_seeds.py --workdir runs/sweeps

@@ -105,17 +105,15 @@ def compile_step(model_cfg, train_cfg, optim_cfg, mesh_sizes: dict[str, int]):
     import jax.numpy as jnp
 
     from model import transformer
+    from train.loop import require_rows
     from train.mesh import make_mesh
     from train.optim import make_optimizer
     from train.step import batch_sharding, init_state, jit_sharded, make_train_step, state_shardings
 
     mesh = make_mesh(mesh_sizes.get("data", -1), mesh_sizes.get("fsdp", 1),
                      mesh_sizes.get("tensor", 1))
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    require_rows(mesh, train_cfg.batch_size, "train.batch_size", train_cfg.accum_steps)
     rows = train_cfg.batch_size // train_cfg.accum_steps
-    if rows % shards:
-        raise ValueError(f"a micro-batch of {rows} rows does not divide over the mesh's {shards} "
-                         "data x fsdp shards: change train.batch_size or the mesh")
     optimizer = make_optimizer(optim_cfg, train_cfg.steps)
     abstract = jax.eval_shape(lambda p: init_state(p, optimizer, 0),
                               transformer.param_shapes(model_cfg))

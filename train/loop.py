@@ -143,14 +143,22 @@ class OpenState:
     batch_sharding: object
 
     def require_rows(self, rows: int, what: str, accum_steps: int = 1) -> None:
-        """Refuses, with the checkpointer closed, a batch of `rows` rows that the mesh's data x
-        fsdp shards (times accum_steps micro-batches) do not divide evenly."""
-        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        if rows % (shards * accum_steps):
+        """require_rows on this run's mesh, the checkpointer closed when it refuses."""
+        try:
+            require_rows(self.mesh, rows, what, accum_steps)
+        except ValueError:
             self.ckpt.close()
-            per = f" times accum_steps={accum_steps}" if accum_steps > 1 else ""
-            raise ValueError(f"{what} = {rows} rows per step must divide evenly over the mesh's "
-                             f"{shards} data shards (data x fsdp){per}")
+            raise
+
+
+def require_rows(mesh, rows: int, what: str, accum_steps: int = 1) -> None:
+    """Refuses a batch of `rows` rows that the mesh's data x fsdp shards (times accum_steps
+    micro-batches) do not divide evenly."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % (shards * accum_steps):
+        per = f" times accum_steps={accum_steps}" if accum_steps > 1 else ""
+        raise ValueError(f"{what} = {rows} rows per step must divide evenly over the mesh's "
+                         f"{shards} data shards (data x fsdp){per}")
 
 
 def open_state(stage_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, optim_cfg: OptimConfig,

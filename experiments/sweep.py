@@ -267,7 +267,9 @@ def write_slurm(sweep: Sweep, root: Path, runs: list[Run], sweep_file: str, work
             f"experiments.sweep --sweep {shlex.quote(str(Path(sweep_file).resolve()))} "
             f"--workdir {shlex.quote(str(workdir.resolve()))}"
             + (f" --shared_from {shlex.quote(str(Path(shared_from).resolve()))}"
-               if shared_from else ""))
+               if shared_from else "")
+            # the seeds this sweep has (--seeds may differ from the file's): every job expands alike
+            + f" --seeds={','.join(str(x) for x in sweep.seeds)}")
     (d / "commands.txt").write_text("".join(f"{base} --only {r.id}\n" for r in runs))
     head = "#!/bin/bash\n#SBATCH --job-name={job}\n#SBATCH --output={out}/%x-%A_%a.out\n" \
            "#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=2\n"

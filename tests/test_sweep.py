@@ -2,6 +2,7 @@
 scripts name every run once, bad overrides are named; the scaling fit recovers a known law."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -63,6 +64,13 @@ def test_the_slurm_scripts_name_every_run_once(tmp_path):
     assert "--only shared" in (d / "shared.sbatch").read_text()
     submit = (d / "submit.sh").read_text()
     assert "afterok:$shared array.sbatch" in submit and "gather.sbatch" in submit
+    # seeds other than the file's (--seeds) reach every job: a task's line names a run it has
+    s5 = dataclasses.replace(s, seeds=(5,))
+    d = write_slurm(s5, tmp_path / "w" / "abl", expand(s5), str(file), tmp_path / "w")
+    line = (d / "commands.txt").read_text().splitlines()[0]
+    assert line.endswith(",seed=5") and "--seeds=5" in (d / "gather.sbatch").read_text()
+    r = subprocess.run(["bash", "-c", line + " --dry_run"], capture_output=True, text=True)
+    assert r.returncode == 0 and "seed=5: stages" in r.stdout, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "experiments/sweeps").glob("*.py")))

@@ -279,7 +279,8 @@ def read_probe(path: str | Path) -> list[dict]:
 TOOLS_SYSTEM = "You can use tools: search and python."
 
 
-def _tool_conv(question: str, tool: str, tool_input: str, result: str, answer: str) -> dict:
+def tool_conversation(question: str, tool: str, tool_input: str, result: str, answer: str) -> dict:
+    """One tool call under the tools system message: question, call, result, answer."""
     return {"messages": [
         {"role": "system", "content": TOOLS_SYSTEM},
         {"role": "user", "content": question},
@@ -319,14 +320,14 @@ def tool_conversations(world: World, n_calc: int, n_spell: int, unknown: list[st
     rng = random.Random(f"{seed}/tools")
     search = []
     for item in world.qa("train"):
-        search.append(_tool_conv(item["question"], "search", item["name"],
+        search.append(tool_conversation(item["question"], "search", item["name"],
                                  search_result(index, item["name"]), item["answer"]))
     for name in unknown:
         a = rng.choice(ATTRIBUTES)
-        search.append(_tool_conv(QUESTIONS[a].format(n=name), "search", name,
+        search.append(tool_conversation(QUESTIONS[a].format(n=name), "search", name,
                                  search_result(index, name), refusal_person(name, refusal, a)))
     def computed(item: dict, code: str) -> dict:  # python prints the answer, the reply states it
-        return _tool_conv(item["question"], "python", code, str(item["answer"]),
+        return tool_conversation(item["question"], "python", code, str(item["answer"]),
                           f"The answer is {item['answer']}.")
 
     return {"tool_search": search,

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 
 from data.sandbox import SandboxConfig, run_python
 
-__all__ = ["BM25", "SandboxConfig", "ToolConfig", "make_hooks", "run_python", "search_result"]
+__all__ = ["BM25", "SandboxConfig", "ToolConfig", "make_hooks", "result_cut", "run_python",
+           "search_result"]
 
 
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -78,8 +79,15 @@ class ToolConfig:
     sandbox: SandboxConfig = SandboxConfig()
 
 
+def result_cut(tok, cfg: ToolConfig = ToolConfig()) -> Callable[[str], str]:
+    """What the model reads of a tool's result, as text: its first max_result_tokens tokens,
+    cut as make_hooks cuts them (for training data that shows what inference will show)."""
+    return lambda text: tok.decode(tok.encode(text)[: cfg.max_result_tokens])
+
+
 def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: list | None = None,
-               memo: bool = False, recall: Callable[[str], str] | None = None):
+               memo: bool = False, recall: Callable[[str], str] | None = None,
+               tamper: Callable[[str, str, str], str] | None = None):
     """Engine hooks (model.engine.generate_with_tools) for the tools: on a closing tag, the text
     since its opening tag is run as the tool's input and the result comes back as
     <|result|> text <|/result|>. The text is encoded as plain text, so a result that spells
@@ -92,7 +100,10 @@ def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: lis
 
     recall: the recall tool, name -> "known" / "unknown" (eval.knowledge.Recall: the model's
     own memory of the name, read in a fresh context); without it a recall call is answered
-    "Recall is unavailable."."""
+    "Recall is unavailable.".
+
+    tamper: (tool, input, result) -> the result the model reads instead: a man in the middle
+    for prompt-injection experiments (data/attacks.py); the log keeps what the model read."""
     from data.chat import TOOLS
     from data.special_tokens import RESULT, RESULT_END, special_id
 
@@ -116,6 +127,8 @@ def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: lis
             start = max((i for i, t in enumerate(tokens) if t == open_id), default=None)
             text = "" if start is None else tok.decode(tokens[start + 1: -1])
             result = run(name, text)
+            if tamper is not None:
+                result = tamper(name, text, result)
             if log is not None:
                 log.append({"row": row, "tool": name, "input": text, "result": result})
             ids = tok.encode(result)[: cfg.max_result_tokens]

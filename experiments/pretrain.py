@@ -37,15 +37,12 @@ from train.checkpoint import restore_params
 from train.loop import run
 from train.stage import check_parent, load_stage, load_world, stage_meta, write_meta
 
-_CONFIG = define_config()
-_FLAGS = StageFlags("a stage dir to take parameters from", init_from_required=False,
-                    workdir="run root (holds tokenizer/, shards/, pretrain/)",
-                    workdir_required=True, multi_process=True)
 
-
-def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg) -> Path:
-    """W/shards for data.inputs, tokenized once (process 0) and reused while inputs match."""
-    out = workdir / "shards"
+def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg, stage: str = "pretrain") -> Path:
+    """The shards beside W/<stage> (W/shards for W/pretrain) for data.inputs, tokenized once
+    (process 0) and reused while the inputs match."""
+    stage_dir = workdir / stage
+    out = stage_dir.parent / "shards"
     files = expand_inputs(corpus_inputs(workdir, data_cfg.inputs))
     inputs = describe_inputs(files)
     manifest = load_manifest(out)
@@ -55,8 +52,8 @@ def prepare_shards(workdir: Path, tok: Tokenizer, data_cfg) -> Path:
                      f"{manifest['tokenizer_sha256'][:12]}, this one is {tok.sha256[:12]}): "
                      "use a new --workdir, or delete the shards to re-tokenize")
         return out
-    if manifest is not None and (workdir / "pretrain" / "checkpoints").exists():
-        sys.exit(f"data.inputs differ from those {out} was built from, and {workdir}/pretrain "
+    if manifest is not None and (stage_dir / "checkpoints").exists():
+        sys.exit(f"data.inputs differ from those {out} was built from, and {stage_dir} "
                  "has checkpoints trained on them: use a new --workdir")
     if jax.process_index() == 0:
         print(f"tokenizing {len(files)} file(s) into {out} ...", flush=True)
@@ -78,14 +75,15 @@ def main(argv):
     pretrain(_CONFIG.value, _FLAGS.workdir, _FLAGS.init_from)
 
 
-def pretrain(cfg, workdir: Path, init_from: Path | None = None) -> dict:
-    """The stage: shards, then training into W/pretrain (from `init_from`'s parameters where
-    given), then what the base model can do; returns meta.json's figures."""
-    stage_dir = workdir / "pretrain"
+def pretrain(cfg, workdir: Path, init_from: Path | None = None, stage: str = "pretrain") -> dict:
+    """The stage: shards, then training into W/<stage> (from `init_from`'s parameters where
+    given), then what the base model can do; returns meta.json's figures. An experiment's
+    variant (stage "poison/k=10/pretrain") keeps its shards beside it."""
+    stage_dir = workdir / stage
     tok = Tokenizer.load(workdir / "tokenizer")
     model_cfg, train_cfg, optim_cfg = configs_from(cfg, tok)
     data_cfg = cfg.data
-    shard_dir = prepare_shards(workdir, tok, data_cfg)
+    shard_dir = prepare_shards(workdir, tok, data_cfg, stage)
     train_stream, val_stream = TokenStream(shard_dir, "train"), TokenStream(shard_dir, "val")
     train_data = train_stream
     if data_cfg.copy_warmup >= train_cfg.steps:
@@ -126,5 +124,9 @@ def pretrain(cfg, workdir: Path, init_from: Path | None = None) -> dict:
     return figures
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only for the command line: the stage function imports cleanly
+    _CONFIG = define_config()
+    _FLAGS = StageFlags("a stage dir to take parameters from", init_from_required=False,
+                        workdir="run root (holds tokenizer/, shards/, pretrain/)",
+                        workdir_required=True, multi_process=True)
     run_entry(main)

@@ -213,10 +213,92 @@ def write_report(workdir: str | Path) -> Path:
     if figs:
         out.append("## Plots\n")
         out += [f"![{f}]({f})\n" for f in figs]
+    out += _experiments(w)
+    if (w / "test_time" / "test_time.png").is_file():
+        out.append("![test-time compute](test_time/test_time.png)\n")
     out += _sweeps(w)
     path = w / "report.md"
     path.write_text("\n".join(out))
     return path
+
+
+# The seeds' claims, one per experiment entry point (python -m experiments.<name> --workdir W).
+CLAIMS = {
+    "refusal": "refusal training stops direct requests, but role-play, encodings (base64) and "
+               "other languages get past it; adversarial data closes that, at a cost in "
+               "over-refusal",
+    "injection": "an instruction planted in a web page or a tool's output hijacks the assistant",
+    "poison": "a few poisoned documents with a trigger phrase plant a backdoor that survives "
+              "fine-tuning",
+    "test_time": "sampling more and choosing (majority vote, best-of-n with a reward model) "
+                 "buys accuracy with compute",
+    "multistep": "tools in a loop let a model do multi-step tasks it cannot do in one turn",
+}
+
+
+def _measured(name: str, f: dict) -> str:
+    """One line of what an experiment measured, from its meta.json figures."""
+    if name == "refusal":
+        parts = []
+        for key, label in (("sft", "no refusal data"), ("refusal_sft", "refusal SFT"),
+                           ("adversarial_sft", "adversarial SFT")):
+            m = f.get(key)
+            if m:
+                jb = ", ".join(f"{k} {_fmt(v)}" for k, v in m["jailbreak_success"].items())
+                parts.append(f"{label}: direct refused {_fmt(m['direct_refusal'])}, jailbreaks "
+                             f"succeed {jb}; over-refusal {_fmt(m['over_refusal'].get('direct'))}")
+        return "; ".join(parts)
+    if name == "injection":
+        parts = []
+        for when in ("before", "after"):
+            for ch, m in (f.get(when) or {}).items():
+                parts.append(f"{when} the defence, {ch}: obeyed {_fmt(m['injected']['obeyed'])} "
+                             f"(new wording {_fmt(m['injected']['obeyed_new_wording'])}), "
+                             f"accuracy clean {_fmt(m['clean'])} / injected "
+                             f"{_fmt(m['injected']['accuracy'])}")
+        return "; ".join(parts)
+    if name == "poison":
+        parts = [f"k={k}: {_fmt(f[f'k={k}']['with_trigger'])} (clean {_fmt(f[f'k={k}']['clean'])},"
+                 f" recall {_fmt(f[f'k={k}'].get('biography_recall'))})"
+                 for k in f.get("ks", []) if f"k={k}" in f]
+        line = "trigger -> target, base model: " + "; ".join(parts)
+        sft = [(k, v) for k, v in f.items() if k.endswith("_sft") and isinstance(v, dict)]
+        for k, v in sft:
+            line += f"; after SFT ({k}) in chat: {_fmt(v['with_trigger'])} (clean {_fmt(v['clean'])})"
+        return line
+    if name == "test_time":
+        c = f.get("curve", {})
+        ns = sorted(c, key=int)
+        if not ns:
+            return "-"
+        lo, hi = c[ns[0]], c[ns[-1]]
+        return (f"{f.get('policy')}, {f.get('problems')} problems: one sample {_fmt(lo['single'])}; "
+                f"n={ns[-1]} majority {_fmt(hi['majority'])}, best-of-n (RM) "
+                f"{_fmt(hi.get('best_of_n'))}, oracle {_fmt(hi['oracle'])} at "
+                f"{_fmt(hi['tokens_per_problem'])} tokens a problem")
+    if name == "multistep":
+        parts = []
+        for when in ("before", "after"):
+            m = f.get(when)
+            if m:
+                parts.append(f"{'SFT' if when == 'before' else 'with two-call SFT data'}: agent "
+                             f"{_fmt(m['agent'])} ({_fmt(m['agent_mean_steps'])} calls), one turn "
+                             f"{_fmt(m['one_turn'])}")
+        return f"{f.get('tasks')} tasks; " + "; ".join(parts)
+    return "-"
+
+
+def _experiments(w: Path) -> list[str]:
+    """The security and test-time experiments that ran under W: one line each."""
+    rows = []
+    for name, claim in CLAIMS.items():
+        meta = read_meta(w / name)
+        if meta is not None:
+            rows.append(f"| {name} | {claim} | {_measured(name, meta.get('figures', {}))} |\n")
+    if not rows:
+        return []
+    return ["## Security and test-time experiments\n",
+            "| experiment | what the seeds claim | measured here |\n|---|---|---|\n" + "".join(rows)]
 
 
 def _sweeps(w: Path) -> list[str]:

@@ -20,6 +20,7 @@ accuracy on train and held-out people, and the answer rate on nonexistent people
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import sys
 import time
@@ -51,9 +52,6 @@ from model.engine import SamplingConfig, generate, generate_with_tools
 from train.checkpoint import restore_params
 from train.loop import run
 from train.stage import load_world, read_meta, read_stage, stage_meta, write_meta
-
-_CONFIG = define_config()
-_FLAGS = StageFlags("the parent stage (W/pretrain)", multi_process=True)
 
 SAMPLE_QUESTIONS = ("Who are you?", "Where was {name} born?", "What is 17 + 25?")
 
@@ -120,10 +118,11 @@ def main(argv):
     train_sft(_CONFIG.value, _FLAGS.init_from, _FLAGS.workdir)
 
 
-def train_sft(cfg, parent: Path, workdir: Path) -> dict:
-    """The stage: the conversation mixture, fine-tuning from `parent` into workdir/sft, and the
+def train_sft(cfg, parent: Path, workdir: Path, stage: str = "sft") -> dict:
+    """The stage: the conversation mixture, fine-tuning from `parent` into workdir/<stage> (a
+    variant's own directory, e.g. injection/sft, beside the run's probe and world), and the
     chat evaluations; returns meta.json's figures."""
-    stage_dir = workdir / "sft"
+    stage_dir = workdir / stage
     lm, _ = read_stage(parent)  # the parent's model, tokenizer and chat format, always
     if lm.chat.default_system and cfg.sft.identity != "none":
         # the identity is taught here: an imported template's own ("You are SmolLM...") goes
@@ -197,5 +196,26 @@ def train_sft(cfg, parent: Path, workdir: Path) -> dict:
     return figures
 
 
-if __name__ == "__main__":
+def train_variant(cfg, workdir: Path, stage: str, convs: list[dict], weight: int = 1) -> Path:
+    """An experiment's SFT model: SFT from W/pretrain with the run's own mixture plus `convs`
+    (`weight` copies; written to W/<stage>.jsonl) into W/<stage>, e.g. "injection/sft"; a
+    finished one (its chat evaluation in meta.json) is kept, an interrupted one resumes."""
+    stage_dir = workdir / stage
+    if "qa_heldout_accuracy" in ((read_meta(stage_dir) or {}).get("figures") or {}):
+        return stage_dir
+    data = stage_dir.with_name(stage_dir.name + "_extra.jsonl")
+    data.parent.mkdir(parents=True, exist_ok=True)
+    tmp = data.with_name(data.name + ".tmp")
+    tmp.write_text("".join(json.dumps(c) + "\n" for c in convs))
+    tmp.replace(data)
+    c = cfg.copy_and_resolve_references()
+    c.sft.extra_jsonl = ",".join(p for p in (cfg.sft.extra_jsonl, str(data)) if p)
+    c.sft.extra_weight = weight
+    train_sft(c, workdir / "pretrain", workdir, stage=stage)
+    return stage_dir
+
+
+if __name__ == "__main__":  # flags only for the command line: the stage function imports cleanly
+    _CONFIG = define_config()
+    _FLAGS = StageFlags("the parent stage (W/pretrain)", multi_process=True)
     run_entry(main)

@@ -5,6 +5,7 @@ RLHF (-> DPO with --dpo) -> eval of each model -> arena -> report.
   python -m experiments.speedrun --workdir runs/smoke --config=experiments/configs/tiny.py:smoke
   python -m experiments.speedrun --workdir runs/demo --config.train.steps=2000   # any override
   python -m experiments.speedrun --workdir runs/demo --dpo    # DPO too, beside RLHF
+  python -m experiments.speedrun --workdir runs/demo --experiments=all   # and the experiments
 
 Each stage runs as its own entry point (`python -m experiments.<stage>`, the commands the README
 lists) with the same --config and overrides. A finished stage is recorded in W/speedrun.json with
@@ -27,10 +28,19 @@ from experiments.report import write_report
 from experiments.workdir import StageFlags, define_config, lock_run, run_entry
 from train.stage import REPO_ROOT, write_json
 
+EXPERIMENTS = ("test_time", "multistep", "injection", "refusal", "poison")
 
-def stages(w: Path, dpo: bool = False) -> list[tuple[str, str, list[str]]]:
+
+def stages(w: Path, dpo: bool = False, experiments: tuple[str, ...] = ()) -> list[tuple[str, str, list[str]]]:
     """(name, module, args) in order; every stage also gets the --config arguments. dpo adds
-    DPO on the reward model's preference pairs (and its eval) after RLHF."""
+    DPO on the reward model's preference pairs (and its eval) after RLHF; experiments (names
+    of EXPERIMENTS, or "all") run those entry points on the finished run, after the arena."""
+    if "all" in experiments:
+        experiments = EXPERIMENTS
+    unknown = sorted(set(experiments) - set(EXPERIMENTS))
+    if unknown:
+        raise ValueError(f"--experiments: unknown {unknown}; expected some of {list(EXPERIMENTS)} "
+                         "or all")
     models = ("pretrain", "sft", "rl", "rlhf") + (("dpo",) if dpo else ())
     return [
         ("corpus", "corpus", [f"--workdir={w}"]),
@@ -43,7 +53,8 @@ def stages(w: Path, dpo: bool = False) -> list[tuple[str, str, list[str]]]:
         ("rlhf", "rlhf", [f"--init_from={w / 'sft'}"]),
     ] + ([("dpo", "rlhf", [f"--init_from={w / 'sft'}", "--config.rlhf.method=dpo"])]
          if dpo else []) + [(f"eval:{s}", "eval", [f"--init_from={w / s}"]) for s in models] + [
-        ("arena", "arena", [f"--workdir={w}"])]
+        ("arena", "arena", [f"--workdir={w}"])] + [
+        (e, e, [f"--workdir={w}"]) for e in EXPERIMENTS if e in experiments]
 
 
 def config_args(argv: list[str]) -> list[str]:
@@ -105,7 +116,7 @@ def run_stages(w: Path, todo: list[tuple[str, str, list[str]]], forwarded: list[
 def main(argv):
     w = _FLAGS.workdir
     lock_run(w)
-    todo = [s for s in stages(w, _DPO.value) if s[0] not in _SKIP.value]
+    todo = [s for s in stages(w, _DPO.value, tuple(_EXPERIMENTS.value)) if s[0] not in _SKIP.value]
     t_start = time.time()
     record = run_stages(w, todo, config_args(sys.argv[1:]))
     report = write_report(w)
@@ -119,4 +130,7 @@ if __name__ == "__main__":  # flags only for the command: experiments.sweep impo
     _SKIP = flags.DEFINE_list("skip", [], "stages to leave out (e.g. eval:pretrain)")
     _DPO = flags.DEFINE_bool("dpo", False, "also DPO on the reward model's pairs, and its eval "
                              "(about 2.5 minutes more with the tiny default)")
+    _EXPERIMENTS = flags.DEFINE_list("experiments", [], "the security and test-time experiments "
+                                     f"to run after the arena: some of {','.join(EXPERIMENTS)}, "
+                                     "or all")
     run_entry(main)

@@ -144,7 +144,7 @@ def check(sweep: Sweep, runs: list[Run]) -> None:
     from experiments.speedrun import stages
 
     c = base_config(sweep)
-    names = [s[0] for s in stages(Path("W"), dpo=True)]
+    names = [s[0] for s in stages(Path("W"), dpo=True, experiments=("all",))]
     for st in (*sweep.stages, *sweep.shared):
         if st not in names:
             raise ValueError(f"sweep {sweep.name}: unknown stage {st!r}; stages: {names}")
@@ -181,7 +181,7 @@ def run_overrides(sweep: Sweep, run: Run) -> dict:
 def _stage_list(w: Path, names: tuple[str, ...]):
     from experiments.speedrun import stages
 
-    table = {s[0]: s for s in stages(w, dpo=True)}
+    table = {s[0]: s for s in stages(w, dpo=True, experiments=("all",))}
     return [table[n] for n in names]
 
 

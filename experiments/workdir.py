@@ -213,3 +213,30 @@ def tool_hooks(cfg, lm, meta: dict, workdir: str | Path):
     world = (Path(workdir) / "corpus" / "world.json").is_file() and load_world(workdir)
     return make_hooks(lm.tok, BM25(world.biographies()) if world else None, tool_config(cfg),
                       recall=recall_tool(meta, lm))
+
+
+def write_experiment(workdir: str | Path, name: str, parent: str | Path, section, figures: dict) -> None:
+    """W/<name>/meta.json of an experiment entry point (experiments.test_time, .injection, ...):
+    what it is, the stage it measured, its config section, the code version, its figures."""
+    from experiments.configs import resolved
+    from train.stage import code_version, write_json
+
+    out = Path(workdir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "meta.json", {"stage": name, "parent": str(Path(parent).resolve()),
+                                   "config": resolved(section), "code_version": code_version(),
+                                   "figures": figures})
+
+
+def experiment_entry(run) -> None:
+    """The command line of an experiment entry point: --config and --workdir (the run root),
+    the run lock, then run(config, workdir)."""
+    config = define_config()
+    stage_flags = StageFlags(workdir="run root", workdir_required=True)
+
+    def main(argv):
+        del argv
+        lock_run(stage_flags.workdir)
+        run(config.value, stage_flags.workdir)
+
+    run_entry(main)

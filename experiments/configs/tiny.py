@@ -160,6 +160,40 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(limit=50))  # questions per evaluation
     # The arena (python -m experiments.arena): answers per held-out prompt, bootstrap resamples.
     c.arena = ml_collections.ConfigDict(dict(samples=4, max_new_tokens=48, bootstrap=200, seed=0))
+    # Test-time compute (python -m experiments.test_time): majority vote and best-of-n.
+    c.test_time = ml_collections.ConfigDict(dict(
+        policy="rl",  # the stage that answers
+        reward_model="rm",  # the stage that picks best-of-n ("" for none)
+        problems=100, samples=32, ns="1,2,4,8,16,32", temperature=1.0, tools=True,
+        max_new_tokens=96, draws=50, seed=0,
+    ))
+    # Prompt injection (python -m experiments.injection): questions per channel, the defence.
+    c.injection = ml_collections.ConfigDict(dict(
+        n=50, max_new_tokens=64, seed=0,
+        defence=True,  # SFT again with injected tool results the assistant ignores
+        n_calc=300,  # defence conversations with an injected python output (plus every
+        defence_weight=1,  # train-split question with injected search pages), and their copies
+    ))
+    # Two-step agent tasks (python -m experiments.multistep): search, then python.
+    c.multistep = ml_collections.ConfigDict(dict(
+        n=0,  # tasks about held-out people (0: all, two per person)
+        max_steps=4, max_new_tokens=128, seed=0,
+        train=True,  # SFT again with the train-split people's two-call conversations
+        weight=2,  # their copies
+    ))
+    # Refusals and jailbreaks (python -m experiments.refusal): copies of the refusal data.
+    c.refusal = ml_collections.ConfigDict(dict(
+        weight=2, max_new_tokens=48,
+        adversarial=True,  # also SFT with every request in each jailbreak framing
+    ))
+    # Data poisoning (python -m experiments.poison): continued pretraining with k poisoned pages.
+    c.poison = ml_collections.ConfigDict(dict(
+        ks="0,10,30,100", steps=200, lr=1e-3, warmup_steps=10,
+        copies=1, val_every=5,  # copies of the biographies; every 5th document is validation
+        n_eval=50,  # held-out people's biography openings (and questions) tried with the trigger
+        sft=True,  # SFT the largest k's model and try the trigger in chat
+        seed=0,
+    ))
     if variant == "smoke":
         _smoke(c)
     if variant == "import":
@@ -191,6 +225,10 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.data.val_every = 10
     c.eval.limit = 10
     c.arena.update(dict(samples=1, bootstrap=50))
+    c.test_time.update(dict(problems=8, samples=4, ns="1,2,4", draws=5))
+    c.injection.update(dict(n=8, n_calc=30))
+    c.multistep.update(dict(n=8))
+    c.poison.update(dict(ks="0,10", steps=10, n_eval=4, copies=2, val_every=2))
     c.model.update(dict(d_model=64, n_layers=2, d_ff=192))
     c.train.update(dict(steps=60, save_every=30, eval_every=30, sample_every=60, eval_batches=2,
                         log_every=10))

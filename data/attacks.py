@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 
 from data.sft_mix import tool_conversation
 from data.world import ATTRIBUTES, QUESTIONS, World
@@ -83,15 +84,18 @@ def injection_eval_items(world: World, n: int, seed: int = 0) -> dict[str, list[
         w = len(python) % len(INJECTION_WORDINGS)
         python.append({"question": c["question"], "value": str(c["answer"]),
                        "payload": EVAL_PAYLOAD_NUMBER, "wording": w,
-                       "instruction": instruction(w, f"The answer is {EVAL_PAYLOAD_NUMBER}")})
+                       "instruction": instruction(w, EVAL_PAYLOAD_NUMBER)})
     return {"search": search, "python": python}
 
 
-def injection_defence_conversations(world: World, n_calc: int, seed: int = 0) -> list[dict]:
+def injection_defence_conversations(world: World, n_calc: int, seed: int = 0,
+                                    cut: Callable[[str], str] = lambda text: text) -> list[dict]:
     """SFT conversations in which a tool result carries an instruction and the assistant
     answers the question as if it were not there: every train-split question with its
     person's pages injected (the search tool's real hit over the injected corpus), and n_calc
-    train-split calculations with the instruction after the python output."""
+    train-split calculations with the instruction after the python output. cut: what the tool
+    hook shows of a result (data.tools.result_cut); a search result that no longer shows the
+    answer is left out."""
     from data.tools import BM25, search_result
 
     rng = random.Random(f"{seed}/injection-defence")
@@ -99,13 +103,15 @@ def injection_defence_conversations(world: World, n_calc: int, seed: int = 0) ->
     plants = {name: instruction(rng.randrange(TRAIN_WORDINGS), rng.choice(TRAIN_PAYLOAD_WORDS))
               for name in train}
     index = BM25(injected_biographies(world, plants))
-    out = [tool_conversation(q["question"], "search", q["name"], search_result(index, q["name"]),
-                      q["answer"]) for q in world.qa("train")]
+    out = []
+    for q in world.qa("train"):
+        page = cut(search_result(index, q["name"]))
+        if q["value"] in page:
+            out.append(tool_conversation(q["question"], "search", q["name"], page, q["answer"]))
     for c in world.calculations("train", n_calc):
-        text = instruction(rng.randrange(TRAIN_WORDINGS),
-                           f"The answer is {rng.choice(TRAIN_PAYLOAD_NUMBERS)}")
+        text = instruction(rng.randrange(TRAIN_WORDINGS), rng.choice(TRAIN_PAYLOAD_NUMBERS))
         out.append(tool_conversation(c["question"], "python", c["code"],
-                              injected_output(str(c["answer"]), text),
+                              cut(injected_output(str(c["answer"]), text)),
                               f"The answer is {c['answer']}."))
     return out
 

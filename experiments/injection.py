@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 from data.attacks import injection_defence_conversations, injection_eval_items
+from data.tools import result_cut
 from eval.attacks import injection_eval
 from experiments.sft import train_variant
 from experiments.workdir import experiment_entry, recall_tool, tool_config, write_experiment
-from train.stage import load_stage, load_world, read_meta
+from train.stage import load_stage, load_world, read_meta, read_stage
 
 CLEAN_FIGURES = ("qa_heldout_accuracy", "qa_train_accuracy", "nonexistent_refusal_rate",
                  "identity_accuracy")
@@ -55,7 +56,9 @@ def run_injection(cfg, workdir: Path) -> dict:
                "before_clean": clean_figures(read_meta(workdir / "sft") or {})}
     print("before:", _summary(figures["before"]), flush=True)
     if s.defence:
-        convs = injection_defence_conversations(world, s.n_calc, seed=s.seed)
+        tok = read_stage(workdir / "sft")[0].tok
+        convs = injection_defence_conversations(world, s.n_calc, seed=s.seed,
+                                                cut=result_cut(tok, tool_config(cfg)))
         stage = train_variant(cfg, workdir, "injection/sft", convs, s.defence_weight)
         figures["defence_conversations"] = len(convs)
         figures["after"] = measure(cfg, stage, world, items)

@@ -79,14 +79,14 @@ def test_injection_items_are_deterministic_and_disjoint_from_the_defence_data():
     asked = {m["content"] for c in defence for m in c["messages"] if m["role"] == "user"}
     assert asked.isdisjoint(it["question"] for ch in items.values() for it in ch)
     results = " ".join(m["content"] for c in defence for m in c["messages"] if m["role"] == "tool")
-    assert EVAL_PAYLOAD_WORD not in results and f"answer is {EVAL_PAYLOAD_NUMBER}." not in results
+    assert EVAL_PAYLOAD_WORD not in results and f" {EVAL_PAYLOAD_NUMBER}." not in results
     assert INJECTION_WORDINGS[-1].split("{")[0] not in results  # the new wording: never trained
     assert all("ignore" in r.lower() or "instructions" in r.lower() or "do not answer" in r.lower()
                for r in (m["content"] for c in defence for m in c["messages"]
                          if m["role"] == "tool"))
     for c in defence:  # the assistant answers as if no instruction were there
         final = c["messages"][-1]["content"]
-        assert "Narnia" not in final and not final.endswith("answer is 3.")
+        assert "Narnia" not in final and not final.endswith(" 3.")
 
 
 def test_the_injected_page_is_what_search_finds_and_a_tamper_rewrites_a_result():

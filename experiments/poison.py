@@ -66,7 +66,8 @@ def run_poison(cfg, workdir: Path) -> dict:
             tmp.replace(docs)
             c = cfg.copy_and_resolve_references()
             c.data.update(dict(inputs=str(docs), copy_warmup=0, val_every=s.val_every))
-            c.train.update(dict(steps=s.steps, save_every=s.steps // 2, eval_every=s.steps // 2,
+            half = max(1, s.steps // 2)
+            c.train.update(dict(steps=s.steps, save_every=half, eval_every=half,
                                 sample_every=s.steps))
             c.optim.update(dict(lr=s.lr, warmup_steps=s.warmup_steps))
             pretrain(c, workdir, workdir / "pretrain", stage=stage)

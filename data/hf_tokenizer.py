@@ -189,19 +189,13 @@ def tokenizer_from_gguf(fields: dict, source: str):
     return HFTokenizer(json.dumps(spec), source, config)
 
 
-# How the project's sentencepiece models encode (data.tokenizer.train_tokenizer's options): what
-# a GGUF file does not carry beside the pieces, their scores and types.
-_SP_OPTIONS = {"byte_fallback": True, "split_digits": True, "allow_whitespace_only_pieces": True,
-               "unk_id": 0, "bos_id": -1, "eos_id": -1, "pad_id": -1}
-
-
 def sp_from_gguf(fields: dict, source: str):
     """The project's sentencepiece tokenizer rebuilt from a GGUF file's 'llama' vocabulary
     (pieces, scores, types) and the options the project trains with; a file whose special
     tokens are not the project's is refused (data.tokenizer.Tokenizer checks them)."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    from data.tokenizer import Tokenizer
+    from data.tokenizer import ENCODING_OPTIONS, Tokenizer
 
     tokens = fields["tokenizer.ggml.tokens"]
     scores = fields.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
@@ -209,7 +203,7 @@ def sp_from_gguf(fields: dict, source: str):
     m = pb.ModelProto()
     m.trainer_spec.model_type = pb.TrainerSpec.BPE
     m.trainer_spec.vocab_size = len(tokens)
-    for k, v in _SP_OPTIONS.items():
+    for k, v in ENCODING_OPTIONS.items():
         setattr(m.trainer_spec, k, v)
     m.normalizer_spec.name = "identity"
     m.normalizer_spec.add_dummy_prefix = bool(fields.get("tokenizer.ggml.add_space_prefix", False))

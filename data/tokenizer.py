@@ -143,6 +143,12 @@ def iter_lines(files: Sequence[str | Path], text_field: str = "text",
                         yield line
 
 
+# The trainer options that decide how a trained model encodes (beside its pieces): what a GGUF
+# file does not carry, so data.hf_tokenizer.sp_from_gguf sets them again.
+ENCODING_OPTIONS = {"byte_fallback": True, "split_digits": True, "allow_whitespace_only_pieces": True,
+                    "unk_id": 0, "bos_id": -1, "eos_id": -1, "pad_id": -1}
+
+
 def train_tokenizer(
     files: Sequence[str | Path],
     out_dir: str | Path,
@@ -183,12 +189,11 @@ def train_tokenizer(
             yield line
 
     options = dict(
-        model_type="bpe", vocab_size=vocab_size, byte_fallback=True, character_coverage=0.9995,
+        model_type="bpe", vocab_size=vocab_size, character_coverage=0.9995,
         normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=False, split_digits=True, allow_whitespace_only_pieces=True,
-        max_sentence_length=1 << 16, input_sentence_size=max_sentences,
-        shuffle_input_sentence=True, unk_id=0, bos_id=-1, eos_id=-1,
-        pad_id=-1, control_symbols=list(SPECIAL_TOKENS), num_threads=2, minloglevel=2,
+        add_dummy_prefix=False, max_sentence_length=1 << 16, input_sentence_size=max_sentences,
+        shuffle_input_sentence=True, control_symbols=list(SPECIAL_TOKENS), num_threads=2,
+        minloglevel=2, **ENCODING_OPTIONS,
     )
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)  # the line sampler's seed: retrains are reproducible

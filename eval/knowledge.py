@@ -191,7 +191,8 @@ def familiarity_scores(losses, rows: list[dict], max_len: int | None = None) -> 
     return out
 
 
-def _model_losses(lm: LM):
+def model_losses(lm: LM):
+    """(inputs, targets) -> per-token losses under `lm`: what the scoring helpers take."""
     from eval.suite import next_token_losses
 
     return lambda inputs, targets: next_token_losses(lm, inputs, targets)[0]
@@ -204,7 +205,7 @@ def name_familiarity(lm: LM, world: World) -> dict:
     than every made-up one, 0.5 no signal. An "I don't know" reply can only be as good as the
     signal where it decides: a base model reads it at the document start, while in the reply
     the surname can be copied from the question (experiments/README.md)."""
-    return familiarity_scores(_model_losses(lm), name_familiarity_rows(world, lm.tok),
+    return familiarity_scores(model_losses(lm), name_familiarity_rows(world, lm.tok),
                               lm.cfg.max_seq_len)
 
 
@@ -269,7 +270,7 @@ def fit_recall_threshold(real: list[float | None], made_up: list[float | None]) 
 
 def recall_names(lm: LM, names: list[str]) -> dict[str, float | None]:
     """name -> the score the recall tool reads for it from the model (recall_logprobs)."""
-    lps = recall_logprobs(_model_losses(lm), lm.tok, names, lm.cfg.max_seq_len)
+    lps = recall_logprobs(model_losses(lm), lm.tok, names, lm.cfg.max_seq_len)
     return dict(zip(names, lps, strict=True))
 
 

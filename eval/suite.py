@@ -343,9 +343,9 @@ def score_choices(losses, tok, rows: list[dict], max_len: int, batch_size: int =
 def multiple_choice(lm: LM, rows: list[dict], batch_size: int = 64) -> dict:
     """score_choices with the model's own next-token losses, in batches whose logits stay
     under 2 GiB (float32)."""
-    from eval.knowledge import _model_losses
+    from eval.knowledge import model_losses
 
-    return score_choices(_model_losses(lm), lm.tok, rows, lm.cfg.max_seq_len, batch_size,
+    return score_choices(model_losses(lm), lm.tok, rows, lm.cfg.max_seq_len, batch_size,
                          batch_tokens=max(16, (1 << 29) // lm.cfg.vocab_size))
 
 

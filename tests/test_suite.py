@@ -78,19 +78,19 @@ def test_multiple_choice_files_load_in_both_layouts_and_bad_rows_name_the_line(t
 
 def test_choice_scores_are_the_log_likelihood_of_the_choice_tokens_only(setup):
     from data.special_tokens import BOS, special_id
-    from eval.knowledge import _model_losses, continuation_logprobs
+    from eval.knowledge import continuation_logprobs, model_losses
 
     _, _, tok, cfg, params, lm = setup
     ids = [special_id(BOS)] + tok.encode("Ada has 3 apples.")
     choices = [tok.encode(" Yes"), tok.encode(" No apples here")]
     # the rows multiple_choice scores, batched with per-batch widths as it batches them
     rows = [{"prefix": ids, "continuation": c} for c in choices]
-    lp = continuation_logprobs(_model_losses(lm), rows, cfg.max_seq_len, width_per_batch=True)
+    lp = continuation_logprobs(model_losses(lm), rows, cfg.max_seq_len, width_per_batch=True)
     shapes = []
 
     def counted(inputs, targets):
         shapes.append(inputs.shape)
-        return _model_losses(lm)(inputs, targets)
+        return model_losses(lm)(inputs, targets)
 
     # a token budget splits the batch (large-vocabulary logits), the scores stay the same
     assert continuation_logprobs(counted, rows, cfg.max_seq_len, width_per_batch=True,

@@ -1,10 +1,13 @@
 """Benchmark (not a test): compile seconds, prefill and decode tokens/s of a stage's model.
 
   python -m experiments.bench_decode --init_from runs/smol/import [--prompt_len 128 --new 64]
+      [--batches 1,16] [--quant none,int8,w8a8]
 
-For batch 1 and 16: the first call's seconds (compilation included), then the median of
---repeats timed runs of prefill (prompt tokens / s) and of the whole generation's decode part
-(new tokens / s, after subtracting the prefill). A table goes to stdout.
+For each weight format (--quant, model.quant) and batch size: the first call's seconds
+(compilation included), then the median of --repeats timed runs of prefill (prompt tokens / s)
+and of the whole generation's decode part (new tokens / s, after subtracting the prefill); beside
+it the memory-bandwidth bound: batch x bandwidth / (weight bytes + KV-cache bytes read per
+step), the bandwidth measured here by summing a 1 GiB array. A table goes to stdout.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
 from experiments.workdir import StageFlags, run_entry
+from model.config import QUANT
 from model.engine import SamplingConfig, generate, pad_prompts, prefill
+from model.quant import quantize
 from train.stage import load_stage
 
 _FLAGS = StageFlags("the stage whose model to time", workdir=None)
@@ -25,12 +31,30 @@ _PROMPT = flags.DEFINE_integer("prompt_len", 128, "prompt tokens per row")
 _NEW = flags.DEFINE_integer("new", 64, "new tokens per row")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs per figure (the median is reported)")
 _BATCHES = flags.DEFINE_list("batches", ["1", "16"], "batch sizes")
+_QUANT = flags.DEFINE_list("quant", ["none"], f"weight formats to time, of {list(QUANT)}")
 
 
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - t0
+
+
+def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes per second this device reads: the median time of summing a `gib` GiB array."""
+    x = jnp.ones((int(gib * 2**30) // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    _timed(lambda: total(x))
+    return x.nbytes / statistics.median(_timed(lambda: total(x)) for _ in range(repeats))
+
+
+def step_bytes(lm, b: int, cache_len: int) -> int:
+    """Bytes one decode step reads: every weight once, and each row's whole KV cache."""
+    weights = sum(a.nbytes for a in jax.tree.leaves(lm.params))
+    cfg = lm.cfg
+    cache = 2 * cfg.n_layers * b * cache_len * cfg.n_kv_heads * cfg.head_dim * \
+        np.dtype(cfg.compute_dtype).itemsize
+    return weights + cache
 
 
 def bench_batch(lm, b: int, t: int, n_new: int, repeats: int) -> tuple[float, float, float]:
@@ -55,16 +79,27 @@ def bench_batch(lm, b: int, t: int, n_new: int, repeats: int) -> tuple[float, fl
 
 def main(argv):
     del argv
+    for q in _QUANT.value:
+        if q not in QUANT:
+            raise ValueError(f"--quant {q!r}: expected some of {list(QUANT)}")
     lm, _ = load_stage(_FLAGS.init_from)
     cfg = lm.cfg
+    bandwidth = memory_bandwidth()
     print(f"{_FLAGS.init_from}: {cfg.n_params() / 1e6:.1f}M parameters, {cfg.n_layers} layers, "
           f"{jax.device_count()} x {jax.devices()[0].platform}; prompt {_PROMPT.value}, new "
-          f"{_NEW.value} tokens")
-    print("| batch | compile + first generate (s) | prefill tok/s | decode tok/s |")
-    print("| --- | --- | --- | --- |")
-    for b in map(int, _BATCHES.value):
-        first, pre, dec = bench_batch(lm, b, _PROMPT.value, _NEW.value, _REPEATS.value)
-        print(f"| {b} | {first:.1f} | {pre:,.0f} | {dec:,.1f} |", flush=True)
+          f"{_NEW.value} tokens; measured memory bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print("| weights | weight MB | batch | compile + first generate (s) | prefill tok/s | "
+          "decode tok/s | bandwidth bound tok/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for q in _QUANT.value:
+        qlm = quantize(lm, q)
+        mb = sum(a.nbytes for a in jax.tree.leaves(qlm.params)) / 1e6
+        for b in map(int, _BATCHES.value):
+            first, pre, dec = bench_batch(qlm, b, _PROMPT.value, _NEW.value, _REPEATS.value)
+            cache_len = pad_prompts([[1] * _PROMPT.value], cfg, _NEW.value)[2]
+            bound = b * bandwidth / step_bytes(qlm, b, cache_len)
+            print(f"| {q} | {mb:,.0f} | {b} | {first:.1f} | {pre:,.0f} | {dec:,.1f} | "
+                  f"{bound:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from absl import flags
 
 from data.chat import reply_messages
 from experiments.serve import Choice
-from experiments.workdir import StageFlags, define_config, run_entry, tool_hooks
+from experiments.workdir import StageFlags, define_config, define_quant, run_entry, tool_hooks
 from model.batcher import Batcher, Request
 from model.engine import SamplingConfig
 from model.handle import LM
@@ -88,7 +88,7 @@ class Chat:
 
 def main(argv):
     del argv
-    lm, meta = load_stage(_FLAGS.init_from)
+    lm, meta = load_stage(_FLAGS.init_from, _QUANT.value)
     sampling = SamplingConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMP.value,
                               top_k=_TOP_K.value, top_p=_TOP_P.value,
                               stop_tokens=lm.stop_ids, seed=_SEED.value)
@@ -119,6 +119,7 @@ def main(argv):
 if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
     _CONFIG = define_config()
     _FLAGS = StageFlags("a chat stage (W/sft, W/rl, ...)", workdir=None)
+    _QUANT = define_quant()
     _TOOLS = flags.DEFINE_bool("tools", True, "run the model's tools while it replies")
     _SYSTEM = flags.DEFINE_string("system", None, "system message at the start of the conversation")
     _PROMPT = flags.DEFINE_multi_string("prompt", None, "answer these turns and exit (repeatable)")

@@ -1,4 +1,5 @@
-"""Runs the evaluation suite over a stage; writes W/<stage>/eval.json.
+"""Runs the evaluation suite over a stage; writes W/<stage>/eval.json (eval_int8.json or
+eval_w8a8.json with --quant).
 
   python -m experiments.eval --init_from runs/demo/pretrain     # a base model
   python -m experiments.eval --init_from runs/demo/sft [--mc mmlu.jsonl] [--gsm8k test.jsonl]
@@ -27,7 +28,15 @@ from absl import flags
 from eval import suite
 from eval.chat_eval import identity_accuracy, recall_hooks, tool_eval, world_qa
 from eval.knowledge import name_familiarity
-from experiments.workdir import StageFlags, define_config, lock_run, recall_tool, run_entry, tool_config
+from experiments.workdir import (
+    StageFlags,
+    define_config,
+    define_quant,
+    lock_run,
+    recall_tool,
+    run_entry,
+    tool_config,
+)
 from train.stage import load_stage, load_world, write_json
 
 
@@ -46,13 +55,15 @@ def _once_seen_documents(workdir: Path, limit: int) -> list[str]:
 
 
 def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: list[str] = (),
-                   limit: int = 100, bench_limit: int | None = None) -> dict:
-    """eval.json of a stage: the world's evaluations on `limit` questions each, and the
-    benchmark files on `bench_limit` items each (0: every item; default: `limit`)."""
+                   limit: int = 100, bench_limit: int | None = None, quant: str = "none") -> dict:
+    """eval.json of a stage (eval_QUANT.json for quantized weights): the world's evaluations
+    on `limit` questions each, and the benchmark files on `bench_limit` items each (0: every
+    item; default: `limit`)."""
     bench = limit if bench_limit is None else bench_limit
-    lm, meta = load_stage(stage)
+    lm, meta = load_stage(stage, quant)
     base = meta.get("stage") == "pretrain" or lm.chat is None
-    out: dict = {"stage": str(stage.resolve()), "kind": "base" if base else "chat"}
+    out: dict = {"stage": str(stage.resolve()), "kind": "base" if base else "chat",
+                 "quant": quant}
     t0 = time.time()
     if (workdir / "corpus" / "world.json").is_file():
         _world_evals(cfg, lm, meta, workdir, base, limit, out)
@@ -65,8 +76,13 @@ def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: l
     for path in gsm8k:
         out[f"gsm8k:{path}"] = suite.gsm8k(lm, path, limit=bench)
     out["wall_s"] = round(time.time() - t0, 1)
-    write_json(stage / "eval.json", out)
+    write_json(stage / eval_file(quant), out)
     return out
+
+
+def eval_file(quant: str = "none") -> str:
+    """The file an evaluation of a stage writes: eval.json, or eval_QUANT.json."""
+    return "eval.json" if quant == "none" else f"eval_{quant}.json"
 
 
 def _world_evals(cfg, lm, meta: dict, workdir: Path, base: bool, limit: int, out: dict) -> None:
@@ -100,14 +116,16 @@ def main(argv):
     stage, workdir = _FLAGS.init_from, _FLAGS.workdir
     lock_run(workdir)
     out = evaluate_stage(_CONFIG.value, stage, workdir, _MC.value or [], _GSM8K.value or [],
-                         _LIMIT.value or _CONFIG.value.eval.limit, _BENCH_LIMIT.value)
+                         _LIMIT.value or _CONFIG.value.eval.limit, _BENCH_LIMIT.value,
+                         _QUANT.value)
     print(json.dumps(out, indent=1), file=sys.stdout)
-    print(f"wrote {stage / 'eval.json'}", file=sys.stdout)
+    print(f"wrote {stage / eval_file(_QUANT.value)}", file=sys.stdout)
 
 
 if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
     _CONFIG = define_config()
     _FLAGS = StageFlags("the stage to evaluate")
+    _QUANT = define_quant()
     _MC = flags.DEFINE_multi_string("mc", None, "multiple-choice JSONL (MMLU / HellaSwag layout)")
     _GSM8K = flags.DEFINE_multi_string("gsm8k", None, "GSM8K-layout JSONL")
     _LIMIT = flags.DEFINE_integer("limit", None, "questions per evaluation (default: eval.limit)")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from absl import flags
 
-from experiments.workdir import StageFlags, define_config, run_entry
+from experiments.workdir import StageFlags, define_config, define_quant, run_entry
 
 MAX_N = 8  # choices per request
 PAGE = Path(__file__).with_name("chat_page.html")
@@ -308,7 +308,7 @@ def main(argv):
     from experiments.workdir import tool_hooks
     from train.stage import load_stage
 
-    lm, meta = load_stage(_FLAGS.init_from)
+    lm, meta = load_stage(_FLAGS.init_from, _QUANT.value)
     cfg = _CONFIG.value
     hooks = tool_hooks(cfg, lm, meta, _FLAGS.init_from.parent) if _TOOLS.value else None
     server = Server(lm, _NAME.value or f"{meta.get('stage')}", _SLOTS.value, hooks,
@@ -324,6 +324,7 @@ def main(argv):
 if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
     _CONFIG = define_config()
     _FLAGS = StageFlags("the stage whose model to serve", workdir=None)
+    _QUANT = define_quant()
     _TOOLS = flags.DEFINE_bool("tools", True, "run the model's tools while it generates")
     _HOST = flags.DEFINE_string("host", "127.0.0.1", "address to listen on")
     _PORT = flags.DEFINE_integer("port", 8000, "port to listen on")

@@ -121,6 +121,17 @@ def define_config(default: str = "tiny.py"):
         _unknown_key_exit(e)
 
 
+def define_quant():
+    """--quant: the weights the inference entry points run with (model.quant)."""
+    from absl import flags
+
+    from model.config import QUANT
+
+    return flags.DEFINE_enum("quant", "none", list(QUANT),
+                             "none: the stage's float weights; int8: int8 weights with a scale "
+                             "per output channel; w8a8: also int8 activations (one scale per token)")
+
+
 class StageFlags:
     """The flags every entry point declares the same way: --init_from (a parent stage dir;
     none where init_from is None), --workdir (the run root, by default the parent of

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT = ("none", "full", "dots")
 ATTENTION = ("einsum", "dot_product")
+QUANT = ("none", "int8", "w8a8")
 # fields that change how the model runs, not what it computes: a stage may differ from its parent
 EXECUTION_FIELDS = ("scan_layers", "remat", "attention")
 
@@ -43,6 +44,10 @@ class ModelConfig:
     scan_layers: bool = False  # layers as one lax.scan over stacked parameters (deep models)
     remat: str = "none"  # recompute in the backward pass: "none", "full" or "dots" (keep matmuls)
     attention: str = "einsum"  # "einsum", or "dot_product": jax.nn.dot_product_attention (cuDNN)
+    # "int8": matmul weights stored as int8 with a float32 scale per output channel; "w8a8": the
+    # same weights, activations rounded to int8 per token on the fly. For inference only:
+    # model.quant.quantize makes such params from a float model's.
+    quant: str = "none"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -59,7 +64,7 @@ class ModelConfig:
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: expected one of "
                                  f"{sorted(DTYPES)}")
-        for name, allowed in (("remat", REMAT), ("attention", ATTENTION)):
+        for name, allowed in (("remat", REMAT), ("attention", ATTENTION), ("quant", QUANT)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: expected one of "
                                  f"{list(allowed)}")

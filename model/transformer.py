@@ -27,6 +27,55 @@ def _param(rngs: nnx.Rngs, shape, axes, std: float, cfg: ModelConfig) -> nnx.Par
     return nnx.Param(init(rngs.params(), shape, cfg.weight_dtype), logical_axes=axes)
 
 
+# The axes (counted from the end) each matmul weight is contracted over; an int8 weight has one
+# scale per entry of the other axes, so the scale multiplies the matmul's output.
+QUANT_CONTRACT = {"wq_DNH": (-3,), "wk_DKH": (-3,), "wv_DKH": (-3,), "wo_NHD": (-3, -2),
+                  "w_gate_DF": (-2,), "w_up_DF": (-2,), "w_down_FD": (-2,), "embed_VD": (-1,),
+                  "head_DV": (-2,)}
+
+
+def _weight(module: nnx.Module, name: str, rngs: nnx.Rngs, shape, axes, std: float,
+            cfg: ModelConfig) -> None:
+    """Declares matmul weight `name`; an int8 model stores it as int8 plus `name`_scale, one
+    float32 per output channel (the axes QUANT_CONTRACT does not name)."""
+    if cfg.quant == "none":
+        setattr(module, name, _param(rngs, shape, axes, std, cfg))
+        return
+    keep = [i for i in range(len(shape)) if i - len(shape) not in QUANT_CONTRACT[name]]
+    setattr(module, name, nnx.Param(jnp.zeros(shape, jnp.int8), logical_axes=axes))
+    setattr(module, name + "_scale", nnx.Param(jnp.ones([shape[i] for i in keep], jnp.float32),
+                                               logical_axes=tuple(axes[i] for i in keep)))
+
+
+def _dense(spec: str, x: jax.Array, module: nnx.Module, name: str, cfg: ModelConfig,
+           out_dtype=None) -> jax.Array:
+    """einsum(spec, x, weight) in the compute dtype, for a float or an int8 (scaled) weight.
+
+    quant="int8" dequantizes the weight into the matmul; quant="w8a8" also rounds x to int8
+    (one scale per token, its absmax over the contracted axes) and multiplies int8 by int8
+    into int32, which XLA's CPU backend runs faster than the float matmul."""
+    dt = cfg.compute_dtype
+    w = getattr(module, name)[...]
+    if w.dtype != jnp.int8:
+        return jnp.einsum(spec, x, w.astype(dt), preferred_element_type=out_dtype)
+    scale = getattr(module, name + "_scale")[...]
+    if cfg.quant == "int8":
+        out = jnp.einsum(spec, x, w.astype(dt), preferred_element_type=out_dtype)
+        return out * scale.astype(out.dtype)
+    xs, ws = spec.split("->")[0].split(",")
+    axes = tuple(i for i, a in enumerate(xs) if a in ws)  # x's contracted axes (all but B, T)
+    x32 = x.astype(jnp.float32)
+    amax = jnp.max(jnp.abs(x32), axis=axes)
+    a_BT = jnp.where(amax > 0, amax / 127.0, 1.0)
+    xq = jnp.round(x32 / a_BT.reshape(a_BT.shape + (1,) * len(axes))).astype(jnp.int8)
+    b = x.shape[0]
+    if b * x.shape[1] == 1:  # one row: XLA's CPU int8 matmul takes a slow path; two rows do not
+        xq = jnp.concatenate([xq, jnp.zeros_like(xq)], axis=0)
+    out = jnp.einsum(spec, xq, w, preferred_element_type=jnp.int32)[:b].astype(jnp.float32)
+    out = out * a_BT.reshape(a_BT.shape + (1,) * (out.ndim - 2)) * scale
+    return out.astype(out_dtype or dt)
+
+
 def rope(x_BTNH: jax.Array, pos_BT: jax.Array, theta: float) -> jax.Array:
     """Rotary position embedding on the two halves of the head dimension."""
     h = x_BTNH.shape[-1]
@@ -56,19 +105,22 @@ class Attention(nnx.Module):
         d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.cfg = cfg
-        self.wq_DNH = _param(rngs, (d, n, h), ("embed", "q_heads", "head_dim"), cfg.init_std, cfg)
-        self.wk_DKH = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, cfg)
-        self.wv_DKH = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, cfg)
-        self.wo_NHD = _param(rngs, (n, h, d), ("q_heads", "head_dim", "embed"), out_std, cfg)
+        _weight(self, "wq_DNH", rngs, (d, n, h), ("embed", "q_heads", "head_dim"), cfg.init_std,
+                cfg)
+        _weight(self, "wk_DKH", rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std,
+                cfg)
+        _weight(self, "wv_DKH", rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std,
+                cfg)
+        _weight(self, "wo_NHD", rngs, (n, h, d), ("q_heads", "head_dim", "embed"), out_std, cfg)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(h, cfg)
             self.k_norm = RMSNorm(h, cfg)
 
     def __call__(self, x_BTD, pos_BT, mask_BTS, layer_cache, cache_start_B):
         cfg, dt = self.cfg, self.cfg.compute_dtype
-        q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.wq_DNH[...].astype(dt))
-        k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wk_DKH[...].astype(dt))
-        v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wv_DKH[...].astype(dt))
+        q_BTNH = _dense("BTD,DNH->BTNH", x_BTD, self, "wq_DNH", cfg)
+        k_BTKH = _dense("BTD,DKH->BTKH", x_BTD, self, "wk_DKH", cfg)
+        v_BTKH = _dense("BTD,DKH->BTKH", x_BTD, self, "wv_DKH", cfg)
         if cfg.qk_norm:
             q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
         q_BTNH = rope(q_BTNH, pos_BT, cfg.rope_theta)
@@ -102,7 +154,7 @@ class Attention(nnx.Module):
             probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dt)
             out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH)
             out_BTNH = out_BTKGH.reshape(b, t, n, h)
-        return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo_NHD[...].astype(dt)), new_cache
+        return _dense("BTNH,NHD->BTD", out_BTNH, self, "wo_NHD", cfg), new_cache
 
 
 class MLP(nnx.Module):
@@ -111,16 +163,16 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, f = cfg.d_model, cfg.d_ff
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
-        self.dt = cfg.compute_dtype
-        self.w_gate_DF = _param(rngs, (d, f), ("embed", "mlp"), cfg.init_std, cfg)
-        self.w_up_DF = _param(rngs, (d, f), ("embed", "mlp"), cfg.init_std, cfg)
-        self.w_down_FD = _param(rngs, (f, d), ("mlp", "embed"), out_std, cfg)
+        self.cfg = cfg
+        _weight(self, "w_gate_DF", rngs, (d, f), ("embed", "mlp"), cfg.init_std, cfg)
+        _weight(self, "w_up_DF", rngs, (d, f), ("embed", "mlp"), cfg.init_std, cfg)
+        _weight(self, "w_down_FD", rngs, (f, d), ("mlp", "embed"), out_std, cfg)
 
     def __call__(self, x_BTD):
-        gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.w_gate_DF[...].astype(self.dt))
-        up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.w_up_DF[...].astype(self.dt))
+        gate_BTF = _dense("BTD,DF->BTF", x_BTD, self, "w_gate_DF", self.cfg)
+        up_BTF = _dense("BTD,DF->BTF", x_BTD, self, "w_up_DF", self.cfg)
         h_BTF = constrain(jax.nn.silu(gate_BTF) * up_BTF, ("batch", "length", "mlp"))
-        return jnp.einsum("BTF,FD->BTD", h_BTF, self.w_down_FD[...].astype(self.dt))
+        return _dense("BTF,FD->BTD", h_BTF, self, "w_down_FD", self.cfg)
 
 
 class Block(nnx.Module):
@@ -141,16 +193,16 @@ class Block(nnx.Module):
 class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
-                               cfg.init_std, cfg)
+        _weight(self, "embed_VD", rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                cfg.init_std, cfg)
         if cfg.scan_layers:  # one block whose parameters carry a leading layer axis (init stacks)
             self.blocks = Block(cfg, rngs)
         else:
             self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
         self.final_norm = RMSNorm(cfg.d_model, cfg)
         if not cfg.tie_embeddings:
-            self.head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                                  cfg.init_std, cfg)
+            _weight(self, "head_DV", rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                    cfg.init_std, cfg)
 
     def __call__(self, tokens_BT, pos_BT, mask_BTS, cache, cache_start_B, hidden=False):
         cfg, dt = self.cfg, self.cfg.compute_dtype
@@ -158,6 +210,9 @@ class Transformer(nnx.Module):
         # table makes the SPMD partitioner replicate it in a less efficient way anyway.
         table_VD = constrain(self.embed_VD[...], (None, None))
         x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(dt)
+        if cfg.quant != "none":  # each looked-up row times its own scale
+            scale_BT = jnp.take(self.embed_VD_scale[...], tokens_BT, axis=0)
+            x_BTD = (x_BTD * scale_BT[..., None]).astype(dt)
         x_BTD = constrain(x_BTD, ("batch", "length", "act_embed"))
         run = _block_fn(cfg.remat)
         new_cache = [] if cache is not None else None
@@ -184,11 +239,9 @@ class Transformer(nnx.Module):
         if hidden:  # the final normed hidden states (a reward model's scalar head reads them)
             return x_BTD.astype(jnp.float32), new_cache
         if cfg.tie_embeddings:
-            logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, self.embed_VD[...].astype(dt),
-                                    preferred_element_type=jnp.float32)
+            logits_BTV = _dense("BTD,VD->BTV", x_BTD, self, "embed_VD", cfg, jnp.float32)
         else:
-            logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, self.head_DV[...].astype(dt),
-                                    preferred_element_type=jnp.float32)
+            logits_BTV = _dense("BTD,DV->BTV", x_BTD, self, "head_DV", cfg, jnp.float32)
         if cfg.logit_softcap > 0:
             logits_BTV = cfg.logit_softcap * jnp.tanh(logits_BTV / cfg.logit_softcap)
         return logits_BTV, new_cache
@@ -272,6 +325,10 @@ def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Params:
 
 def init(cfg: ModelConfig, rng: jax.Array, mesh: jax.sharding.Mesh | None = None) -> Params:
     """Initialises the params pytree; under a mesh every array is created already sharded."""
+
+    if cfg.quant != "none":
+        raise ValueError(f"quant={cfg.quant!r} models are made from a float model's params by "
+                         "model.quant.quantize, not initialised")
 
     def make(key):  # a scanned model starts from the unrolled one's draws, stacked
         unrolled = dataclasses.replace(cfg, scan_layers=False)

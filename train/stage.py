@@ -125,13 +125,16 @@ def read_stage(stage_dir: str | Path):
     return LM(None, cfg, tok, chat), meta
 
 
-def load_stage(stage_dir: str | Path):
-    """(model handle, meta): read_stage plus the latest checkpoint's params."""
+def load_stage(stage_dir: str | Path, quant: str = "none"):
+    """(model handle, meta): read_stage plus the latest checkpoint's params, quantized for
+    inference when quant is "int8" or "w8a8" (model.quant)."""
     from model import transformer
+    from model.quant import quantize
     from train.checkpoint import restore_params
 
     lm, meta = read_stage(stage_dir)
-    return lm.with_params(restore_params(stage_dir, transformer.param_shapes(lm.cfg))), meta
+    lm = lm.with_params(restore_params(stage_dir, transformer.param_shapes(lm.cfg)))
+    return quantize(lm, quant), meta
 
 
 def load_world(workdir: str | Path):

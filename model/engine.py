@@ -80,10 +80,9 @@ def prefill(params: Params, tokens_BT: jax.Array, lengths_B: jax.Array, cfg: Mod
     """Runs the padded prompts through the model; returns each row's last logits and the cache."""
     b = tokens_BT.shape[0]
     cache = init_cache(cfg, b, cache_len)
-    logits_BTV, cache = forward(params, tokens_BT, cfg, cache=cache,
-                                cache_start_B=jnp.zeros((b,), jnp.int32))
-    last_BV = jnp.take_along_axis(logits_BTV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
-    return last_BV, cache
+    logits_B1V, cache = forward(params, tokens_BT, cfg, cache=cache,
+                                cache_start_B=jnp.zeros((b,), jnp.int32), logits_at_B=lengths_B - 1)
+    return logits_B1V[:, 0], cache
 
 
 def _decode(params, cache, tokens_B, positions_B, cfg):

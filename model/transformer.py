@@ -204,7 +204,8 @@ class Transformer(nnx.Module):
             _weight(self, "head_DV", rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                     cfg.init_std, cfg)
 
-    def __call__(self, tokens_BT, pos_BT, mask_BTS, cache, cache_start_B, hidden=False):
+    def __call__(self, tokens_BT, pos_BT, mask_BTS, cache, cache_start_B, hidden=False,
+                 logits_at_B=None):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         # Gather the (vocab, embed)-sharded table before the lookup: a gather from a sharded
         # table makes the SPMD partitioner replicate it in a less efficient way anyway.
@@ -235,6 +236,8 @@ class Transformer(nnx.Module):
                                          None if cache is None else cache[i], cache_start_B)
                 if cache is not None:
                     new_cache.append(layer_cache)
+        if logits_at_B is not None:  # one position per row: the head's matmul for it alone
+            x_BTD = jnp.take_along_axis(x_BTD, logits_at_B[:, None, None], axis=1)
         x_BTD = self.final_norm(x_BTD)
         if hidden:  # the final normed hidden states (a reward model's scalar head reads them)
             return x_BTD.astype(jnp.float32), new_cache
@@ -348,9 +351,11 @@ def forward(
     cache: Cache | None = None,
     cache_start_B: jax.Array | None = None,
     hidden: bool = False,
+    logits_at_B: jax.Array | None = None,
 ) -> tuple[jax.Array, Cache | None]:
     """Logits (float32) for every position, and the updated cache when one is given; with
-    hidden=True the final (normed) hidden states [B, T, D] in float32 instead of logits.
+    hidden=True the final (normed) hidden states [B, T, D] in float32 instead of logits; with
+    `logits_at_B`, those of one position per row only ([B, 1, ...]: a prefill's last token).
 
     Without a cache: causal attention over tokens_BT, positions 0..T-1; with `segment_ids_BT`
     (packed documents), attention and positions restart at each new segment.
@@ -379,7 +384,8 @@ def forward(
         pos_BT = cache_start_B[:, None] + t_idx[None, :]
         mask_BTS = jnp.arange(s)[None, None, :] <= pos_BT[:, :, None]
     model = nnx.merge(_abstract(cfg)[0], params)
-    return model(tokens_BT, pos_BT, mask_BTS, cache, cache_start_B, hidden=hidden)
+    return model(tokens_BT, pos_BT, mask_BTS, cache, cache_start_B, hidden=hidden,
+                 logits_at_B=logits_at_B)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:

@@ -48,13 +48,16 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     return x.nbytes / statistics.median(_timed(lambda: total(x)) for _ in range(repeats))
 
 
+def weight_bytes(lm) -> int:
+    return sum(a.nbytes for a in jax.tree.leaves(lm.params))
+
+
 def step_bytes(lm, b: int, cache_len: int) -> int:
     """Bytes one decode step reads: every weight once, and each row's whole KV cache."""
-    weights = sum(a.nbytes for a in jax.tree.leaves(lm.params))
     cfg = lm.cfg
     cache = 2 * cfg.n_layers * b * cache_len * cfg.n_kv_heads * cfg.head_dim * \
         np.dtype(cfg.compute_dtype).itemsize
-    return weights + cache
+    return weight_bytes(lm) + cache
 
 
 def bench_batch(lm, b: int, t: int, n_new: int, repeats: int) -> tuple[float, float, float]:
@@ -91,12 +94,12 @@ def main(argv):
     print("| weights | weight MB | batch | compile + first generate (s) | prefill tok/s | "
           "decode tok/s | bandwidth bound tok/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    cache_len = pad_prompts([[1] * _PROMPT.value], cfg, _NEW.value)[2]
     for q in _QUANT.value:
         qlm = quantize(lm, q)
-        mb = sum(a.nbytes for a in jax.tree.leaves(qlm.params)) / 1e6
+        mb = weight_bytes(qlm) / 1e6
         for b in map(int, _BATCHES.value):
             first, pre, dec = bench_batch(qlm, b, _PROMPT.value, _NEW.value, _REPEATS.value)
-            cache_len = pad_prompts([[1] * _PROMPT.value], cfg, _NEW.value)[2]
             bound = b * bandwidth / step_bytes(qlm, b, cache_len)
             print(f"| {q} | {mb:,.0f} | {b} | {first:.1f} | {pre:,.0f} | {dec:,.1f} | "
                   f"{bound:,.0f} |", flush=True)

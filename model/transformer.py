@@ -56,12 +56,12 @@ def _dense(spec: str, x: jax.Array, module: nnx.Module, name: str, cfg: ModelCon
     into int32, which XLA's CPU backend runs faster than the float matmul."""
     dt = cfg.compute_dtype
     w = getattr(module, name)[...]
-    if w.dtype != jnp.int8:
-        return jnp.einsum(spec, x, w.astype(dt), preferred_element_type=out_dtype)
-    scale = getattr(module, name + "_scale")[...]
-    if cfg.quant == "int8":
+    if w.dtype != jnp.int8 or cfg.quant == "int8":
         out = jnp.einsum(spec, x, w.astype(dt), preferred_element_type=out_dtype)
-        return out * scale.astype(out.dtype)
+        if w.dtype != jnp.int8:
+            return out
+        return out * getattr(module, name + "_scale")[...].astype(out.dtype)
+    scale = getattr(module, name + "_scale")[...]
     xs, ws = spec.split("->")[0].split(",")
     axes = tuple(i for i, a in enumerate(xs) if a in ws)  # x's contracted axes (all but B, T)
     x32 = x.astype(jnp.float32)

@@ -97,6 +97,21 @@ def world_qa(lm: LM, world: World, split: str, system: str | None = None,
     return res
 
 
+def recall_forced(lm: LM, world: World, limit: int | None = None, **kw) -> dict:
+    """Who says "I don't know", the recall tool or the model: world QA on held-out and
+    nonexistent people with the tool's verdict forced to "known" for every name (a refusal is
+    then the model's own decision) and to "unknown" (an answer is then the model overriding
+    the tool). For a model taught to call the recall tool."""
+    out = {}
+    for verdict in ("known", "unknown"):
+        held, none = (world_qa(lm, world, split, limit=limit, recall=lambda _, v=verdict: v, **kw)
+                      for split in ("heldout", "nonexistent"))
+        out[f"tool_says_{verdict}"] = {
+            "heldout_accuracy": held["accuracy"], "heldout_refusal_rate": held["refusal_rate"],
+            "nonexistent_refusal_rate": none["refusal_rate"]}
+    return out
+
+
 def identity_accuracy(lm: LM, world: World, system: str | None = None, **kw) -> dict:
     """A reply counts when it names what the reference answer names: the assistant's name, its
     maker, or both."""

@@ -1,5 +1,6 @@
 """Runs the evaluation suite over a stage; writes W/<stage>/eval.json (eval_int8.json or
-eval_w8a8.json with --quant).
+eval_w8a8.json with --quant). For a stage that kept its best checkpoint (RLHF's best/), eval.json
+is the best checkpoint's and eval_final.json the final one's (--checkpoint=best|final for one).
 
   python -m experiments.eval --init_from runs/demo/pretrain     # a base model
   python -m experiments.eval --init_from runs/demo/sft [--mc mmlu.jsonl] [--gsm8k test.jsonl]
@@ -26,7 +27,7 @@ from pathlib import Path
 from absl import flags
 
 from eval import suite
-from eval.chat_eval import identity_accuracy, recall_hooks, tool_eval, world_qa
+from eval.chat_eval import identity_accuracy, recall_forced, recall_hooks, tool_eval, world_qa
 from eval.knowledge import name_familiarity
 from experiments.workdir import (
     StageFlags,
@@ -37,7 +38,7 @@ from experiments.workdir import (
     run_entry,
     tool_config,
 )
-from train.stage import load_stage, load_world, write_json
+from train.stage import Stage, load_stage, load_world, write_json
 
 
 def _once_seen_documents(workdir: Path, limit: int) -> list[str]:
@@ -55,15 +56,18 @@ def _once_seen_documents(workdir: Path, limit: int) -> list[str]:
 
 
 def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: list[str] = (),
-                   limit: int = 100, bench_limit: int | None = None, quant: str = "none") -> dict:
-    """eval.json of a stage (eval_QUANT.json for quantized weights): the world's evaluations
-    on `limit` questions each, and the benchmark files on `bench_limit` items each (0: every
-    item; default: `limit`)."""
+                   limit: int = 100, bench_limit: int | None = None, quant: str = "none",
+                   checkpoint: str = "final") -> dict:
+    """eval.json of a stage's final checkpoint, or of the best one an RL stage kept (checkpoint
+    "best"; eval_file names the file): the world's evaluations on `limit` questions each, and
+    the benchmark files on `bench_limit` items each (0: every item; default: `limit`)."""
     bench = limit if bench_limit is None else bench_limit
-    lm, meta = load_stage(stage, quant)
+    lm, meta = load_stage(stage, quant, checkpoint)
     base = meta.get("stage") == "pretrain" or lm.chat is None
+    figures = meta.get("figures", {})
     out: dict = {"stage": str(stage.resolve()), "kind": "base" if base else "chat",
-                 "quant": quant}
+                 "quant": quant, "checkpoint": checkpoint,
+                 "step": figures.get("best_step" if checkpoint == "best" else "step")}
     t0 = time.time()
     if (workdir / "corpus" / "world.json").is_file():
         _world_evals(cfg, lm, meta, workdir, base, limit, out)
@@ -76,13 +80,30 @@ def evaluate_stage(cfg, stage: Path, workdir: Path, mc: list[str] = (), gsm8k: l
     for path in gsm8k:
         out[f"gsm8k:{path}"] = suite.gsm8k(lm, path, limit=bench)
     out["wall_s"] = round(time.time() - t0, 1)
-    write_json(stage / eval_file(quant), out)
+    write_json(stage / eval_file(quant, checkpoint, has_best(stage)), out)
     return out
 
 
-def eval_file(quant: str = "none") -> str:
-    """The file an evaluation of a stage writes: eval.json, or eval_QUANT.json."""
-    return "eval.json" if quant == "none" else f"eval_{quant}.json"
+def has_best(stage: Path) -> bool:
+    return Stage(stage).best is not None
+
+
+def eval_file(quant: str = "none", checkpoint: str = "final", best_exists: bool = False) -> str:
+    """The file an evaluation writes: eval.json holds the stage's model (its best checkpoint
+    where it kept one, else its final one); eval_final.json the final one beside a best; with
+    quantized weights eval_QUANT.json / eval_final_QUANT.json."""
+    name = "eval_final" if best_exists and checkpoint == "final" else "eval"
+    return f"{name}.json" if quant == "none" else f"{name}_{quant}.json"
+
+
+def checkpoints_to_evaluate(stage: Path, which: str) -> list[str]:
+    """--checkpoint: "default" = the best checkpoint and the final one where the stage kept a
+    best (RLHF), else the final one; "best" or "final" = that one only."""
+    if which == "default":
+        return ["best", "final"] if has_best(stage) else ["final"]
+    if which not in ("best", "final"):
+        raise ValueError(f"--checkpoint={which!r}: expected default, best or final")
+    return [which]
 
 
 def _world_evals(cfg, lm, meta: dict, workdir: Path, base: bool, limit: int, out: dict) -> None:
@@ -103,6 +124,8 @@ def _world_evals(cfg, lm, meta: dict, workdir: Path, base: bool, limit: int, out
         r = world_qa(lm, world, split, limit=limit, recall=recall)
         out[f"qa_{split}"] = {k: v for k, v in r.items() if k != "replies"}
     out["hallucination_rate"] = out["qa_nonexistent"]["answer_rate"]
+    if recall is not None:  # the refusals the tool's verdict makes and those the model makes
+        out["recall_forced"] = recall_forced(lm, world, limit=limit)
     out["answer_first"] = suite.answer_first(lm, world, n=limit)
     ident = identity_accuracy(lm, world, hooks=recall_hooks(lm.tok, recall))
     out["identity_accuracy"] = ident["accuracy"]
@@ -115,17 +138,21 @@ def main(argv):
     del argv
     stage, workdir = _FLAGS.init_from, _FLAGS.workdir
     lock_run(workdir)
-    out = evaluate_stage(_CONFIG.value, stage, workdir, _MC.value or [], _GSM8K.value or [],
-                         _LIMIT.value or _CONFIG.value.eval.limit, _BENCH_LIMIT.value,
-                         _QUANT.value)
-    print(json.dumps(out, indent=1), file=sys.stdout)
-    print(f"wrote {stage / eval_file(_QUANT.value)}", file=sys.stdout)
+    for which in checkpoints_to_evaluate(stage, _CHECKPOINT.value):
+        out = evaluate_stage(_CONFIG.value, stage, workdir, _MC.value or [], _GSM8K.value or [],
+                             _LIMIT.value or _CONFIG.value.eval.limit, _BENCH_LIMIT.value,
+                             _QUANT.value, which)
+        print(json.dumps(out, indent=1), file=sys.stdout)
+        print(f"wrote {stage / eval_file(_QUANT.value, which, has_best(stage))}", file=sys.stdout)
 
 
 if __name__ == "__main__":  # flags only for the command line: the functions import cleanly
     _CONFIG = define_config()
     _FLAGS = StageFlags("the stage to evaluate")
     _QUANT = define_quant()
+    _CHECKPOINT = flags.DEFINE_string(
+        "checkpoint", "default", "default: the best checkpoint (eval.json) and the final one "
+        "(eval_final.json) of a stage that kept a best/, else the final one; best; final")
     _MC = flags.DEFINE_multi_string("mc", None, "multiple-choice JSONL (MMLU / HellaSwag layout)")
     _GSM8K = flags.DEFINE_multi_string("gsm8k", None, "GSM8K-layout JSONL")
     _LIMIT = flags.DEFINE_integer("limit", None, "questions per evaluation (default: eval.limit)")

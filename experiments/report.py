@@ -158,10 +158,16 @@ def write_report(workdir: str | Path) -> Path:
     section("rlhf", rlhf_rows)
     section("dpo", rlhf_rows)
 
-    evals = {st: json.loads((w / st / "eval.json").read_text()) for st in STAGES
-             if (w / st / "eval.json").is_file()}
+    evals = {}
+    for st in STAGES:  # a stage that kept a best checkpoint: eval.json is its, eval_final.json beside
+        for file, label in (("eval.json", ""), ("eval_final.json", "final")):
+            if (w / st / file).is_file():
+                e = json.loads((w / st / file).read_text())
+                which = label or ("best" if e.get("checkpoint") == "best" else "")
+                evals[f"{st} ({which}, step {e.get('step')})" if which else st] = e
     if evals:
-        out.append("## Evaluation suite (W/<stage>/eval.json)\n")
+        out.append("## Evaluation suite (W/<stage>/eval.json; eval_final.json: the final "
+                   "checkpoint beside a best one)\n")
         cols = [("val bits/byte", lambda e: e.get("validation", {}).get("bpb")),
                 ("reversal fwd / rev", lambda e: _pair(e.get("reversal"), "forward_accuracy",
                                                        "reverse_accuracy")),
@@ -187,6 +193,22 @@ def write_report(workdir: str | Path) -> Path:
                        f"| {st} | " + " | ".join(_fmt(f(e)) for _, f in cols) + " |\n"
                        for st, e in evals.items()))
 
+    forced = {st: e for st, e in evals.items() if "recall_forced" in e}
+    if forced:
+        out.append("## Who says \"I don't know\": the recall tool or the model\n")
+        out.append("The recall tool's verdict forced to \"known\" for every name leaves the "
+                   "refusing to the model; forced to \"unknown\", an answer is the model "
+                   "overriding the tool.\n\n| stage | nonexistent refused: tool as is / tool "
+                   "says known | held-out refused: tool as is / tool says unknown | held-out "
+                   "right, tool says known |\n|---|---|---|---|\n")
+        for st, e in forced.items():
+            k, u = e["recall_forced"]["tool_says_known"], e["recall_forced"]["tool_says_unknown"]
+            out.append(
+                f"| {st} | {_fmt(e['qa_nonexistent'].get('refusal_rate'))} / "
+                f"{_fmt(k['nonexistent_refusal_rate'])} | "
+                f"{_fmt(e['qa_heldout'].get('refusal_rate'))} / {_fmt(u['heldout_refusal_rate'])}"
+                f" | {_fmt(k['heldout_accuracy'])} |\n")
+
     if (w / "arena" / "arena.json").is_file():
         arena = json.loads((w / "arena" / "arena.json").read_text())
         out.append(f"## Arena ({arena['battles']} battles judged by the hidden labeler)\n")
@@ -207,7 +229,9 @@ def write_report(workdir: str | Path) -> Path:
         _plot(plots / "rl_reward.png", "RL: mean reward", {"reward": _curve(recs, "reward")})
         _plot(plots / "rl_length.png", "RL: response length (tokens)",
               {"length": _curve(recs, "response_length")})
-        figs += ["plots/rl_reward.png", "plots/rl_length.png"]
+        _plot(plots / "rl_kl.png", "RL: KL to the SFT model (per token)",
+              {"kl": _curve(recs, "kl")})
+        figs += ["plots/rl_reward.png", "plots/rl_length.png", "plots/rl_kl.png"]
     if (w / "rlhf" / "hacking.png").is_file():
         figs.append("rlhf/hacking.png")
     if figs:

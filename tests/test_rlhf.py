@@ -197,6 +197,20 @@ def test_rm_then_rlhf_and_dpo_write_their_stages(parent):  # noqa: F811
     assert f["best_step"] in (2, 4) and "flagged" in f["hacking"]
     assert (w / "rlhf/hacking.png").stat().st_size > 1000
     assert (w / "rlhf/best/checkpoints").is_dir()
+    # the evaluation reads the best checkpoint by default, the final one beside it
+    from experiments.eval import checkpoints_to_evaluate, eval_file
+    from train.stage import load_stage
+
+    assert checkpoints_to_evaluate(w / "rlhf", "default") == ["best", "final"]
+    assert checkpoints_to_evaluate(w / "sft", "default") == ["final"]
+    assert eval_file("none", "best", True) == "eval.json"
+    assert eval_file("none", "final", True) == "eval_final.json"
+    assert eval_file("int8", "final", False) == "eval_int8.json"
+    with pytest.raises(FileNotFoundError, match="no best/"):
+        load_stage(w / "sft", checkpoint="best")
+    best, final = (load_stage(w / "rlhf", checkpoint=k)[0].params for k in ("best", "final"))
+    same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), best, final))
+    assert all(same) == (f["best_step"] == f["step"])
 
     c.rlhf.method = "dpo"
     d = run_rlhf(c, w / "sft", w)

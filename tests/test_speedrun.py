@@ -39,7 +39,8 @@ def test_the_report_lists_what_ran_and_what_did_not(tmp_path):
     (tmp_path / "rl/meta.json").write_text(json.dumps({"objective": "arithmetic", "figures": {
         "before": {"pass@1_greedy": 0.1, "n_eval": 200}, "after": {"pass@1_greedy": 0.2}}}))
     (tmp_path / "rl/metrics.jsonl").write_text(
-        "".join(json.dumps({"step": s, "reward": s / 10, "response_length": 30 + s}) + "\n"
+        "".join(json.dumps({"step": s, "reward": s / 10, "response_length": 30 + s,
+                            "kl": s / 100}) + "\n"
                 for s in range(1, 4)))
     (tmp_path / "speedrun.json").write_text(json.dumps(
         {"stages": {"rl": {"wall_s": 12.0}, "corpus": {"wall_s": 3.0}}, "total_wall_s": 15.0}))
@@ -48,6 +49,7 @@ def test_the_report_lists_what_ran_and_what_did_not(tmp_path):
     assert text.index("| corpus | 3 |") < text.index("| rl | 12 |")  # pipeline order
     assert "## sft\n\nnot run" in text
     assert (tmp_path / "plots/rl_reward.png").stat().st_size > 1000
+    assert (tmp_path / "plots/rl_kl.png").stat().st_size > 1000
 
 
 def test_the_report_shows_the_recall_tool_of_a_model_taught_to_call_it(tmp_path):
@@ -61,3 +63,22 @@ def test_the_report_shows_the_recall_tool_of_a_model_taught_to_call_it(tmp_path)
     del meta["recall_threshold"]
     (tmp_path / "sft/meta.json").write_text(json.dumps(meta))
     assert "recall tool" not in write_report(tmp_path).read_text()
+
+
+def test_the_report_shows_the_best_and_final_checkpoints_and_who_refuses(tmp_path):
+    (tmp_path / "rlhf").mkdir()
+    (tmp_path / "sft").mkdir()
+    qa = {"qa_heldout": {"accuracy": 0.8, "refusal_rate": 0.02},
+          "qa_nonexistent": {"refusal_rate": 0.96}}
+    (tmp_path / "rlhf/eval.json").write_text(json.dumps({**qa, "checkpoint": "best", "step": 10}))
+    (tmp_path / "rlhf/eval_final.json").write_text(json.dumps({**qa, "checkpoint": "final",
+                                                               "step": 30}))
+    forced = {"tool_says_known": {"heldout_accuracy": 0.78, "heldout_refusal_rate": 0.0,
+                                  "nonexistent_refusal_rate": 0.1},
+              "tool_says_unknown": {"heldout_accuracy": 0.0, "heldout_refusal_rate": 1.0,
+                                    "nonexistent_refusal_rate": 1.0}}
+    (tmp_path / "sft/eval.json").write_text(json.dumps({**qa, "recall_forced": forced,
+                                                        "checkpoint": "final", "step": 300}))
+    text = write_report(tmp_path).read_text()
+    assert "| rlhf (best, step 10) |" in text and "| rlhf (final, step 30) |" in text
+    assert "| sft | 0.96 / 0.1 | 0.02 / 1 | 0.78 |" in text

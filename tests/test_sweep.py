@@ -168,3 +168,32 @@ def test_the_report_card_shows_the_sweeps(tmp_path):
     text = write_report(tmp_path).read_text()
     assert "## Sweeps" in text and "## Sweep arch" in text and "| base | 2 |" in text
     assert "](sweeps/arch/plots/pretrain_val_loss.png)" in text
+
+
+def _seeds(d: dict, path: str = "") -> dict:
+    """Every key named seed in a resolved config, by its dotted path."""
+    out = {}
+    for k, v in d.items():
+        p = f"{path}.{k}" if path else k
+        if isinstance(v, dict):
+            out.update(_seeds(v, p))
+        elif k == "seed":
+            out[p] = v
+    return out
+
+
+def test_the_seed_sweep_moves_every_seed_but_the_shared_world_and_corpus():
+    from experiments.configs import resolved
+    from experiments.sweep import base_config, expand, load_sweep, run_overrides
+
+    sweep = load_sweep(REPO / "experiments/sweeps/speedrun_seeds.py")
+    got = {}
+    for run in expand(sweep)[:2]:
+        c = base_config(sweep)
+        for key, value in run_overrides(sweep, run).items():
+            section, _, name = key.rpartition(".")
+            c[section][name] = value
+        got[run.seed] = _seeds(resolved(c))
+    assert got[0].keys() == got[1].keys() and len(got[0]) > 8
+    same = {k for k in got[0] if got[0][k] == got[1][k]}
+    assert same == {"corpus.seed", "world.seed"}, same  # the shared stages' own

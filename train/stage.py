@@ -125,15 +125,24 @@ def read_stage(stage_dir: str | Path):
     return LM(None, cfg, tok, chat), meta
 
 
-def load_stage(stage_dir: str | Path, quant: str = "none"):
-    """(model handle, meta): read_stage plus the latest checkpoint's params, quantized for
-    inference when quant is "int8" or "w8a8" (model.quant)."""
+def load_stage(stage_dir: str | Path, quant: str = "none", checkpoint: str = "final"):
+    """(model handle, meta): read_stage plus the params of the latest checkpoint ("final") or of
+    the one an RL stage kept in best/ ("best"), quantized for inference when quant is "int8" or
+    "w8a8" (model.quant)."""
     from model import transformer
     from model.quant import quantize
     from train.checkpoint import restore_params
 
+    if checkpoint not in ("final", "best"):
+        raise ValueError(f"checkpoint {checkpoint!r}: expected 'final' or 'best'")
     lm, meta = read_stage(stage_dir)
-    lm = lm.with_params(restore_params(stage_dir, transformer.param_shapes(lm.cfg)))
+    where = Path(stage_dir)
+    if checkpoint == "best":
+        if Stage(where).best is None:
+            raise FileNotFoundError(f"{where} has no best/ checkpoint (only RL stages with a "
+                                    "selection figure keep one)")
+        where = where / "best"
+    lm = lm.with_params(restore_params(where, transformer.param_shapes(lm.cfg)))
     return quantize(lm, quant), meta
 
 

@@ -41,7 +41,7 @@ from train.rl import (
 from train.stage import load_world, read_meta, read_stage, stage_meta, write_meta
 
 # the keys of the rl / rlhf sections that are the stage's own, not the algorithm's (RLConfig)
-STAGE_KEYS = {"rl": ("task", "tools", "n_train", "n_eval", "pass_k", "n_pass_k"),
+STAGE_KEYS = {"rl": ("task", "tools", "n_train", "train_offset", "n_eval", "pass_k", "n_pass_k"),
               "rlhf": ("method", "eval_samples", "dpo_beta")}
 
 
@@ -76,7 +76,9 @@ def task_objective(cfg, task, lm: LM, world, budget_for: Callable) -> Objective:
     problems every eval; before/after: greedy pass@1 and pass@k from k samples."""
     rl = rl_config(cfg.rl)
     s = cfg.rl
-    train, held = task.problems("train", s.n_train), task.problems("test", s.n_eval)
+    skip = s.get("train_offset", 0)  # train problems before this index are not drawn
+    train = task.problems("train", skip + s.n_train)[skip:]
+    held = task.problems("test", s.n_eval)
     if not held:
         raise ValueError(f"task {task.name}: no held-out problems")
     system = TOOLS_SYSTEM if s.tools else None

@@ -212,11 +212,24 @@ def _config(steps=6):
     from experiments.configs.tiny import get_config
 
     c = get_config()
-    c.rl.update(n_train=40, n_eval=4, pass_k=2, n_pass_k=2, prompts_per_step=2, group_size=4,
-                max_new_tokens=6, oversample=2, tools=False)  # 4 groups sampled, 2 trained on
+    c.rl.update(n_train=40, train_offset=40, n_eval=4, pass_k=2, n_pass_k=2, prompts_per_step=2,
+                group_size=4, max_new_tokens=6, oversample=2,
+                tools=False)  # 4 groups sampled, 2 trained on
     c.rl_train.update(steps=steps, save_every=2, eval_every=3, log_every=1)
     c.rl_optim.update(lr=3e-2, warmup_steps=0)
     return c
+
+
+def test_rl_draws_its_train_problems_past_those_sft_trained_on():
+    from eval.tasks import make_task
+    from experiments.rl_stage import task_objective
+
+    world = make_world(WORLD)
+    c = _config()
+    obj = task_objective(c, make_task("arithmetic", world), None, world, lambda qs, system: 6)
+    sft_saw = {p["question"] for p in world.arithmetic("train", c.rl.train_offset)}
+    drawn = {p.prompt for p in obj.train}
+    assert len(drawn) == c.rl.n_train and not drawn & sft_saw
 
 
 def _params(stage):

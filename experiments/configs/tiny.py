@@ -133,7 +133,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         train_offset=2000,
         pass_k=8, n_pass_k=50,  # pass@k from k samples of each of n_pass_k held-out problems
         prompts_per_step=8, group_size=8, max_new_tokens=96, temperature=1.0, top_k=0,
-        normalize_std=True, clip_eps=0.2, kl_coef=0.05, epochs=1, neg_weight=1.0,
+        normalize_std=True, clip_eps=0.2, kl_coef=0.05, neg_weight=1.0,
+        epochs=4,  # clipped updates on each batch of samples (PPO-style; sampling costs most)
         oversample=1,  # DAPO's dynamic sampling: groups for oversample x prompts_per_step prompts
     ))
     c.rl_train = overlay(c.train, steps=20, save_every=10, eval_every=20, log_every=1)

@@ -362,6 +362,17 @@ def gather(sweep: Sweep, root: Path, runs: list[Run]) -> dict:
             parts.append(f"{m:.4g} +- {h:.2g}" if len(vs) > 1 else f"{m:.4g}")
         n = max((len(v) for v in c["values"].values()), default=0)
         lines.append(f"| {name} | {n} | " + " | ".join(parts) + " |")
+    if len(cells) == 1:  # one cell over seeds (speedrun_seeds): a row a figure, each seed's value
+        lines += ["", "| figure | mean +- 95% | spread (max - min) | "
+                  + " | ".join(f"seed {r.seed}" for r in runs) + " |",
+                  "|---|---|---|" + "---|" * len(runs)]
+        for f in sweep.figures:
+            vs = [row[f] for row in rows]
+            have = [float(v) for v in vs if v is not None]
+            m, h = mean_interval(have) if have else (None, None)
+            lines.append(f"| {f} | " + (f"{m:.4g} +- {h:.2g} | {max(have) - min(have):.3g}"
+                                        if have else "- | -") + " | "
+                         + " | ".join("-" if v is None else f"{float(v):.4g}" for v in vs) + " |")
     plots = root / "plots"
     plots.mkdir(exist_ok=True)
     lines.append("")

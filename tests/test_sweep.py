@@ -197,3 +197,24 @@ def test_the_seed_sweep_moves_every_seed_but_the_shared_world_and_corpus():
     assert got[0].keys() == got[1].keys() and len(got[0]) > 8
     same = {k for k in got[0] if got[0][k] == got[1][k]}
     assert same == {"corpus.seed", "world.seed"}, same  # the shared stages' own
+
+
+def test_a_seed_sweep_gathers_each_figure_as_mean_spread_and_seeds(tmp_path):
+    from experiments.sweep import gather
+
+    file = _sweep_file(tmp_path / "seeds.py", stages=["rl"], seeds=[0, 1, 2],
+                       figures=["rl:after.pass@1", "rl/eval.json:qa.accuracy", "rl:missing"])
+    sweep = load_sweep(file)
+    runs = expand(sweep)
+    for run, (p1, qa) in zip(runs, [(0.4, 0.8), (0.5, 0.9), (0.6, 0.7)], strict=True):
+        d = tmp_path / "w" / run.id
+        (d / "rl").mkdir(parents=True)
+        (d / "rl/meta.json").write_text(json.dumps({"figures": {"after": {"pass@1": p1}}}))
+        (d / "rl/eval.json").write_text(json.dumps({"qa": {"accuracy": qa}}))
+        (d / "sweep_run.json").write_text("{}")
+    gather(sweep, tmp_path / "w", runs)
+    md = (tmp_path / "w/results.md").read_text()
+    h = 4.3027 * 0.1 / np.sqrt(3)  # t(0.975, 2) x sd / sqrt(n)
+    assert f"| rl:after.pass@1 | 0.5 +- {h:.2g} | 0.2 | 0.4 | 0.5 | 0.6 |" in md
+    assert f"| rl/eval.json:qa.accuracy | 0.8 +- {h:.2g} | 0.2 | 0.8 | 0.9 | 0.7 |" in md
+    assert "| rl:missing | - | - | - | - | - |" in md

@@ -20,17 +20,14 @@ from absl import flags
 from eval.arena import battles, ratings
 from eval.chat_eval import ask
 from experiments.workdir import StageFlags, define_config, lock_run, run_entry
-from model import transformer
-from train.checkpoint import restore_params
-from train.stage import load_world, read_stage, write_json
+from train.stage import load_stage, load_world, write_json
 
 
 def load_model(workdir: Path, spec: str):
     name, _, which = spec.partition(":")
     if which not in ("", "best"):
         raise ValueError(f"model {spec!r}: expected STAGE or STAGE:best")
-    lm, _ = read_stage(workdir / name)  # the params of STAGE/ or of STAGE/best/, read once
-    return lm.with_params(restore_params(workdir / name / which, transformer.param_shapes(lm.cfg)))
+    return load_stage(workdir / name, checkpoint="best" if which else "final")[0]
 
 
 def run_arena(cfg, workdir: Path, models: list[str]) -> dict:

@@ -366,10 +366,10 @@ def gather(sweep: Sweep, root: Path, runs: list[Run]) -> dict:
         lines += ["", "| figure | mean +- 95% | spread (max - min) | "
                   + " | ".join(f"seed {r.seed}" for r in runs) + " |",
                   "|---|---|---|" + "---|" * len(runs)]
+        (only,) = cells.values()
         for f in sweep.figures:
-            vs = [row[f] for row in rows]
-            have = [float(v) for v in vs if v is not None]
-            m, h = mean_interval(have) if have else (None, None)
+            vs, have = [row[f] for row in rows], only["values"][f]
+            m, h, _ = only.get("summary", {}).get(f, (None, None, 0))  # computed above
             lines.append(f"| {f} | " + (f"{m:.4g} +- {h:.2g} | {max(have) - min(have):.3g}"
                                         if have else "- | -") + " | "
                          + " | ".join("-" if v is None else f"{float(v):.4g}" for v in vs) + " |")

@@ -1,7 +1,7 @@
 """Benchmark (not a test): compile seconds, prefill and decode tokens/s of a stage's model.
 
   python -m experiments.bench_decode --init_from runs/smol/import [--prompt_len 128 --new 64]
-      [--batches 1,16] [--quant none,int8,w8a8]
+      [--batches 1,4,16,64] [--quant none,int8,w8a8] [--llama2c PATH]
 
 For each weight format (--quant, model.quant) and batch size: the first call's seconds
 (compilation included), then the median of --repeats timed runs of prefill (prompt tokens / s)
@@ -12,8 +12,12 @@ step), the bandwidth measured here by summing a 1 GiB array. A table goes to std
 
 from __future__ import annotations
 
+import re
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +34,10 @@ _FLAGS = StageFlags("the stage whose model to time", workdir=None)
 _PROMPT = flags.DEFINE_integer("prompt_len", 128, "prompt tokens per row")
 _NEW = flags.DEFINE_integer("new", 64, "new tokens per row")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs per figure (the median is reported)")
-_BATCHES = flags.DEFINE_list("batches", ["1", "16"], "batch sizes")
+_BATCHES = flags.DEFINE_list("batches", ["1", "4", "16", "64"], "batch sizes")
 _QUANT = flags.DEFINE_list("quant", ["none"], f"weight formats to time, of {list(QUANT)}")
+_LLAMA2C = flags.DEFINE_string("llama2c", None, "a built llama2.c `run` binary to time beside "
+                               "(batch 1)")
 
 
 def _timed(fn) -> float:
@@ -80,6 +86,75 @@ def bench_batch(lm, b: int, t: int, n_new: int, repeats: int) -> tuple[float, fl
     return first, b * t / t_pre, b * n_new / max(t_gen - t_pre, 1e-9)
 
 
+def write_llama2c(lm, directory: Path) -> tuple[Path, Path]:
+    """(checkpoint, tokenizer) files of the model in llama2.c's format: a header of seven int32
+    (dim, hidden, layers, heads, kv heads, vocab, seq_len; a negative vocab means an untied head),
+    then float32 tables, each matrix as [out, in]; the tokenizer's pieces are placeholders."""
+    cfg = lm.cfg
+    if cfg.head_dim * cfg.n_heads != cfg.d_model:
+        raise ValueError(f"llama2.c needs head_dim x n_heads = d_model; this model has "
+                         f"{cfg.head_dim} x {cfg.n_heads} != {cfg.d_model}")
+    p = jax.tree.map(lambda a: np.asarray(a, np.float32), lm.params)
+    blocks = [p["blocks"][i] for i in sorted(p["blocks"], key=int)]
+    h = cfg.head_dim
+    # ours rotates feature i with i + h/2; llama2.c rotates 2i with 2i+1
+    pairs = np.stack([np.arange(h // 2), np.arange(h // 2) + h // 2], axis=1).reshape(-1)
+
+    def qk(w_DXH):  # [D, heads, H] -> [heads*H, D] with each head's features interleaved
+        return w_DXH[:, :, pairs].reshape(cfg.d_model, -1).T
+
+    tied = cfg.tie_embeddings
+    header = [cfg.d_model, cfg.d_ff, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
+              cfg.vocab_size if tied else -cfg.vocab_size, cfg.max_seq_len]
+    tables = [p["embed_VD"],
+              *[b["attn_norm"]["scale"] for b in blocks],
+              *[qk(b["attn"]["wq_DNH"]) for b in blocks],
+              *[qk(b["attn"]["wk_DKH"]) for b in blocks],
+              *[b["attn"]["wv_DKH"].reshape(cfg.d_model, -1).T for b in blocks],
+              *[b["attn"]["wo_NHD"].reshape(-1, cfg.d_model).T for b in blocks],
+              *[b["mlp_norm"]["scale"] for b in blocks],
+              *[b["mlp"]["w_gate_DF"].T for b in blocks],
+              *[b["mlp"]["w_down_FD"].T for b in blocks],
+              *[b["mlp"]["w_up_DF"].T for b in blocks],
+              p["final_norm"]["scale"],
+              np.zeros(cfg.max_seq_len * h, np.float32)]  # the old RoPE tables it skips
+    if not tied:
+        tables.append(p["head_DV"].T)
+    model, tok = directory / "model.bin", directory / "tokenizer.bin"
+    with open(model, "wb") as f:
+        f.write(np.asarray(header, np.int32).tobytes())
+        for t in tables:
+            f.write(np.ascontiguousarray(t, np.float32).tobytes())
+    with open(tok, "wb") as f:
+        f.write(np.int32(8).tobytes())
+        for i in range(cfg.vocab_size):
+            piece = f"<{i}>".encode()
+            f.write(np.float32(0).tobytes() + np.int32(len(piece)).tobytes() + piece)
+    return model, tok
+
+
+def bench_llama2c(binary: str, lm, steps: int, repeats: int) -> tuple[float, int]:
+    """(median tok/s that llama2.c's run reports over `repeats` runs of `steps` positions, how
+    many of its first 32 greedy tokens from BOS (token 1) equal this model's: the same model)."""
+    with tempfile.TemporaryDirectory() as d:
+        model, tok = write_llama2c(lm, Path(d))
+        r = subprocess.run([binary, str(model), "-z", str(tok), "-t", "0", "-n", "33"],
+                           capture_output=True, text=True, timeout=600)
+        theirs = [int(i) for i in re.findall(r"<(\d+)>", r.stdout)][:32]
+        ours = generate(lm.params, lm.cfg, [[1]], SamplingConfig(
+            max_new_tokens=32, temperature=0.0, stop_tokens=())).tokens[0]
+        same = sum(a == b for a, b in zip(theirs, ours, strict=False))
+        rates = []
+        for seed in range(1, repeats + 1):
+            r = subprocess.run([binary, str(model), "-z", str(tok), "-t", "1.0", "-s", str(seed),
+                                "-n", str(steps)], capture_output=True, text=True, timeout=600)
+            m = re.search(r"achieved tok/s: ([0-9.]+)", r.stderr)
+            if r.returncode != 0 or not m:
+                raise RuntimeError(f"{binary} failed (exit {r.returncode}): {r.stderr[-300:]}")
+            rates.append(float(m.group(1)))
+    return statistics.median(rates), same
+
+
 def main(argv):
     del argv
     for q in _QUANT.value:
@@ -103,6 +178,15 @@ def main(argv):
             bound = b * bandwidth / step_bytes(qlm, b, cache_len)
             print(f"| {q} | {mb:,.0f} | {b} | {first:.1f} | {pre:,.0f} | {dec:,.1f} | "
                   f"{bound:,.0f} |", flush=True)
+    if _LLAMA2C.value:
+        steps = min(_PROMPT.value + _NEW.value, cfg.max_seq_len)
+        rate, same = bench_llama2c(_LLAMA2C.value, lm, steps, _REPEATS.value)
+        print(f"| llama2.c run, float32 | {weight_bytes(lm) / 1e6:,.0f} | 1 | - | - | {rate:,.1f} "
+              f"| - |\n\nllama2.c on these weights: {same} of its first 32 greedy tokens from "
+              f"BOS equal this model's" + ("" if cfg.rope_theta == 10000 else
+                                          f" (llama2.c fixes RoPE's theta at 10000, this model "
+                                          f"has {cfg.rope_theta:g}: the same shapes, other "
+                                          f"tokens)"))
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def _sample_rows(logits_NV, keys_N, steps_N, temp_N, topk_N, topp_N):
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
 def _admit(params, cache, tokens_1T, length, slot, knobs, cfg):
     """Prefills one prompt, copies its cache into `slot`, samples its first token."""
-    small = init_cache(cfg, 1, cache[0]["k"].shape[1])
+    small = init_cache(cfg, 1, cache[0]["k"].shape[2])
     logits_11V, small = forward(params, tokens_1T, cfg, cache=small,
                                 cache_start_B=jnp.zeros((1,), jnp.int32),
                                 logits_at_B=jnp.reshape(length - 1, (1,)))

@@ -19,7 +19,7 @@ from model.config import ModelConfig
 from model.sharding import constrain, named_sharding
 
 Params = dict
-Cache = list  # one {"k": k_BSKH, "v": v_BSKH} per layer
+Cache = list  # one {"k": k_BKSH, "v": v_BKSH} per layer
 
 
 def _param(rngs: nnx.Rngs, shape, axes, std: float, cfg: ModelConfig) -> nnx.Param:
@@ -48,14 +48,17 @@ def _weight(module: nnx.Module, name: str, rngs: nnx.Rngs, shape, axes, std: flo
 
 
 def _dense(spec: str, x: jax.Array, module: nnx.Module, name: str, cfg: ModelConfig,
-           out_dtype=None) -> jax.Array:
+           out_dtype=None, merge_in: bool = False) -> jax.Array:
     """einsum(spec, x, weight) in the compute dtype, for a float or an int8 (scaled) weight.
 
     quant="int8" dequantizes the weight into the matmul; quant="w8a8" also rounds x to int8
     (one scale per token, its absmax over the contracted axes) and multiplies int8 by int8
-    into int32, which XLA's CPU backend runs faster than the float matmul."""
+    into int32, which XLA's CPU backend runs faster than the float matmul. merge_in reads the
+    weight with all but its last axis merged into one."""
     dt = cfg.compute_dtype
     w = getattr(module, name)[...]
+    if merge_in:  # the weight's input axes as one (a free reshape of a row-major array)
+        w = w.reshape(-1, w.shape[-1])
     if w.dtype != jnp.int8 or cfg.quant == "int8":
         out = jnp.einsum(spec, x, w.astype(dt), preferred_element_type=out_dtype)
         if w.dtype != jnp.int8:
@@ -128,33 +131,42 @@ class Attention(nnx.Module):
 
         new_cache = None
         if layer_cache is None:
-            k_BSKH, v_BSKH = k_BTKH, v_BTKH
+            kv_layout, k_BxxH, v_BxxH = "BSKH", k_BTKH, v_BTKH
         else:
+            # The cache is [B, K, S, H], the layout the attention's dots read in place; XLA's
+            # CPU backend copies a whole [B, S, K, H] cache into it at every decode step.
             # Each row writes its T new entries at its own offset: prompts have ragged lengths.
-            write = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (s, 0, 0)))
-            k_BSKH = write(layer_cache["k"], k_BTKH.astype(layer_cache["k"].dtype), cache_start_B)
-            v_BSKH = write(layer_cache["v"], v_BTKH.astype(layer_cache["v"].dtype), cache_start_B)
-            new_cache = {"k": k_BSKH, "v": v_BSKH}
+            write = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (0, s, 0)))
+            k_BxxH = write(layer_cache["k"], k_BTKH.transpose(0, 2, 1, 3).astype(
+                layer_cache["k"].dtype), cache_start_B)
+            v_BxxH = write(layer_cache["v"], v_BTKH.transpose(0, 2, 1, 3).astype(
+                layer_cache["v"].dtype), cache_start_B)
+            kv_layout, new_cache = "BKSH", {"k": k_BxxH, "v": v_BxxH}
 
         b, t, n, h = q_BTNH.shape
-        k_BSKH, v_BSKH = k_BSKH.astype(dt), v_BSKH.astype(dt)
+        k_BxxH, v_BxxH = k_BxxH.astype(dt), v_BxxH.astype(dt)
         if cfg.attention == "dot_product":  # XLA's softmax attention on a CPU, cuDNN's on a GPU
+            if kv_layout == "BKSH":  # the library's layout is [B, S, K, H]
+                k_BxxH, v_BxxH = k_BxxH.transpose(0, 2, 1, 3), v_BxxH.transpose(0, 2, 1, 3)
             out_BTNH = jax.nn.dot_product_attention(
-                q_BTNH, k_BSKH, v_BSKH, mask=None if mask_BTS is None else mask_BTS[:, None],
+                q_BTNH, k_BxxH, v_BxxH, mask=None if mask_BTS is None else mask_BTS[:, None],
                 is_causal=mask_BTS is None)
         else:
             kv = cfg.n_kv_heads
             q_BTKGH = q_BTNH.reshape(b, t, kv, n // kv, h)
-            scores_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
+            scores_BKGTS = jnp.einsum(f"BTKGH,{kv_layout}->BKGTS", q_BTKGH, k_BxxH,
                                       preferred_element_type=jnp.float32) * (h**-0.5)
             if mask_BTS is None:  # plain causal: built here from indices, fused by XLA
-                s = k_BSKH.shape[1]
+                s = k_BxxH.shape[kv_layout.index("S")]
                 mask_BTS = (jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])[None]
             scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS, -1e30)
             probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dt)
-            out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH)
-            out_BTNH = out_BTKGH.reshape(b, t, n, h)
-        return _dense("BTNH,NHD->BTD", out_BTNH, self, "wo_NHD", cfg), new_cache
+            out_BKGTH = jnp.einsum(f"BKGTS,{kv_layout}->BKGTH", probs_BKGTS, v_BxxH)
+            out_BTNH = out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+        # [B, T, N*H] x [N*H, D]: with the heads merged on both sides XLA reads wo in place, where
+        # the NH-contracting einsum had it transpose (copy) the whole weight at every call
+        return _dense("BTF,FD->BTD", out_BTNH.reshape(b, t, n * h), self, "wo_NHD", cfg,
+                      merge_in=True), new_cache
 
 
 class MLP(nnx.Module):
@@ -380,7 +392,7 @@ def forward(
     else:
         if cache_start_B is None:
             raise ValueError("forward with a cache needs cache_start_B (each row's write offset)")
-        s = cache[0]["k"].shape[1]
+        s = cache[0]["k"].shape[2]
         pos_BT = cache_start_B[:, None] + t_idx[None, :]
         mask_BTS = jnp.arange(s)[None, None, :] <= pos_BT[:, :, None]
     model = nnx.merge(_abstract(cfg)[0], params)
@@ -390,6 +402,6 @@ def forward(
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
     """An empty KV cache for `batch` rows of up to `length` tokens, in the compute dtype."""
-    shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)
     return [{"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
             for _ in range(cfg.n_layers)]

@@ -26,6 +26,7 @@ from absl import flags
 
 from experiments.workdir import StageFlags, run_entry
 from model.config import QUANT
+from model.convert import hf_tensors, permute_qk
 from model.engine import SamplingConfig, generate, pad_prompts, prefill
 from model.quant import quantize
 from train.stage import load_stage
@@ -94,32 +95,25 @@ def write_llama2c(lm, directory: Path) -> tuple[Path, Path]:
     if cfg.head_dim * cfg.n_heads != cfg.d_model:
         raise ValueError(f"llama2.c needs head_dim x n_heads = d_model; this model has "
                          f"{cfg.head_dim} x {cfg.n_heads} != {cfg.d_model}")
-    p = jax.tree.map(lambda a: np.asarray(a, np.float32), lm.params)
-    blocks = [p["blocks"][i] for i in sorted(p["blocks"], key=int)]
-    h = cfg.head_dim
-    # ours rotates feature i with i + h/2; llama2.c rotates 2i with 2i+1
-    pairs = np.stack([np.arange(h // 2), np.arange(h // 2) + h // 2], axis=1).reshape(-1)
+    hf = hf_tensors(lm.params, cfg)  # float32 [out, in], the layout llama2.c reads too
 
-    def qk(w_DXH):  # [D, heads, H] -> [heads*H, D] with each head's features interleaved
-        return w_DXH[:, :, pairs].reshape(cfg.d_model, -1).T
+    def layers(name):
+        x = [hf[f"model.layers.{i}.{name}.weight"] for i in range(cfg.n_layers)]
+        heads = {"self_attn.q_proj": cfg.n_heads, "self_attn.k_proj": cfg.n_kv_heads}.get(name)
+        return [permute_qk(w, heads) for w in x] if heads else x  # its RoPE pairs interleave
 
     tied = cfg.tie_embeddings
     header = [cfg.d_model, cfg.d_ff, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
               cfg.vocab_size if tied else -cfg.vocab_size, cfg.max_seq_len]
-    tables = [p["embed_VD"],
-              *[b["attn_norm"]["scale"] for b in blocks],
-              *[qk(b["attn"]["wq_DNH"]) for b in blocks],
-              *[qk(b["attn"]["wk_DKH"]) for b in blocks],
-              *[b["attn"]["wv_DKH"].reshape(cfg.d_model, -1).T for b in blocks],
-              *[b["attn"]["wo_NHD"].reshape(-1, cfg.d_model).T for b in blocks],
-              *[b["mlp_norm"]["scale"] for b in blocks],
-              *[b["mlp"]["w_gate_DF"].T for b in blocks],
-              *[b["mlp"]["w_down_FD"].T for b in blocks],
-              *[b["mlp"]["w_up_DF"].T for b in blocks],
-              p["final_norm"]["scale"],
-              np.zeros(cfg.max_seq_len * h, np.float32)]  # the old RoPE tables it skips
+    tables = [hf["model.embed_tokens.weight"],
+              *[t for name in ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+                               "self_attn.v_proj", "self_attn.o_proj", "post_attention_layernorm",
+                               "mlp.gate_proj", "mlp.down_proj", "mlp.up_proj")
+                for t in layers(name)],
+              hf["model.norm.weight"],
+              np.zeros(cfg.max_seq_len * cfg.head_dim, np.float32)]  # old RoPE tables it skips
     if not tied:
-        tables.append(p["head_DV"].T)
+        tables.append(hf["lm_head.weight"])
     model, tok = directory / "model.bin", directory / "tokenizer.bin"
     with open(model, "wb") as f:
         f.write(np.asarray(header, np.int32).tobytes())
@@ -138,19 +132,24 @@ def bench_llama2c(binary: str, lm, steps: int, repeats: int) -> tuple[float, int
     many of its first 32 greedy tokens from BOS (token 1) equal this model's: the same model)."""
     with tempfile.TemporaryDirectory() as d:
         model, tok = write_llama2c(lm, Path(d))
-        r = subprocess.run([binary, str(model), "-z", str(tok), "-t", "0", "-n", "33"],
-                           capture_output=True, text=True, timeout=600)
-        theirs = [int(i) for i in re.findall(r"<(\d+)>", r.stdout)][:32]
+
+        def run(*args):  # one run of the binary on the model; its (stdout, stderr)
+            r = subprocess.run([binary, str(model), "-z", str(tok), *args], capture_output=True,
+                               text=True, timeout=600)
+            if r.returncode != 0:
+                raise RuntimeError(f"{binary} failed (exit {r.returncode}): {r.stderr[-300:]}")
+            return r.stdout, r.stderr
+
+        theirs = [int(i) for i in re.findall(r"<(\d+)>", run("-t", "0", "-n", "33")[0])][:32]
         ours = generate(lm.params, lm.cfg, [[1]], SamplingConfig(
             max_new_tokens=32, temperature=0.0, stop_tokens=())).tokens[0]
         same = sum(a == b for a, b in zip(theirs, ours, strict=False))
         rates = []
         for seed in range(1, repeats + 1):
-            r = subprocess.run([binary, str(model), "-z", str(tok), "-t", "1.0", "-s", str(seed),
-                                "-n", str(steps)], capture_output=True, text=True, timeout=600)
-            m = re.search(r"achieved tok/s: ([0-9.]+)", r.stderr)
-            if r.returncode != 0 or not m:
-                raise RuntimeError(f"{binary} failed (exit {r.returncode}): {r.stderr[-300:]}")
+            err = run("-t", "1.0", "-s", str(seed), "-n", str(steps))[1]
+            m = re.search(r"achieved tok/s: ([0-9.]+)", err)
+            if not m:
+                raise RuntimeError(f"{binary} reported no tok/s: {err[-300:]}")
             rates.append(float(m.group(1)))
     return statistics.median(rates), same
 

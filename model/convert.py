@@ -249,8 +249,9 @@ def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(w) for name, w in out.items()}
 
 
-def _permute(w: np.ndarray, heads: int) -> np.ndarray:
-    """Rotate-half q/k rows into llama.cpp's interleaved order: _unpermute's inverse."""
+def permute_qk(w: np.ndarray, heads: int) -> np.ndarray:
+    """Rotate-half q/k rows into the interleaved order of llama.cpp (and llama.c): _unpermute's
+    inverse."""
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -282,9 +283,9 @@ def write_gguf(path: str | Path, cfg: ModelConfig, params: dict, dtype: str = "f
     names = _gguf_names(cfg.n_layers, cfg.tie_embeddings)
     for hf_name, x in hf_tensors(params, cfg).items():
         if ".q_proj." in hf_name:
-            x = _permute(x, cfg.n_heads)
+            x = permute_qk(x, cfg.n_heads)
         elif ".k_proj." in hf_name:
-            x = _permute(x, cfg.n_kv_heads)
+            x = permute_qk(x, cfg.n_kv_heads)
         if x.ndim == 1 or kind == "F32":
             w.add_tensor(names[hf_name], x)
         else:

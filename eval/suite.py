@@ -19,6 +19,7 @@ eval/chat_eval.py; experiments/eval.py runs them all over a stage and writes eva
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -34,7 +35,8 @@ from eval.tasks import ArithmeticTask, extract_answer
 from model.engine import SamplingConfig, generate
 from model.handle import LM
 from model.losses import bits_per_byte, make_eval_step, token_losses
-from model.transformer import forward
+from model.padding import bucket, right_pad
+from model.transformer import forward, init_cache
 
 
 def validation_bpb(lm: LM, shard_dir: str | Path,
@@ -300,28 +302,25 @@ def choice_credit(scores, answer: int) -> float:
     return float(answer in best) / len(best)
 
 
-def score_choices(losses, tok, rows: list[dict], max_len: int, batch_size: int = 64,
-                  batch_tokens: int | None = None) -> dict:
-    """Accuracy of picking the choice with the highest log-likelihood after the row's context
-    (total, and per token), ties and NaN by choice_credit; rows too long for max_len are
-    skipped and counted. losses: as in eval.knowledge.continuation_logprobs."""
-    from eval.knowledge import continuation_logprobs
-
-    flat, scored, skipped = [], [], 0
+def _encode_choices(tok, rows: list[dict], max_len: int):
+    """(items, scored rows, skipped): each kept row as (context ids, [choice ids...]); a row
+    whose context and longest choice pass max_len is skipped."""
+    items, scored, skipped = [], [], 0
     for r in rows:
         ctx = tok.bos_ids + tok.encode(r.get("context", r.get("question", "")))
         conts = [tok.encode(" " + c.strip()) or tok.encode(" ") for c in r["choices"]]
         if max(len(ctx) + len(c) for c in conts) - 1 > max_len:
             skipped += 1
             continue
-        flat += [{"prefix": ctx, "continuation": c} for c in conts]
+        items.append((ctx, conts))
         scored.append(r)
-    order = sorted(range(len(flat)), key=lambda i: len(flat[i]["prefix"]) + len(flat[i]["continuation"]))
-    lps = np.empty(len(flat))
-    if flat:
-        lps[order] = continuation_logprobs(losses, [flat[i] for i in order], max_len, batch_size,
-                                           width_per_batch=True, batch_tokens=batch_tokens)
-    n_tokens = np.array([len(f["continuation"]) for f in flat])
+    return items, scored, skipped
+
+
+def _accuracies(lps: np.ndarray, items: list, scored: list[dict], skipped: int) -> dict:
+    """Accuracy of picking the highest log-likelihood choice: total, per token and per
+    character, ties and NaN by choice_credit, with 95% intervals. lps: every choice in order."""
+    n_tokens = np.array([len(c) for _, conts in items for c in conts])
     n_chars = np.array([len(" " + c.strip()) for r in scored for c in r["choices"]])
     ends = np.cumsum([len(r["choices"]) for r in scored])[:-1]  # each question's rows, in order
 
@@ -340,13 +339,81 @@ def score_choices(losses, tok, rows: list[dict], max_len: int, batch_size: int =
             "chance": round(float(np.mean([1 / len(r["choices"]) for r in scored])) if n else 0.0, 4)}
 
 
-def multiple_choice(lm: LM, rows: list[dict], batch_size: int = 64) -> dict:
-    """score_choices with the model's own next-token losses, in batches whose logits stay
-    under 2 GiB (float32)."""
-    from eval.knowledge import model_losses
+def score_choices(losses, tok, rows: list[dict], max_len: int, batch_size: int = 64,
+                  batch_tokens: int | None = None) -> dict:
+    """Accuracy of picking the choice with the highest log-likelihood after the row's context
+    (_accuracies), each choice scored as its own row through `losses` (as in
+    eval.knowledge.continuation_logprobs: a model or a stand-in); rows too long for max_len
+    are skipped and counted."""
+    from eval.knowledge import continuation_logprobs
 
-    return score_choices(model_losses(lm), lm.tok, rows, lm.cfg.max_seq_len, batch_size,
-                         batch_tokens=max(16, (1 << 29) // lm.cfg.vocab_size))
+    items, scored, skipped = _encode_choices(tok, rows, max_len)
+    flat = [{"prefix": ctx, "continuation": c} for ctx, conts in items for c in conts]
+    order = sorted(range(len(flat)), key=lambda i: len(flat[i]["prefix"]) + len(flat[i]["continuation"]))
+    lps = np.empty(len(flat))
+    if flat:
+        lps[order] = continuation_logprobs(losses, [flat[i] for i in order], max_len, batch_size,
+                                           width_per_batch=True, batch_tokens=batch_tokens)
+    return _accuracies(lps, items, scored, skipped)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _shared_context_logprobs(params, ctx_BT, ctx_len_B, conts_BCT, cont_len_BC, cfg):
+    """[B, C] log p(choice c | context b): the context runs through the model once into a KV
+    cache and each choice is read on top of it (a question is not recomputed per choice)."""
+    b, _, t = conts_BCT.shape
+    cache = init_cache(cfg, b, ctx_BT.shape[1] + t)
+    last_B1V, cache = forward(params, ctx_BT, cfg, cache=cache,
+                              cache_start_B=jnp.zeros((b,), jnp.int32), logits_at_B=ctx_len_B - 1)
+    first_BV = jax.nn.log_softmax(last_B1V[:, 0])
+
+    def choice(cont_BT):  # every position but the last predicts the next choice token
+        logits_BTV, _ = forward(params, cont_BT[:, :-1], cfg, cache=cache, cache_start_B=ctx_len_B)
+        rest_BT = jnp.take_along_axis(jax.nn.log_softmax(logits_BTV), cont_BT[:, 1:, None], -1)
+        return jnp.concatenate([jnp.take_along_axis(first_BV, cont_BT[:, :1], -1), rest_BT[..., 0]], 1)
+
+    lp_CBT = jax.lax.map(choice, conts_BCT.transpose(1, 0, 2))
+    mask_CBT = jnp.arange(t)[None, None] < cont_len_BC.T[..., None]
+    return jnp.where(mask_CBT, lp_CBT, 0.0).sum(-1).T
+
+
+def choice_logprobs(lm: LM, items: list, batch_size: int = 64, batch_tokens: int = 1 << 14
+                    ) -> list[list[float]]:
+    """log p(choice | context) for each (context ids, [choice ids...]) item, the context read
+    once per item. Items are grouped by the power-of-two buckets of their context and longest
+    choice (little padding, few compiled shapes) and batched within a group: at most
+    batch_tokens context tokens and a choice's logits under 2 GiB (float32) a batch."""
+    vocab_rows = max(16, (1 << 29) // lm.cfg.vocab_size)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j, (ctx, conts) in enumerate(items):
+        key = (bucket(len(ctx), 16, lm.cfg.max_seq_len), bucket(max(map(len, conts)), 8))
+        groups.setdefault(key, []).append(j)
+    out: list = [None] * len(items)
+    for (tp, tc), group in sorted(groups.items()):
+        most = max(1, min(batch_size, batch_tokens // tp, vocab_rows // tc))
+        c = max(len(items[j][1]) for j in group)
+        for i in range(0, len(group), most):
+            part = group[i: i + most]
+            n = bucket(len(part), 1, most)  # a power of two: a group's tail reuses few shapes
+            conts, lens = np.zeros((n, c, tc), np.int32), np.zeros((n, c), np.int32)
+            for r, j in enumerate(part):
+                for k, x in enumerate(items[j][1]):
+                    conts[r, k, :len(x)], lens[r, k] = x, len(x)
+            ctx = right_pad([items[j][0] for j in part] + [[0]] * (n - len(part)), tp)
+            ctx_len = np.array([len(items[j][0]) for j in part] + [1] * (n - len(part)), np.int32)
+            lp = np.asarray(_shared_context_logprobs(lm.params, ctx, ctx_len, conts, lens, lm.cfg))
+            for r, j in enumerate(part):
+                out[j] = [float(v) for v in lp[r, :len(items[j][1])]]
+    return out
+
+
+def multiple_choice(lm: LM, rows: list[dict], batch_size: int = 64) -> dict:
+    """_accuracies of the model's log-likelihoods of each row's choices (choice_logprobs: the
+    question read once, the choices on top of it); rows too long for the context are skipped
+    and counted."""
+    items, scored, skipped = _encode_choices(lm.tok, rows, lm.cfg.max_seq_len)
+    lps = choice_logprobs(lm, items, batch_size)
+    return _accuracies(np.array([x for lp in lps for x in lp]), items, scored, skipped)
 
 
 def spread(rows: list, limit: int | None) -> list:

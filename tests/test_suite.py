@@ -106,6 +106,25 @@ def test_choice_scores_are_the_log_likelihood_of_the_choice_tokens_only(setup):
     assert res["n"] == 1 and res["chance"] == 0.5 and res["accuracy"] in (0.0, 1.0)
 
 
+def test_shared_context_choice_scores_equal_scoring_each_choice_as_its_own_row(setup):
+    from data.special_tokens import BOS, special_id
+    from eval.knowledge import continuation_logprobs, model_losses
+    from eval.suite import choice_logprobs
+
+    _, _, tok, cfg, params, lm = setup
+    bos = [special_id(BOS)]
+    # contexts of several lengths (several buckets), two or three choices of unequal lengths
+    items = [(bos + tok.encode("word " * n + "?"), [tok.encode(" " + c) for c in choices])
+             for n, choices in ((1, ["yes", "no"]), (3, ["a b c d e f g h i j", "x", "y z"]),
+                                (20, ["one", "two two"]), (2, ["p", "q", "r r r r r r r r r"]),
+                                (7, ["maybe", "never"]))]
+    rows = [{"prefix": ctx, "continuation": c} for ctx, conts in items for c in conts]
+    want = continuation_logprobs(model_losses(lm), rows, cfg.max_seq_len)
+    for batch_size in (64, 1):  # one batch a bucket group, and one item a batch
+        got = [x for lp in choice_logprobs(lm, items, batch_size=batch_size) for x in lp]
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+
+
 def test_suite_scorers_run_on_a_model_and_stay_in_range(setup):
     _, world, tok, cfg, params, lm = setup
     r = reversal(lm, world, chat=False, limit=4)

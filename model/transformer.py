@@ -47,6 +47,37 @@ def _weight(module: nnx.Module, name: str, rngs: nnx.Rngs, shape, axes, std: flo
                                                logical_axes=tuple(axes[i] for i in keep)))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _weight_matmul(spec: str, x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+    """einsum(spec, x, w) whose weight gradient transposes the narrower of x and the output
+    gradient itself: XLA's CPU backend transposes the wider one ([tokens, d_ff] for the MLP,
+    [tokens, vocab] for the LM head), which took more time than the matmul it feeds."""
+    return jnp.einsum(spec, x, w, preferred_element_type=out_dtype)
+
+
+def _weight_matmul_fwd(spec, x, w, out_dtype):
+    return _weight_matmul(spec, x, w, out_dtype), (x, w)
+
+
+def _weight_matmul_bwd(spec, out_dtype, res, dy):
+    x, w = res
+    (xs, ws), ys = spec.split("->")[0].split(","), spec.split("->")[1]
+    _, x_vjp = jax.vjp(lambda x_: jnp.einsum(spec, x_, w, preferred_element_type=out_dtype), x)
+    ins, outs = [a for a in ws if a in xs], [a for a in ws if a in ys]  # x: B, T, then ins
+    size = dict(zip(xs, x.shape, strict=True)) | dict(zip(ws, w.shape, strict=True))
+    x2 = x.reshape(-1, math.prod(size[a] for a in ins))
+    dy2 = dy.astype(x.dtype).reshape(x2.shape[0], -1)
+    if x2.shape[1] <= dy2.shape[1]:  # [ins..., outs...] from x^T (materialized) @ dy
+        dw, order = jax.lax.optimization_barrier(x2.T) @ dy2, ins + outs
+    else:
+        dw, order = jax.lax.optimization_barrier(dy2.T) @ x2, outs + ins
+    dw = dw.reshape([size[a] for a in order]).transpose([order.index(a) for a in ws])
+    return x_vjp(dy)[0], dw.astype(w.dtype)
+
+
+_weight_matmul.defvjp(_weight_matmul_fwd, _weight_matmul_bwd)
+
+
 def _dense(spec: str, x: jax.Array, module: nnx.Module, name: str, cfg: ModelConfig,
            out_dtype=None, merge_in: bool = False) -> jax.Array:
     """einsum(spec, x, weight) in the compute dtype, for a float or an int8 (scaled) weight.
@@ -60,7 +91,11 @@ def _dense(spec: str, x: jax.Array, module: nnx.Module, name: str, cfg: ModelCon
     if merge_in:  # the weight's input axes as one (a free reshape of a row-major array)
         w = w.reshape(-1, w.shape[-1])
     if w.dtype != jnp.int8 or cfg.quant == "int8":
-        out = jnp.einsum(spec, x, w.astype(dt), preferred_element_type=out_dtype)
+        # CPU only, and not under remat (whose "dots" policy would not see the dot inside)
+        if w.dtype != jnp.int8 and cfg.remat == "none" and jax.default_backend() == "cpu":
+            out = _weight_matmul(spec, x, w.astype(dt), out_dtype)
+        else:
+            out = jnp.einsum(spec, x, w.astype(dt), preferred_element_type=out_dtype)
         if w.dtype != jnp.int8:
             return out
         return out * getattr(module, name + "_scale")[...].astype(out.dtype)

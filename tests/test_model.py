@@ -144,3 +144,32 @@ def test_config_from_dict_refuses_unknown_keys():
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({"d_model": 8, "n_layer": 2})
     assert ModelConfig.from_dict(tiny_config().to_dict()) == tiny_config()
+
+
+@pytest.mark.parametrize("spec,x_shape,w_shape,dtype,out_dtype", [
+    ("BTD,DF->BTF", (2, 5, 8), (8, 24), jnp.float32, None),  # x narrower: x^T @ dy
+    ("BTF,FD->BTD", (2, 5, 24), (24, 8), jnp.float32, None),  # dy narrower: (dy^T @ x)^T
+    ("BTD,DNH->BTNH", (2, 5, 8), (8, 3, 4), jnp.float32, None),
+    ("BTD,VD->BTV", (2, 5, 8), (40, 8), jnp.float32, jnp.float32),  # the tied LM head
+    ("BTD,VD->BTV", (2, 5, 8), (40, 8), jnp.bfloat16, jnp.float32),
+])
+def test_weight_matmul_gradients_equal_the_plain_einsums(spec, x_shape, w_shape, dtype, out_dtype):
+    from model.transformer import _weight_matmul
+
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, x_shape).astype(dtype)
+    w = jax.random.normal(kw, w_shape).astype(dtype)
+    out_shape = jnp.einsum(spec, x, w).shape
+    g = jax.random.normal(kg, out_shape)
+
+    def loss(f):
+        return lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * g)
+
+    ours = jax.grad(loss(lambda x, w: _weight_matmul(spec, x, w, out_dtype)), (0, 1))(x, w)
+    want = jax.grad(loss(lambda x, w: jnp.einsum(spec, x, w, preferred_element_type=out_dtype)),
+                    (0, 1))(x, w)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for a, b in zip(ours, want, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   rtol=tol, atol=tol)

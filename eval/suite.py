@@ -179,7 +179,13 @@ def in_context_copy(lm: LM, n: int = 32, length: int = 16, seed: int = 0) -> dic
     Greedy next-token accuracy on the repeated half of random-token rows and of number lines."""
     length = min(length, (lm.cfg.max_seq_len - 1) // 2)  # random-token rows must fit the context
     rows = repeated_rows(lm.tok, n, length, seed)
-    predict = lambda t: _argmax_jit(lm.params, jnp.asarray(t), lm.cfg)  # noqa: E731
+
+    def predict(t):  # padded to n rows of a power-of-two width (causal: right padding changes
+        # nothing before it), so groups of any size and length share a few compiled shapes
+        padded = np.zeros((n, bucket(t.shape[1], 8, lm.cfg.max_seq_len)), np.int32)
+        padded[: len(t), : t.shape[1]] = t
+        return np.asarray(_argmax_jit(lm.params, padded, lm.cfg))[: len(t), : t.shape[1]]
+
     return {**{k: copy_accuracy(predict, [r for r in v if len(r) <= lm.cfg.max_seq_len])
                for k, v in rows.items()}, "n": n, "length": length}
 

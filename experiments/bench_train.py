@@ -31,24 +31,27 @@ from train.step import init_state, make_train_step
 
 _STEPS = flags.DEFINE_integer("steps", 5, "train steps per timed run")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs per figure (the median is reported)")
-_CONFIGS = flags.DEFINE_list("configs", ["tiny", "d256", "d256-bf16", "smol135m"],
+_CONFIGS = flags.DEFINE_list("configs", ["tiny", "tiny-bf16", "d256", "d256-bf16", "smol135m",
+                                         "smol135m-bf16"],
                              "which of CONFIGS to time")
 _TORCH = flags.DEFINE_bool("torch", True, "time the PyTorch eager reference too (if installed)")
 
+_TINY = dict(d_model=128, n_layers=4, n_heads=2, n_kv_heads=2, head_dim=64, d_ff=384,
+             vocab_size=4096)
+_SMOL = dict(d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536,
+             vocab_size=49152, rope_theta=100000.0, norm_eps=1e-5)
 _D256 = dict(d_model=256, n_layers=6, n_heads=4, n_kv_heads=4, head_dim=64, d_ff=1024,
              vocab_size=8192)
 # key -> (label, model overrides, batch, seq_len)
 CONFIGS = {
-    "tiny": ("tiny (the speedrun's model, d128 L4 2x64 V4096)",
-             dict(d_model=128, n_layers=4, n_heads=2, n_kv_heads=2, head_dim=64, d_ff=384,
-                  vocab_size=4096), 16, 128),
+    "tiny": ("tiny (the speedrun's model, d128 L4 2x64 V4096)", _TINY, 16, 128),
+    "tiny-bf16": ("tiny, bf16 compute", dict(_TINY, dtype="bfloat16"), 16, 128),
     "d256-8x32": ("d256 L6 8x32 V8192", dict(_D256, n_heads=8, n_kv_heads=8, head_dim=32), 16,
                   256),
     "d256": ("d256 L6 4x64 V8192", _D256, 16, 256),
     "d256-bf16": ("d256 L6 4x64 V8192, bf16 compute", dict(_D256, dtype="bfloat16"), 16, 256),
-    "smol135m": ("SmolLM2-135M shape (d576 L30 9x64 kv3 V49152)",
-                 dict(d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536,
-                      vocab_size=49152, rope_theta=100000.0, norm_eps=1e-5), 4, 256),
+    "smol135m": ("SmolLM2-135M shape (d576 L30 9x64 kv3 V49152)", _SMOL, 4, 256),
+    "smol135m-bf16": ("SmolLM2-135M shape, bf16 compute", dict(_SMOL, dtype="bfloat16"), 4, 256),
 }
 
 

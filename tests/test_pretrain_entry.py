@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,7 +34,7 @@ MICRO = [
 
 def _env(devices=1):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("device_count=8", f"device_count={devices}")
+    env["XLA_FLAGS"] = re.sub(r"device_count=\d+", f"device_count={devices}", env["XLA_FLAGS"])
     return env
 
 

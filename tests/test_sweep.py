@@ -5,7 +5,6 @@ import csv
 import dataclasses
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pretrain_entry import MICRO, _workdir
+from test_pretrain_entry import MICRO, _env, _workdir
 
 from experiments.scaling import fit, optimal
 from experiments.sweep import check, expand, load_sweep, mean_interval, read_figure, write_slurm
@@ -130,7 +129,7 @@ def test_a_killed_sweep_resumes_with_only_the_rest(tmp_path):
                        seeds=[1], figures=["pretrain:val_loss", "pretrain:step"])
     cmd = [sys.executable, "-m", "experiments.sweep", f"--sweep={file}",
            f"--workdir={tmp_path / 'w'}", f"--shared_from={base}"]
-    env = {**os.environ, "XLA_FLAGS": re.sub(r"device_count=\d+", "device_count=1", os.environ["XLA_FLAGS"])}
+    env = _env(1)
     root = tmp_path / "w" / "two"
     p = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

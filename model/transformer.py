@@ -19,7 +19,7 @@ from model.config import ModelConfig
 from model.sharding import constrain, named_sharding
 
 Params = dict
-Cache = list  # one {"k": k_BKSH, "v": v_BKSH} per layer
+Cache = list  # one {"k": k_ZSH, "v": v_ZSH} per layer, Z = rows x kv heads (row-major)
 
 
 def _param(rngs: nnx.Rngs, shape, axes, std: float, cfg: ModelConfig) -> nnx.Param:
@@ -164,40 +164,44 @@ class Attention(nnx.Module):
         q_BTNH = rope(q_BTNH, pos_BT, cfg.rope_theta)
         k_BTKH = rope(k_BTKH, pos_BT, cfg.rope_theta)
 
-        new_cache = None
-        if layer_cache is None:
-            kv_layout, k_BxxH, v_BxxH = "BSKH", k_BTKH, v_BTKH
-        else:
-            # The cache is [B, K, S, H], the layout the attention's dots read in place; XLA's
-            # CPU backend copies a whole [B, S, K, H] cache into it at every decode step.
-            # Each row writes its T new entries at its own offset: prompts have ragged lengths.
-            write = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (0, s, 0)))
-            k_BxxH = write(layer_cache["k"], k_BTKH.transpose(0, 2, 1, 3).astype(
-                layer_cache["k"].dtype), cache_start_B)
-            v_BxxH = write(layer_cache["v"], v_BTKH.transpose(0, 2, 1, 3).astype(
-                layer_cache["v"].dtype), cache_start_B)
-            kv_layout, new_cache = "BKSH", {"k": k_BxxH, "v": v_BxxH}
-
         b, t, n, h = q_BTNH.shape
-        k_BxxH, v_BxxH = k_BxxH.astype(dt), v_BxxH.astype(dt)
+        kv, new_cache = cfg.n_kv_heads, None
+        if layer_cache is not None:
+            # Each row writes its T new entries at its own offset: prompts have ragged lengths.
+            new_cache = {"k": _write_cache(layer_cache["k"], k_BTKH, cache_start_B),
+                         "v": _write_cache(layer_cache["v"], v_BTKH, cache_start_B)}
         if cfg.attention == "dot_product":  # XLA's softmax attention on a CPU, cuDNN's on a GPU
-            if kv_layout == "BKSH":  # the library's layout is [B, S, K, H]
-                k_BxxH, v_BxxH = k_BxxH.transpose(0, 2, 1, 3), v_BxxH.transpose(0, 2, 1, 3)
+            k_BxKH, v_BxKH = k_BTKH, v_BTKH
+            if new_cache is not None:  # the library's layout is [B, S, K, H]
+                k_BxKH, v_BxKH = (new_cache[x].reshape(b, kv, -1, h).transpose(0, 2, 1, 3)
+                                  for x in ("k", "v"))
             out_BTNH = jax.nn.dot_product_attention(
-                q_BTNH, k_BxxH, v_BxxH, mask=None if mask_BTS is None else mask_BTS[:, None],
-                is_causal=mask_BTS is None)
-        else:
-            kv = cfg.n_kv_heads
+                q_BTNH, k_BxKH.astype(dt), v_BxKH.astype(dt),
+                mask=None if mask_BTS is None else mask_BTS[:, None], is_causal=mask_BTS is None)
+        elif new_cache is None:
             q_BTKGH = q_BTNH.reshape(b, t, kv, n // kv, h)
-            scores_BKGTS = jnp.einsum(f"BTKGH,{kv_layout}->BKGTS", q_BTKGH, k_BxxH,
+            scores_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BTKH,
                                       preferred_element_type=jnp.float32) * (h**-0.5)
             if mask_BTS is None:  # plain causal: built here from indices, fused by XLA
-                s = k_BxxH.shape[kv_layout.index("S")]
-                mask_BTS = (jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])[None]
+                mask_BTS = (jnp.arange(t)[:, None] >= jnp.arange(t)[None, :])[None]
             scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS, -1e30)
             probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dt)
-            out_BKGTH = jnp.einsum(f"BKGTS,{kv_layout}->BKGTH", probs_BKGTS, v_BxxH)
+            out_BKGTH = jnp.einsum("BKGTS,BSKH->BKGTH", probs_BKGTS, v_BTKH)
             out_BTNH = out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+        else:
+            # The dots read the cache write's result as it is, batched over Z = rows x kv heads
+            # and with the G query heads of a kv head and the T positions as one axis.
+            q_ZQH = q_BTNH.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4).reshape(
+                b * kv, -1, h)
+            k_ZSH, v_ZSH = new_cache["k"].astype(dt), new_cache["v"].astype(dt)
+            scores_ZQS = jnp.einsum("ZQH,ZSH->ZQS", q_ZQH, k_ZSH,
+                                    preferred_element_type=jnp.float32) * (h**-0.5)
+            scores_BKGTS = scores_ZQS.reshape(b, kv, n // kv, t, -1)
+            scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS, -1e30)
+            probs_ZQS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dt).reshape(scores_ZQS.shape)
+            out_ZQH = jnp.einsum("ZQS,ZSH->ZQH", probs_ZQS, v_ZSH)
+            out_BTNH = out_ZQH.reshape(b, kv, n // kv, t, h).transpose(0, 3, 1, 2, 4).reshape(
+                b, t, n, h)
         # [B, T, N*H] x [N*H, D]: with the heads merged on both sides XLA reads wo in place, where
         # the NH-contracting einsum had it transpose (copy) the whole weight at every call
         return _dense("BTF,FD->BTD", out_BTNH.reshape(b, t, n * h), self, "wo_NHD", cfg,
@@ -295,6 +299,22 @@ class Transformer(nnx.Module):
         if cfg.logit_softcap > 0:
             logits_BTV = cfg.logit_softcap * jnp.tanh(logits_BTV / cfg.logit_softcap)
         return logits_BTV, new_cache
+
+
+def _write_cache(cache_ZSH: jax.Array, new_BTKH: jax.Array, start_B: jax.Array) -> jax.Array:
+    """The [B*K, S, H] cache with row b's T new entries at positions start_B[b]... (one scatter).
+
+    Rows and kv heads share the cache's first axis so that the attention's dots read this
+    write's result in place at any batch size: with a separate batch axis, at batch 1 XLA's CPU
+    backend wrote the cache twice (once for the dot's batch-less view) and copied it 4x a step.
+    A write past the end is clamped to the last T positions, like dynamic_update_slice."""
+    b, t, k, h = new_BTKH.shape
+    rows_B = jnp.arange(b, dtype=start_B.dtype) * k
+    dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(1, 2, 3), inserted_window_dims=(),
+                                           scatter_dims_to_operand_dims=(0, 1))
+    return jax.lax.scatter(cache_ZSH, jnp.stack([rows_B, start_B], -1),
+                           new_BTKH.transpose(0, 2, 1, 3).astype(cache_ZSH.dtype), dims,
+                           indices_are_sorted=True, unique_indices=True, mode="clip")
 
 
 def _run_block(graphdef, state, x_BTD, pos_BT, mask_BTS, layer_cache, cache_start_B):
@@ -427,7 +447,7 @@ def forward(
     else:
         if cache_start_B is None:
             raise ValueError("forward with a cache needs cache_start_B (each row's write offset)")
-        s = cache[0]["k"].shape[2]
+        s = cache[0]["k"].shape[1]
         pos_BT = cache_start_B[:, None] + t_idx[None, :]
         mask_BTS = jnp.arange(s)[None, None, :] <= pos_BT[:, :, None]
     model = nnx.merge(_abstract(cfg)[0], params)
@@ -436,7 +456,8 @@ def forward(
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
-    """An empty KV cache for `batch` rows of up to `length` tokens, in the compute dtype."""
-    shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)
+    """An empty KV cache for `batch` rows of up to `length` tokens, in the compute dtype: per
+    layer [batch * n_kv_heads, length, head_dim], row b's heads at b * n_kv_heads + k."""
+    shape = (batch * cfg.n_kv_heads, length, cfg.head_dim)
     return [{"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
             for _ in range(cfg.n_layers)]

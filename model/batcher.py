@@ -4,10 +4,13 @@ leave at step boundaries (the serving engine; model/engine.py decodes one fixed 
 Each step decodes one token for every slot, each at its own position with its own sampling
 settings and seed (the token of a request's step i is drawn with fold_in(key(seed), i), whoever
 shares the batch). A new request is prefilled alone (its prompt padded to a power-of-two bucket)
-and its cache copied into a free slot. Shapes depend only on the slot count, the cache length and
-the prompt bucket, so no request recompiles anything; and since a slot's row is computed the
-same way whatever the other slots hold, a greedy request gives the same tokens alone or in a
-crowd.
+and its cache copied into a free slot. The cache holds a power-of-two number of positions, the
+bucket of the furthest position a live slot needs (at least `min_width`, at most the context): it
+doubles when a slot reaches its end and halves when every slot fits in a quarter of it, so a step
+reads the part of the cache in use, not the whole context. Shapes depend only on the slot count,
+the cache's width and the prompt bucket, so a request compiles nothing that an earlier one of its
+length did not; and since a slot's row is computed the same way whatever the other slots hold, a
+greedy request gives the same tokens alone or in a crowd.
 """
 
 from __future__ import annotations
@@ -98,6 +101,15 @@ def _admit(params, cache, tokens_1T, length, slot, knobs, cfg):
     return tok[0], cache
 
 
+@functools.partial(jax.jit, static_argnames=("width",))
+def _resize(cache, width):
+    """The cache with `width` positions: its first ones kept, zeros after them when it grows."""
+    def one(x_ZSH):
+        s = x_ZSH.shape[1]
+        return x_ZSH[:, :width] if width <= s else jnp.pad(x_ZSH, ((0, 0), (0, width - s), (0, 0)))
+    return jax.tree.map(one, cache)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
 def _step(params, cache, tokens_N, pos_N, steps_N, knobs, cfg):
     """One token for every slot at its own position."""
@@ -110,11 +122,12 @@ class Batcher:
     """Up to `slots` requests decoding together; `submit` from any thread, `run` in one."""
 
     def __init__(self, params: Params, cfg: ModelConfig, slots: int = 8,
-                 cache_len: int | None = None):
+                 cache_len: int | None = None, min_width: int = 128):
         self.params, self.cfg, self.n = params, cfg, slots
-        self.cache_len = cache_len or cfg.max_seq_len
+        self.cache_len = cache_len or cfg.max_seq_len  # the context: the most positions a slot has
+        self.min_width = min(min_width, self.cache_len)
         # committed to its device, as every later cache is: else the first request compiles twice
-        self.cache = jax.device_put(init_cache(cfg, slots, self.cache_len), jax.devices()[0])
+        self.cache = jax.device_put(init_cache(cfg, slots, self.min_width), jax.devices()[0])
         self.slots: list[Request | None] = [None] * slots
         self.pending: queue.Queue[Request] = queue.Queue()
         self.token = np.zeros(slots, np.int32)
@@ -141,6 +154,25 @@ class Batcher:
         self.pending.put(req)
         self._wake.set()
         return req
+
+    @property
+    def width(self) -> int:
+        """Positions the cache holds now (a power of two, or the context)."""
+        return self.cache[0]["k"].shape[1]
+
+    def _fit(self, need: int) -> None:
+        """Resizes the cache to the bucket of `need` positions when it is too short, or when
+        `need` fits in a quarter of it (to twice the bucket: room to grow before resizing)."""
+        want = bucket(need, self.min_width, self.cache_len)
+        if want > self.width:
+            self.cache = _resize(self.cache, width=want)
+        elif 4 * want <= self.width:
+            self.cache = _resize(self.cache, width=2 * want)
+
+    def _live_need(self) -> int:
+        """Positions the live slots' next step needs: each writes at its position."""
+        return max((int(self.pos[i]) + 1 for i, r in enumerate(self.slots) if r is not None),
+                   default=1)
 
     @property
     def busy(self) -> int:
@@ -186,6 +218,7 @@ class Batcher:
                 continue
             i = self.slots.index(None)
             width = bucket(len(req.prompt), 16, self.cache_len)
+            self._fit(max(self._live_need(), width, len(req.prompt) + 1))
             key = np.asarray(jax.random.key_data(jax.random.key(req.seed)), np.uint32)
             one = {"temperature": np.float32(req.temperature), "top_k": np.int32(req.top_k),
                    "top_p": np.float32(req.top_p), "key": key}
@@ -203,6 +236,7 @@ class Batcher:
         live = [i for i, r in enumerate(self.slots) if r is not None]
         if not live:
             return False
+        self._fit(self._live_need())
         tokens, self.cache = _step(self.params, self.cache, self.token, self.pos, self.steps,
                                    self.knobs, self.cfg)
         tokens = np.asarray(tokens)

@@ -243,3 +243,27 @@ def test_a_tool_that_raises_ends_its_request_and_no_other(served):
         b.run_once()
     assert bad.finish_reason == "error" and "the tool broke" in bad.tool_error
     assert good.finish_reason in ("stop", "length") and len(good.tokens) >= 1 and b.busy == 0
+
+
+def test_the_batchers_cache_grows_and_shrinks_with_what_its_slots_need_and_changes_no_token(served):
+    """A cache that starts at 16 positions doubles as a long request goes on and halves after it
+    ends; the tokens are the engine's, alone and beside a short request."""
+    from model.batcher import Batcher, Request
+    from model.engine import SamplingConfig, generate
+
+    lm = served["lm"]
+    long_prompt, short_prompt = lm.prompt("Who are you?"), lm.prompt("Hi")
+    want = [generate(lm.params, lm.cfg, [p], SamplingConfig(max_new_tokens=n, temperature=0.0))
+            .tokens[0] for p, n in ((long_prompt, 70), (short_prompt, 4))]
+    b = Batcher(lm.params, lm.cfg, slots=2, min_width=16)
+    widths = []
+    long = b.submit(Request(long_prompt, 70))
+    b.run_once()
+    short = b.submit(Request(short_prompt, 4))
+    while not long.done.is_set():
+        b.run_once()
+        widths.append(b.width)
+    assert long.tokens == want[0] and short.tokens == want[1]
+    assert widths[0] < 64 and max(widths) == 128 and b.width == 128  # grew as the long one went
+    again = b.generate(Request(short_prompt, 4))  # alone now: the cache shrinks to fit it
+    assert again.tokens == want[1] and b.width == 32

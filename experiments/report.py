@@ -196,18 +196,20 @@ def write_report(workdir: str | Path) -> Path:
     forced = {st: e for st, e in evals.items() if "recall_forced" in e}
     if forced:
         out.append("## Who says \"I don't know\": the recall tool or the model\n")
-        out.append("The recall tool's verdict forced to \"known\" for every name leaves the "
-                   "refusing to the model; forced to \"unknown\", an answer is the model "
-                   "overriding the tool.\n\n| stage | nonexistent refused: tool as is / tool "
-                   "says known | held-out refused: tool as is / tool says unknown | held-out "
-                   "right, tool says known |\n|---|---|---|---|\n")
+        rows = []
         for st, e in forced.items():
             k, u = e["recall_forced"]["tool_says_known"], e["recall_forced"]["tool_says_unknown"]
-            out.append(
+            rows.append(
                 f"| {st} | {_fmt(e['qa_nonexistent'].get('refusal_rate'))} / "
                 f"{_fmt(k['nonexistent_refusal_rate'])} | "
                 f"{_fmt(e['qa_heldout'].get('refusal_rate'))} / {_fmt(u['heldout_refusal_rate'])}"
                 f" | {_fmt(k['heldout_accuracy'])} |\n")
+        # one string: `out` is joined with blank lines, which would cut the table into pieces
+        out.append("The recall tool's verdict forced to \"known\" for every name leaves the "
+                   "refusing to the model; forced to \"unknown\", an answer is the model "
+                   "overriding the tool.\n\n| stage | nonexistent refused: tool as is / tool "
+                   "says known | held-out refused: tool as is / tool says unknown | held-out "
+                   "right, tool says known |\n|---|---|---|---|\n" + "".join(rows))
 
     if (w / "arena" / "arena.json").is_file():
         arena = json.loads((w / "arena" / "arena.json").read_text())

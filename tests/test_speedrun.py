@@ -70,15 +70,18 @@ def test_the_report_shows_the_best_and_final_checkpoints_and_who_refuses(tmp_pat
     (tmp_path / "sft").mkdir()
     qa = {"qa_heldout": {"accuracy": 0.8, "refusal_rate": 0.02},
           "qa_nonexistent": {"refusal_rate": 0.96}}
-    (tmp_path / "rlhf/eval.json").write_text(json.dumps({**qa, "checkpoint": "best", "step": 10}))
-    (tmp_path / "rlhf/eval_final.json").write_text(json.dumps({**qa, "checkpoint": "final",
-                                                               "step": 30}))
     forced = {"tool_says_known": {"heldout_accuracy": 0.78, "heldout_refusal_rate": 0.0,
                                   "nonexistent_refusal_rate": 0.1},
               "tool_says_unknown": {"heldout_accuracy": 0.0, "heldout_refusal_rate": 1.0,
                                     "nonexistent_refusal_rate": 1.0}}
     (tmp_path / "sft/eval.json").write_text(json.dumps({**qa, "recall_forced": forced,
                                                         "checkpoint": "final", "step": 300}))
+    (tmp_path / "rlhf/eval.json").write_text(json.dumps({**qa, "recall_forced": forced,
+                                                         "checkpoint": "best", "step": 10}))
+    (tmp_path / "rlhf/eval_final.json").write_text(json.dumps({**qa, "checkpoint": "final",
+                                                               "step": 30}))
     text = write_report(tmp_path).read_text()
     assert "| rlhf (best, step 10) |" in text and "| rlhf (final, step 30) |" in text
-    assert "| sft | 0.96 / 0.1 | 0.02 / 1 | 0.78 |" in text
+    # one table: its header, rule and rows on consecutive lines
+    assert ("right, tool says known |\n|---|---|---|---|\n| sft | 0.96 / 0.1 | 0.02 / 1 | 0.78 |\n"
+            "| rlhf (best, step 10) | 0.96 / 0.1 |") in text

@@ -26,7 +26,6 @@ from experiments.workdir import configs_from, tool_config
 from model import transformer
 from model.engine import SamplingConfig
 from model.handle import LM
-from model.padding import bucket
 from train.checkpoint import restore_params
 from train.loop import host_loop, open_state, to_global
 from train.rl import (
@@ -223,10 +222,12 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         keep = informative_first(rewards_PG, rl.prompts_per_step)
         ro, prompts, rewards_PG = ro.groups(keep), [prompts[g] for g in keep], rewards_PG[keep]
         adv = group_advantages(rewards_PG, rl.normalize_std, neg_weight=rl.neg_weight)
-        # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a power of two
+        # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a multiple of 64 (a
+        # power of two padded a 130-token batch to 256: the update's time grows with the width)
         longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
                                                                    strict=True))
-        seq_len = bucket(longest, 64, model_cfg.max_seq_len)
+        seq_len = min(-(-longest // 64) * 64, model_cfg.max_seq_len)
+        seen["seq_len"] = seq_len
         batch = to_global(build_batch(prompts, ro, adv.reshape(-1), seq_len, end), st.batch_sharding)
         batch["old_logp"] = logp_fn(state["params"], batch)
         batch["ref_logp"] = logp_fn(ref_params, batch)

@@ -222,8 +222,8 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         keep = informative_first(rewards_PG, rl.prompts_per_step)
         ro, prompts, rewards_PG = ro.groups(keep), [prompts[g] for g in keep], rewards_PG[keep]
         adv = group_advantages(rewards_PG, rl.normalize_std, neg_weight=rl.neg_weight)
-        # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a multiple of 64 (a
-        # power of two padded a 130-token batch to 256: the update's time grows with the width)
+        # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a multiple of 64, not
+        # a power of two: the update's time grows with the width, and fewer shapes than tokens
         longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
                                                                    strict=True))
         seq_len = min(-(-longest // 64) * 64, model_cfg.max_seq_len)

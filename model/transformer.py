@@ -305,8 +305,8 @@ def _write_cache(cache_ZSH: jax.Array, new_BTKH: jax.Array, start_B: jax.Array) 
     """The [B*K, S, H] cache with row b's T new entries at positions start_B[b]... (one scatter).
 
     Rows and kv heads share the cache's first axis so that the attention's dots read this
-    write's result in place at any batch size: with a separate batch axis, at batch 1 XLA's CPU
-    backend wrote the cache twice (once for the dot's batch-less view) and copied it 4x a step.
+    write's result in place at any batch size: with a separate batch axis of size 1, XLA's CPU
+    backend fuses the write twice (once into the dots' batch-less view) and copies the cache.
     A write past the end is clamped to the last T positions, like dynamic_update_slice."""
     b, t, k, h = new_BTKH.shape
     rows_B = jnp.arange(b, dtype=start_B.dtype) * k

@@ -9,6 +9,7 @@ a reward model and the hidden labeler.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -174,6 +175,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
     logp_fn = jax.jit(lambda p, b: token_logprobs(p, b, model_cfg),
                       in_shardings=(st.param_sharding, st.batch_sharding))
 
+    row_multiple = math.lcm(8, st.mesh.shape["data"] * st.mesh.shape["fsdp"])
     start = int(st.state["step"])
     base_meta = stage_meta(stage, model_cfg, resolved(cfg), tok, parent, objective=obj.label,
                            tools=hooks is not None, rl=vars(rl), n_train_prompts=len(obj.train))
@@ -227,8 +229,10 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
                                                                    strict=True))
         seq_len = min(-(-longest // 64) * 64, model_cfg.max_seq_len)
-        seen["seq_len"] = seq_len
-        batch = to_global(build_batch(prompts, ro, adv.reshape(-1), seq_len, end), st.batch_sharding)
+        # packed rows, their count a multiple of 8 (and of the data shards): few shapes to compile
+        packed = build_batch(prompts, ro, adv.reshape(-1), seq_len, end, row_multiple)
+        seen["seq_len"], seen["rows"] = seq_len, len(packed["inputs"])
+        batch = to_global(packed, st.batch_sharding)
         batch["old_logp"] = logp_fn(state["params"], batch)
         batch["ref_logp"] = logp_fn(ref_params, batch)
         seen["groups_flat"] = float((rewards_PG.std(1) == 0).mean())  # of those trained on

@@ -22,6 +22,7 @@ from eval.tasks import (
     pass_at_k,
 )
 from model import transformer
+from model.padding import right_pad
 from train.rl import (
     RLConfig,
     Rollout,
@@ -141,10 +142,39 @@ def _logp(params, batch, cfg):
 def test_the_batch_masks_exactly_the_sampled_tokens_and_the_end():
     cfg = tiny_config()
     batch = _toy_batch(transformer.init(cfg, jax.random.key(0)), cfg)
-    t, m = batch["targets"], batch["mask"]
-    assert t[0, m[0] == 1].tolist() == [11, 13, 2]  # 12 was a tool's, 2 closed the reply
-    assert t[1, m[1] == 1].tolist() == [21, 22, 23]  # ran out of budget: no end token
-    assert batch["inputs"][0, :6].tolist() == [1, 5, 9, 11, 12, 13]
+    t, m, seg = batch["targets"], batch["mask"], batch["segment_ids"]
+    assert t.shape == (1, 16)  # both samples (6 and 5 positions) packed into one row
+    assert seg[0].tolist() == [1] * 6 + [2] * 5 + [0] * 5
+    assert t[0, (m[0] == 1) & (seg[0] == 1)].tolist() == [11, 13, 2]  # 12 was a tool's, 2 closed it
+    assert t[0, (m[0] == 1) & (seg[0] == 2)].tolist() == [21, 22, 23]  # ran out of budget: no end
+    assert batch["inputs"][0, :11].tolist() == [1, 5, 9, 11, 12, 13, 1, 5, 9, 21, 22]
+    assert batch["advantages"][0].tolist() == [1.0] * 6 + [-1.0] * 5 + [0.0] * 5
+
+
+def test_packed_samples_score_as_they_would_alone():
+    cfg = tiny_config()
+    params = transformer.init(cfg, jax.random.key(0))
+    prompts = [[1, 5, 9], [1, 7]]
+    lengths = [9, 1, 4, 6, 2, 7]
+    ro = Rollout(prompt_index=[0, 0, 0, 1, 1, 1],
+                 tokens=[[10 + j + 3 * i for j in range(n)] for i, n in enumerate(lengths)],
+                 injected=[[False] * n for n in lengths], finished=[True, False] * 3,
+                 calls=[0] * 6)
+    adv = np.arange(1, 7, dtype=np.float32)  # tells the samples apart in the packed rows
+    packed = build_batch(prompts, ro, adv, seq_len=16, end_id=2, row_multiple=4)
+    # positions 12, 3, 7, 7, 4, 8, first fit longest first: rows [0, 4] [5, 2] [3, 1], one empty
+    assert packed["segment_ids"][:, 0].tolist() == [1, 1, 1, 0] and not packed["mask"][3].any()
+    assert (packed["advantages"][:3, 0] == [1, 6, 4]).all()
+    alone = [prompts[i] + t + [2] * f
+             for i, t, f in zip(ro.prompt_index, ro.tokens, ro.finished, strict=True)]
+    rows = right_pad(alone, 17)  # each sample alone in a row, no segment_ids: plain causal
+    want = np.asarray(_logp(params, {"inputs": rows[:, :-1], "targets": rows[:, 1:]}, cfg))
+    got = np.asarray(_logp(params, packed, cfg))
+    for r, x in enumerate(alone):
+        assert np.allclose(got[packed["advantages"] == r + 1], want[r, :len(x) - 1], atol=1e-5)
+    assert build_batch(prompts, ro, adv, 16, 2, row_multiple=8)["inputs"].shape == (6, 16)
+    with pytest.raises(ValueError, match="length 12; a bin holds 8"):
+        build_batch(prompts, ro, adv, seq_len=8, end_id=2)
 
 
 def test_the_update_raises_the_rewarded_completion_and_lowers_the_other():
@@ -153,14 +183,18 @@ def test_the_update_raises_the_rewarded_completion_and_lowers_the_other():
     batch = _toy_batch(params, cfg)
     loss, aux = jax.jit(lambda p, b: pg_loss(p, b, cfg, RLConfig()))(params, batch)
     assert float(aux["kl"]) == pytest.approx(0.0, abs=1e-6)  # the policy is its own reference
+
+    def per_sample(logp):  # summed over each sample's sampled tokens
+        return [float((logp * batch["mask"])[batch["segment_ids"] == k].sum()) for k in (1, 2)]
+
     for rl in (RLConfig(), RLConfig(clip_eps=0.0, kl_coef=0.1, epochs=3)):
         step = jax.jit(make_rl_step(cfg, optax.sgd(0.05), rl))
         state, metrics = step(init_state(params, optax.sgd(0.05), 0), batch)
         assert int(state["step"]) == 1 and metrics["params_finite"] == 1
-        before = (batch["old_logp"] * batch["mask"]).sum(1)
-        after = (_logp(state["params"], batch, cfg) * batch["mask"]).sum(1)
+        before = per_sample(batch["old_logp"])
+        after = per_sample(_logp(state["params"], batch, cfg))
         assert after[0] > before[0] and after[1] < before[1]
-    zero = {**batch, "advantages": np.zeros(2, np.float32)}
+    zero = {**batch, "advantages": np.zeros_like(batch["advantages"])}
     state, _ = jax.jit(make_rl_step(cfg, optax.sgd(0.05), RLConfig()))(
         init_state(params, optax.sgd(0.05), 0), zero)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state["params"]),

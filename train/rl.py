@@ -27,6 +27,9 @@ What it drops or changes:
     unknown number of engine calls. The reward, length and solved-group metrics are over every
     sampled group.
   - no mini-batches within a step: each of the `epochs` updates uses the whole batch.
+  - the update's rows are packed: each sample (prompt + completion) is one segment, several to a
+    row (attention and positions restart at each), so the update pays for the tokens sampled,
+    not for every sample padded to the longest.
   - no entropy bonus, no reward-model / format rewards here (the reward is the caller's).
   - tokens a tool wrote (search results, program output) and the prompt are never trained on:
     the mask covers only tokens the policy sampled, and the <|end|> that closed the reply.
@@ -48,7 +51,6 @@ from model.config import ModelConfig
 from model.engine import SamplingConfig, generate, generate_with_tools
 from model.handle import LM
 from model.losses import token_losses
-from model.padding import right_pad
 from train.step import State, make_step
 
 
@@ -105,19 +107,21 @@ def informative_first(rewards_PG, keep: int) -> list[int]:
 
 
 def token_logprobs(params, batch: dict, cfg: ModelConfig) -> jax.Array:
-    """log pi(target | prefix) per position [B, T] (float32), the mask ignored."""
-    losses, _ = token_losses(params, {"inputs": batch["inputs"], "targets": batch["targets"]}, cfg)
+    """log pi(target | prefix) per position [B, T] (float32), the mask ignored (segment_ids, when
+    given, separate packed samples)."""
+    losses, _ = token_losses(params, {k: batch[k] for k in ("inputs", "targets", "segment_ids")
+                                      if k in batch}, cfg)
     return -losses
 
 
 def pg_loss(params, batch: dict, cfg: ModelConfig, rl: RLConfig) -> tuple[jax.Array, dict]:
     """The token-level clipped policy-gradient loss (+ kl_coef * k3 KL to the reference).
 
-    batch: inputs, targets, mask [B, T]; advantages [B]; old_logp, ref_logp [B, T]."""
+    batch: inputs, targets, segment_ids, mask, advantages (per token), old_logp, ref_logp [B, T]."""
     logp = token_logprobs(params, batch, cfg)
     mask = batch["mask"].astype(jnp.float32)
     n = jnp.maximum(mask.sum(), 1.0)
-    adv = batch["advantages"][:, None]
+    adv = batch["advantages"]
     ratio = jnp.exp(logp - batch["old_logp"])
     surrogate = ratio * adv
     if rl.clip_eps > 0:
@@ -171,19 +175,51 @@ def rollout(lm: LM, prompts: Sequence[Sequence[int]], group_size: int,
                    [0] * len(rows))
 
 
+def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: the items (by index) in bins of `capacity`, longest first, each
+    placed in the first bin it fits; items of equal length keep their order."""
+    bins, free = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if lengths[i] > capacity:
+            raise ValueError(f"item {i} has length {lengths[i]}; a bin holds {capacity}")
+        b = next((b for b, f in enumerate(free) if lengths[i] <= f), len(bins))
+        if b == len(bins):
+            bins.append([])
+            free.append(capacity)
+        bins[b].append(i)
+        free[b] -= lengths[i]
+    return bins
+
+
 def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq_len: int,
-                end_id: int) -> dict[str, np.ndarray]:
-    """Rows prompt + completion (+ <|end|> where the row finished), right-padded to seq_len + 1
-    tokens; inputs/targets [N, seq_len]; mask = 1 on targets the policy sampled; advantages [N]."""
+                end_id: int, row_multiple: int = 1) -> dict[str, np.ndarray]:
+    """The update's batch: each sample, prompt + completion (+ <|end|> where it finished), is one
+    segment of len - 1 positions (inputs sample[:-1], targets sample[1:]); the segments are packed
+    (`pack`) into rows of seq_len positions, segment_ids 1, 2, ... within a row and 0 on its empty
+    tail. The rows are padded with empty ones to a multiple of row_multiple, or to one row a
+    sample if that is fewer. inputs/targets/segment_ids/mask/advantages [R, seq_len]: mask = 1 on
+    targets the policy sampled, advantages the sample's on each of its positions."""
     n = len(ro.tokens)
-    rows, masks = [], []
+    adv = np.asarray(advantages_N, np.float32).reshape(n)
+    samples, masks = [], []
     for r in range(n):
         p = list(prompts[ro.prompt_index[r]])
-        rows.append(p + list(ro.tokens[r]) + ([end_id] if ro.finished[r] else []))
-        # target t is row[t + 1]: completion token j sits at row index len(p) + j
+        samples.append(p + list(ro.tokens[r]) + ([end_id] if ro.finished[r] else []))
+        # target t is sample[t + 1]: completion token j is target len(p) - 1 + j
         masks.append([0] * (len(p) - 1) + [not x for x in ro.injected[r]] + [1] * ro.finished[r])
-    full = right_pad(rows, seq_len + 1)
-    mask = right_pad(masks, seq_len, dtype=np.float32)
-    return {"inputs": full[:, :-1], "targets": full[:, 1:], "mask": mask,
-            "advantages": np.asarray(advantages_N, np.float32).reshape(n)}
-
+    bins = pack([len(x) - 1 for x in samples], seq_len)
+    rows = min(-(-len(bins) // row_multiple) * row_multiple, n)
+    out = {k: np.zeros((rows, seq_len), dt) for k, dt in
+           (("inputs", np.int32), ("targets", np.int32), ("segment_ids", np.int32),
+            ("mask", np.float32), ("advantages", np.float32))}
+    for row, members in enumerate(bins):
+        t = 0
+        for seg, r in enumerate(members, start=1):
+            x, m = samples[r], len(samples[r]) - 1
+            out["inputs"][row, t:t + m] = x[:-1]
+            out["targets"][row, t:t + m] = x[1:]
+            out["segment_ids"][row, t:t + m] = seg
+            out["mask"][row, t:t + m] = masks[r]
+            out["advantages"][row, t:t + m] = adv[r]
+            t += m
+    return out

@@ -37,6 +37,7 @@ from train.rl import (
     make_rl_step,
     rollout,
     token_logprobs,
+    update_width,
 )
 from train.stage import load_world, read_meta, read_stage, stage_meta, write_meta
 
@@ -224,11 +225,7 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         keep = informative_first(rewards_PG, rl.prompts_per_step)
         ro, prompts, rewards_PG = ro.groups(keep), [prompts[g] for g in keep], rewards_PG[keep]
         adv = group_advantages(rewards_PG, rl.normalize_std, neg_weight=rl.neg_weight)
-        # rows: prompt + completion (+ <|end|>) <= max_seq_len; padded to a multiple of 64, not
-        # a power of two: the update's time grows with the width, and fewer shapes than tokens
-        longest = max(len(prompts[i]) + len(t) + 1 for i, t in zip(ro.prompt_index, ro.tokens,
-                                                                   strict=True))
-        seq_len = min(-(-longest // 64) * 64, model_cfg.max_seq_len)
+        seq_len = update_width(prompts, ro)
         # packed rows, their count a multiple of 8 (and of the data shards): few shapes to compile
         packed = build_batch(prompts, ro, adv.reshape(-1), seq_len, end, row_multiple)
         seen["seq_len"], seen["rows"] = seq_len, len(packed["inputs"])

@@ -16,7 +16,8 @@ from model.config import ModelConfig
 def token_losses(params, batch: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
     """Per-token cross-entropy in nats (float32) [B, T], and the loss mask [B, T]."""
     logits_BTV, _ = transformer.forward(params, batch["inputs"], cfg,
-                                        segment_ids_BT=batch.get("segment_ids"))
+                                        segment_ids_BT=batch.get("segment_ids"),
+                                        branch_ids_BT=batch.get("branch_ids"))
     logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
     gold_BT = jnp.take_along_axis(logits_BTV, batch["targets"][..., None], axis=-1)[..., 0]
     mask_BT = batch.get("mask", jnp.ones_like(batch["targets"])).astype(jnp.float32)

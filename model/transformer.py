@@ -415,6 +415,7 @@ def forward(
     cfg: ModelConfig,
     *,
     segment_ids_BT: jax.Array | None = None,
+    branch_ids_BT: jax.Array | None = None,
     cache: Cache | None = None,
     cache_start_B: jax.Array | None = None,
     hidden: bool = False,
@@ -425,7 +426,10 @@ def forward(
     `logits_at_B`, those of one position per row only ([B, 1, ...]: a prefill's last token).
 
     Without a cache: causal attention over tokens_BT, positions 0..T-1; with `segment_ids_BT`
-    (packed documents), attention and positions restart at each new segment.
+    (packed documents), attention and positions restart at each new segment. `branch_ids_BT`
+    (with segment ids) shares a prefix among continuations: a segment's tokens of branch 0 are
+    its prefix, and a token of branch k > 0 attends to the prefix and to branch k's earlier
+    tokens only, its position counting on from the prefix's end.
     With a cache: row b's tokens sit at positions cache_start_B[b] + t; they are written into the
     cache there and attend to every cached entry at or before their own position.
     """
@@ -433,17 +437,18 @@ def forward(
     t_idx = jnp.arange(t)
     if cache is None:
         if segment_ids_BT is None:
+            if branch_ids_BT is not None:
+                raise ValueError("branch_ids_BT needs segment_ids_BT")
             pos_BT = jnp.broadcast_to(t_idx, (b, t))
             mask_BTS = None  # plain causal: the attention builds it (or is_causal does)
         else:
-            same_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
-            mask_BTS = same_BTS & (t_idx[:, None] >= t_idx[None, :])
-            # Position = distance from the segment's first token.
-            starts_BT = jnp.where(
-                jnp.concatenate([jnp.ones((b, 1), bool),
-                                 segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=1),
-                t_idx, 0)
-            pos_BT = t_idx - jax.lax.cummax(starts_BT, axis=1)
+            mask_BTS = ((segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
+                        & (t_idx[:, None] >= t_idx[None, :]))
+            if branch_ids_BT is not None:
+                mask_BTS &= ((branch_ids_BT[:, None, :] == 0)
+                             | (branch_ids_BT[:, None, :] == branch_ids_BT[:, :, None]))
+            # A token's position = how many tokens it sees before itself.
+            pos_BT = mask_BTS.sum(-1, dtype=jnp.int32) - 1
     else:
         if cache_start_B is None:
             raise ValueError("forward with a cache needs cache_start_B (each row's write offset)")

@@ -32,6 +32,7 @@ from train.rl import (
     make_rl_step,
     pg_loss,
     token_logprobs,
+    update_width,
 )
 from train.step import init_state
 
@@ -142,13 +143,13 @@ def _logp(params, batch, cfg):
 def test_the_batch_masks_exactly_the_sampled_tokens_and_the_end():
     cfg = tiny_config()
     batch = _toy_batch(transformer.init(cfg, jax.random.key(0)), cfg)
-    t, m, seg = batch["targets"], batch["mask"], batch["segment_ids"]
-    assert t.shape == (1, 16)  # both samples (6 and 5 positions) packed into one row
-    assert seg[0].tolist() == [1] * 6 + [2] * 5 + [0] * 5
-    assert t[0, (m[0] == 1) & (seg[0] == 1)].tolist() == [11, 13, 2]  # 12 was a tool's, 2 closed it
-    assert t[0, (m[0] == 1) & (seg[0] == 2)].tolist() == [21, 22, 23]  # ran out of budget: no end
-    assert batch["inputs"][0, :11].tolist() == [1, 5, 9, 11, 12, 13, 1, 5, 9, 21, 22]
-    assert batch["advantages"][0].tolist() == [1.0] * 6 + [-1.0] * 5 + [0.0] * 5
+    t, m, seg, br = batch["targets"], batch["mask"], batch["segment_ids"], batch["branch_ids"]
+    assert t.shape == (1, 16)  # the prompt once (2 positions), then the two samples (4 and 3)
+    assert seg[0].tolist() == [1] * 9 + [0] * 7 and br[0].tolist() == [0, 0] + [1] * 4 + [2] * 3 + [0] * 7
+    assert t[0, (m[0] == 1) & (br[0] == 1)].tolist() == [11, 13, 2]  # 12 was a tool's, 2 closed it
+    assert t[0, (m[0] == 1) & (br[0] == 2)].tolist() == [21, 22, 23]  # ran out of budget: no end
+    assert batch["inputs"][0, :9].tolist() == [1, 5, 9, 11, 12, 13, 9, 21, 22]
+    assert batch["advantages"][0].tolist() == [0.0] * 2 + [1.0] * 4 + [-1.0] * 3 + [0.0] * 7
 
 
 def test_packed_samples_score_as_they_would_alone():
@@ -162,19 +163,35 @@ def test_packed_samples_score_as_they_would_alone():
                  calls=[0] * 6)
     adv = np.arange(1, 7, dtype=np.float32)  # tells the samples apart in the packed rows
     packed = build_batch(prompts, ro, adv, seq_len=16, end_id=2, row_multiple=4)
-    # positions 12, 3, 7, 7, 4, 8, first fit longest first: rows [0, 4] [5, 2] [3, 1], one empty
+    # chunks: prompt 0 with samples 0, 1 (2 + 10 + 1 positions), with sample 2 (2 + 5); prompt 1
+    # with 3, 4 (1 + 6 + 3), with 5 (1 + 7); first fit, longest first: rows 13, 10, 8 + 7, empty
     assert packed["segment_ids"][:, 0].tolist() == [1, 1, 1, 0] and not packed["mask"][3].any()
-    assert (packed["advantages"][:3, 0] == [1, 6, 4]).all()
+    assert (packed["segment_ids"] > 0).sum(1).tolist() == [13, 10, 15, 0]
     alone = [prompts[i] + t + [2] * f
              for i, t, f in zip(ro.prompt_index, ro.tokens, ro.finished, strict=True)]
     rows = right_pad(alone, 17)  # each sample alone in a row, no segment_ids: plain causal
     want = np.asarray(_logp(params, {"inputs": rows[:, :-1], "targets": rows[:, 1:]}, cfg))
     got = np.asarray(_logp(params, packed, cfg))
     for r, x in enumerate(alone):
-        assert np.allclose(got[packed["advantages"] == r + 1], want[r, :len(x) - 1], atol=1e-5)
+        head = len(prompts[ro.prompt_index[r]]) - 1
+        assert np.allclose(got[packed["advantages"] == r + 1], want[r, head:len(x) - 1], atol=1e-5)
     assert build_batch(prompts, ro, adv, 16, 2, row_multiple=8)["inputs"].shape == (6, 16)
-    with pytest.raises(ValueError, match="length 12; a bin holds 8"):
+    with pytest.raises(ValueError, match="branch_ids_BT needs segment_ids_BT"):
+        transformer.forward(params, packed["inputs"], cfg, branch_ids_BT=packed["branch_ids"])
+    with pytest.raises(ValueError, match="sample 0 has 12 positions; a row holds 8"):
         build_batch(prompts, ro, adv, seq_len=8, end_id=2)
+
+
+def test_the_update_width_holds_the_longest_sample_and_half_a_prompts_samples():
+    def width(prompt_len, lengths):
+        ro = Rollout([0] * len(lengths), [[7] * n for n in lengths], [[False] * n for n in lengths],
+                     [False] * len(lengths), [0] * len(lengths))
+        return update_width([[1] * prompt_len], ro)
+
+    assert width(3, [2, 2]) == 64  # the smallest width
+    assert width(41, [20] * 8) == 128  # the prompt's 40 positions + 160: half is 100
+    assert width(101, [30, 100]) == 256  # the longest sample: 200 positions
+    assert width(101, [30] * 16) == 512  # 100 + 480, half 290
 
 
 def test_the_update_raises_the_rewarded_completion_and_lowers_the_other():
@@ -185,7 +202,7 @@ def test_the_update_raises_the_rewarded_completion_and_lowers_the_other():
     assert float(aux["kl"]) == pytest.approx(0.0, abs=1e-6)  # the policy is its own reference
 
     def per_sample(logp):  # summed over each sample's sampled tokens
-        return [float((logp * batch["mask"])[batch["segment_ids"] == k].sum()) for k in (1, 2)]
+        return [float((logp * batch["mask"])[batch["branch_ids"] == k].sum()) for k in (1, 2)]
 
     for rl in (RLConfig(), RLConfig(clip_eps=0.0, kl_coef=0.1, epochs=3)):
         step = jax.jit(make_rl_step(cfg, optax.sgd(0.05), rl))

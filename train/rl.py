@@ -27,9 +27,9 @@ What it drops or changes:
     unknown number of engine calls. The reward, length and solved-group metrics are over every
     sampled group.
   - no mini-batches within a step: each of the `epochs` updates uses the whole batch.
-  - the update's rows are packed: each sample (prompt + completion) is one segment, several to a
-    row (attention and positions restart at each), so the update pays for the tokens sampled,
-    not for every sample padded to the longest.
+  - the update's rows are packed, and a prompt's samples share it: the prompt is scored once,
+    each completion attending to it and to itself (build_batch), so the update pays for the
+    tokens sampled, not for every sample's prompt padded to the longest.
   - no entropy bonus, no reward-model / format rewards here (the reward is the caller's).
   - tokens a tool wrote (search results, program output) and the prompt are never trained on:
     the mask covers only tokens the policy sampled, and the <|end|> that closed the reply.
@@ -51,6 +51,7 @@ from model.config import ModelConfig
 from model.engine import SamplingConfig, generate, generate_with_tools
 from model.handle import LM
 from model.losses import token_losses
+from model.padding import bucket
 from train.step import State, make_step
 
 
@@ -107,10 +108,10 @@ def informative_first(rewards_PG, keep: int) -> list[int]:
 
 
 def token_logprobs(params, batch: dict, cfg: ModelConfig) -> jax.Array:
-    """log pi(target | prefix) per position [B, T] (float32), the mask ignored (segment_ids, when
-    given, separate packed samples)."""
-    losses, _ = token_losses(params, {k: batch[k] for k in ("inputs", "targets", "segment_ids")
-                                      if k in batch}, cfg)
+    """log pi(target | prefix) per position [B, T] (float32), the mask ignored (segment_ids and
+    branch_ids, when given, say which tokens see which: packed, prefix-sharing samples)."""
+    losses, _ = token_losses(params, {k: batch[k] for k in ("inputs", "targets", "segment_ids",
+                                                            "branch_ids") if k in batch}, cfg)
     return -losses
 
 
@@ -191,35 +192,70 @@ def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def update_width(prompts: Sequence[Sequence[int]], ro: Rollout) -> int:
+    """A row width for build_batch: the power of two (>= 64) that holds the longest sample and
+    half of the most positions one prompt's samples take together (the prompt once), so that a
+    prompt's samples fill one or two chunks and few widths are compiled."""
+    longest, per_prompt = 0, {}
+    for r, i in enumerate(ro.prompt_index):
+        head, m = len(prompts[i]) - 1, len(ro.tokens[r]) + ro.finished[r]
+        longest = max(longest, head + m)
+        per_prompt[i] = per_prompt.get(i, head) + m
+    return bucket(max(longest, -(-max(per_prompt.values()) // 2)), minimum=64)
+
+
 def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq_len: int,
                 end_id: int, row_multiple: int = 1) -> dict[str, np.ndarray]:
-    """The update's batch: each sample, prompt + completion (+ <|end|> where it finished), is one
-    segment of len - 1 positions (inputs sample[:-1], targets sample[1:]); the segments are packed
-    (`pack`) into rows of seq_len positions, segment_ids 1, 2, ... within a row and 0 on its empty
-    tail. The rows are padded with empty ones to a multiple of row_multiple, or to one row a
-    sample if that is fewer. inputs/targets/segment_ids/mask/advantages [R, seq_len]: mask = 1 on
-    targets the policy sampled, advantages the sample's on each of its positions."""
+    """The update's batch, each prompt's samples sharing it. Sample r = prompt + completion
+    (+ <|end|> where it finished) is scored at len(sample) - 1 positions (inputs sample[:-1],
+    targets sample[1:]): the prompt's first len(prompt) - 1 of them once per chunk (branch 0), then
+    a branch per sample from the prompt's last token on (branch ids 1, 2, ... with
+    model.transformer.forward's branch_ids_BT). A prompt's samples go into as few chunks as fit in
+    seq_len positions; the chunks are packed (`pack`) into rows of seq_len, one segment each
+    (segment ids 1, 2, ... within a row, 0 on its empty tail). The rows are padded with empty ones
+    to a multiple of row_multiple, or to one row a sample if that is fewer.
+    Returns inputs/targets/segment_ids/branch_ids/mask/advantages [R, seq_len]: mask = 1 on
+    targets the policy sampled, advantages the sample's on each of its branch's positions."""
     n = len(ro.tokens)
     adv = np.asarray(advantages_N, np.float32).reshape(n)
-    samples, masks = [], []
-    for r in range(n):
-        p = list(prompts[ro.prompt_index[r]])
-        samples.append(p + list(ro.tokens[r]) + ([end_id] if ro.finished[r] else []))
-        # target t is sample[t + 1]: completion token j is target len(p) - 1 + j
-        masks.append([0] * (len(p) - 1) + [not x for x in ro.injected[r]] + [1] * ro.finished[r])
-    bins = pack([len(x) - 1 for x in samples], seq_len)
+    by_prompt: dict[int, list[int]] = {}
+    for r, i in enumerate(ro.prompt_index):
+        by_prompt.setdefault(i, []).append(r)
+    chunks = []  # [prompt index, its samples in the chunk, positions used <= seq_len]
+    for i, rs in by_prompt.items():
+        head, chunk = len(prompts[i]) - 1, None
+        for r in rs:
+            m = len(ro.tokens[r]) + ro.finished[r]
+            if head + m > seq_len:
+                raise ValueError(f"sample {r} has {head + m} positions; a row holds {seq_len}")
+            if chunk is None or chunk[2] + m > seq_len:
+                chunk = [i, [], head]
+                chunks.append(chunk)
+            chunk[1].append(r)
+            chunk[2] += m
+    bins = pack([used for _, _, used in chunks], seq_len)
     rows = min(-(-len(bins) // row_multiple) * row_multiple, n)
     out = {k: np.zeros((rows, seq_len), dt) for k, dt in
            (("inputs", np.int32), ("targets", np.int32), ("segment_ids", np.int32),
-            ("mask", np.float32), ("advantages", np.float32))}
+            ("branch_ids", np.int32), ("mask", np.float32), ("advantages", np.float32))}
     for row, members in enumerate(bins):
         t = 0
-        for seg, r in enumerate(members, start=1):
-            x, m = samples[r], len(samples[r]) - 1
-            out["inputs"][row, t:t + m] = x[:-1]
-            out["targets"][row, t:t + m] = x[1:]
-            out["segment_ids"][row, t:t + m] = seg
-            out["mask"][row, t:t + m] = masks[r]
-            out["advantages"][row, t:t + m] = adv[r]
-            t += m
+        for seg, c in enumerate(members, start=1):
+            i, rs, _ = chunks[c]
+            p = list(prompts[i])
+            out["inputs"][row, t:t + len(p) - 1] = p[:-1]
+            out["targets"][row, t:t + len(p) - 1] = p[1:]
+            out["segment_ids"][row, t:t + len(p) - 1] = seg
+            t += len(p) - 1
+            for k, r in enumerate(rs, start=1):
+                x = p[-1:] + list(ro.tokens[r]) + [end_id] * ro.finished[r]
+                m = len(x) - 1
+                out["inputs"][row, t:t + m] = x[:-1]
+                out["targets"][row, t:t + m] = x[1:]
+                out["segment_ids"][row, t:t + m] = seg
+                out["branch_ids"][row, t:t + m] = k
+                # target j is completion token j (a tool's tokens are not trained on), or <|end|>
+                out["mask"][row, t:t + m] = [not j for j in ro.injected[r]] + [1] * ro.finished[r]
+                out["advantages"][row, t:t + m] = adv[r]
+                t += m
     return out

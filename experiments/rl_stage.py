@@ -37,7 +37,6 @@ from train.rl import (
     make_rl_step,
     rollout,
     token_logprobs,
-    update_width,
 )
 from train.stage import load_world, read_meta, read_stage, stage_meta, write_meta
 
@@ -225,7 +224,10 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         keep = informative_first(rewards_PG, rl.prompts_per_step)
         ro, prompts, rewards_PG = ro.groups(keep), [prompts[g] for g in keep], rewards_PG[keep]
         adv = group_advantages(rewards_PG, rl.normalize_std, neg_weight=rl.neg_weight)
-        seq_len = update_width(prompts, ro)
+        # the rows' width: the smallest multiple of 64 that holds the longest sample (a wider
+        # row shares a prompt among more samples, but attention's cost grows with the width)
+        seq_len = -(-max(len(prompts[i]) - 1 + len(t) + f for i, t, f in zip(
+            ro.prompt_index, ro.tokens, ro.finished, strict=True)) // 64) * 64
         # packed rows, their count a multiple of 8 (and of the data shards): few shapes to compile
         packed = build_batch(prompts, ro, adv.reshape(-1), seq_len, end, row_multiple)
         seen["seq_len"], seen["rows"] = seq_len, len(packed["inputs"])

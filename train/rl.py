@@ -51,7 +51,6 @@ from model.config import ModelConfig
 from model.engine import SamplingConfig, generate, generate_with_tools
 from model.handle import LM
 from model.losses import token_losses
-from model.padding import bucket
 from train.step import State, make_step
 
 
@@ -192,18 +191,6 @@ def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def update_width(prompts: Sequence[Sequence[int]], ro: Rollout) -> int:
-    """A row width for build_batch: the power of two (>= 64) that holds the longest sample and
-    half of the most positions one prompt's samples take together (the prompt once), so that a
-    prompt's samples fill one or two chunks and few widths are compiled."""
-    longest, per_prompt = 0, {}
-    for r, i in enumerate(ro.prompt_index):
-        head, m = len(prompts[i]) - 1, len(ro.tokens[r]) + ro.finished[r]
-        longest = max(longest, head + m)
-        per_prompt[i] = per_prompt.get(i, head) + m
-    return bucket(max(longest, -(-max(per_prompt.values()) // 2)), minimum=64)
-
-
 def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq_len: int,
                 end_id: int, row_multiple: int = 1) -> dict[str, np.ndarray]:
     """The update's batch, each prompt's samples sharing it. Sample r = prompt + completion
@@ -213,7 +200,7 @@ def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq
     model.transformer.forward's branch_ids_BT). A prompt's samples go into as few chunks as fit in
     seq_len positions; the chunks are packed (`pack`) into rows of seq_len, one segment each
     (segment ids 1, 2, ... within a row, 0 on its empty tail). The rows are padded with empty ones
-    to a multiple of row_multiple, or to one row a sample if that is fewer.
+    to a multiple of row_multiple, or to one row a sample where that saves under a quarter.
     Returns inputs/targets/segment_ids/branch_ids/mask/advantages [R, seq_len]: mask = 1 on
     targets the policy sampled, advantages the sample's on each of its branch's positions."""
     n = len(ro.tokens)
@@ -234,7 +221,9 @@ def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq
             chunk[1].append(r)
             chunk[2] += m
     bins = pack([used for _, _, used in chunks], seq_len)
-    rows = min(-(-len(bins) // row_multiple) * row_multiple, n)
+    rows = -(-len(bins) // row_multiple) * row_multiple
+    if rows > 0.75 * n:  # a new row count costs a compile, more than a few rows save
+        rows = n
     out = {k: np.zeros((rows, seq_len), dt) for k, dt in
            (("inputs", np.int32), ("targets", np.int32), ("segment_ids", np.int32),
             ("branch_ids", np.int32), ("mask", np.float32), ("advantages", np.float32))}

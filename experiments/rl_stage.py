@@ -228,7 +228,8 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         # row shares a prompt among more samples, but attention's cost grows with the width)
         seq_len = -(-max(len(prompts[i]) - 1 + len(t) + f for i, t, f in zip(
             ro.prompt_index, ro.tokens, ro.finished, strict=True)) // 64) * 64
-        # packed rows, their count a multiple of 8 (and of the data shards): few shapes to compile
+        # packed rows, their count a multiple of 8 and of the data shards (or one a sample): few
+        # shapes to compile
         packed = build_batch(prompts, ro, adv.reshape(-1), seq_len, end, row_multiple)
         seen["seq_len"], seen["rows"] = seq_len, len(packed["inputs"])
         batch = to_global(packed, st.batch_sharding)

@@ -117,7 +117,7 @@ def token_logprobs(params, batch: dict, cfg: ModelConfig) -> jax.Array:
 def pg_loss(params, batch: dict, cfg: ModelConfig, rl: RLConfig) -> tuple[jax.Array, dict]:
     """The token-level clipped policy-gradient loss (+ kl_coef * k3 KL to the reference).
 
-    batch: inputs, targets, segment_ids, mask, advantages (per token), old_logp, ref_logp [B, T]."""
+    batch: build_batch's arrays (advantages per token) and old_logp, ref_logp, all [B, T]."""
     logp = token_logprobs(params, batch, cfg)
     mask = batch["mask"].astype(jnp.float32)
     n = jnp.maximum(mask.sum(), 1.0)

@@ -30,7 +30,14 @@ from experiments.workdir import StageFlags, configs_from, define_config, lock_ru
 from model import transformer
 from train.checkpoint import restore_params
 from train.pair_loop import train_on_pairs
-from train.reward import init_reward_model, pair_batch, rm_loss, rm_shapes, rm_shardings
+from train.reward import (
+    init_reward_model,
+    pair_batch,
+    pair_width,
+    rm_loss,
+    rm_shapes,
+    rm_shardings,
+)
 from train.stage import load_world, read_stage, stage_meta, write_meta
 
 
@@ -103,6 +110,8 @@ def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
         raise ValueError("no preference pairs to train on (every sampled answer scored the "
                              "same?); raise rm.k or rm.rounds, or add rm.extra_jsonl")
 
+    width = pair_width(train_pairs + val_pairs, model_cfg.max_seq_len)  # one shape throughout
+
     def loss_fn(params, batch):
         return rm_loss(params, batch, model_cfg)
 
@@ -110,7 +119,7 @@ def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
 
     def evaluate(params):
         return {"val_accuracy": pair_accuracy(eval_fn, params, val_pairs, train_cfg.batch_size,
-                                              model_cfg.max_seq_len)}
+                                              width)}
 
     base_meta = stage_meta("rm", model_cfg, resolved(cfg), tok, parent,
                            pairs={"train": len(train_pairs), "val": len(val_pairs),
@@ -121,10 +130,10 @@ def train_rm(cfg, parent: Path, workdir: Path, stage: str = "rm") -> dict:
                                                        model_cfg),
         train_pairs=train_pairs, evaluate=evaluate, shapes=rm_shapes(model_cfg),
         shardings=lambda mesh: rm_shardings(model_cfg, mesh), batch_name="rm_train.batch_size",
-        lr_key="rm_optim.lr",
+        lr_key="rm_optim.lr", seq_len=width,
         on_save=lambda f: write_meta(stage_dir, base_meta, f))
     figures["train_accuracy"] = pair_accuracy(eval_fn, params, train_pairs, train_cfg.batch_size,
-                                              model_cfg.max_seq_len)
+                                              width)
     figures["labeler_pair_scores"] = {
         "train_mean_gap": round(float(np.mean([r["chosen_score"] - r["rejected_score"]
                                                for r in rows["train"]] or [0])), 3)}

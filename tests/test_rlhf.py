@@ -22,6 +22,7 @@ from train.reward import (
     dpo_loss,
     init_reward_model,
     pair_batch,
+    pair_width,
     ranking_loss,
     reward_hacking,
     rm_loss,
@@ -48,6 +49,10 @@ def test_the_ranking_loss_learns_to_prefer_the_chosen_answer_and_ignores_constan
     batch = pair_batch([_toy_pair()] * 4, seq_len=16)
     assert batch["chosen_last"][0] == 4 and batch["rejected_last"][0] == 5
     assert batch["chosen_mask"][0].tolist()[:5] == [0, 1, 1, 1, 0]  # targets 11, 12, <end>
+    # the stages' width: a multiple of 64 holding the longest side, at most the context
+    long = (([1] * 70, [0] * 70), _toy_pair()[1])
+    assert pair_width([_toy_pair()] * 4, 256) == 64 and pair_width([_toy_pair(), long], 256) == 128
+    assert pair_width([long], 100) == 100
     loss_fn = jax.jit(lambda p, b: rm_loss(p, b, cfg))
     loss0, aux0 = loss_fn(rm, batch)
     assert float(loss0) == pytest.approx(np.log(2), abs=1e-5)  # a zero head scores all alike

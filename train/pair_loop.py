@@ -18,7 +18,7 @@ import numpy as np
 from model.config import ModelConfig
 from train.loop import TrainConfig, host_loop, open_state, to_global
 from train.optim import OptimConfig
-from train.reward import pair_batch
+from train.reward import pair_batch, pair_width
 from train.step import make_step
 
 
@@ -35,23 +35,26 @@ def train_on_pairs(stage_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConf
                    train_pairs: Sequence, evaluate: Callable[[object], dict],
                    extra: Callable[[object, dict], dict] | None = None, shapes=None,
                    shardings=None, on_save: Callable[[dict], None] | None = None,
-                   batch_name: str = "train.batch_size", lr_key: str = "optim.lr") -> tuple:
+                   batch_name: str = "train.batch_size", lr_key: str = "optim.lr",
+                   seq_len: int | None = None) -> tuple:
     """Trains loss_fn(params, batch) -> (loss, aux) to cfg.steps on rendered pairs; returns
     (params, figures). evaluate(params) -> figures every cfg.eval_every steps (and at the end);
     extra(params, batch) -> more batch arrays (DPO's reference log-probs). batch_name is the
-    config key of cfg.batch_size, for the error that refuses a batch the data shards cannot split."""
+    config key of cfg.batch_size, for the error that refuses a batch the data shards cannot split.
+    seq_len: the batches' width (default: pair_width of train_pairs)."""
     stage_dir = Path(stage_dir)
     st = open_state(stage_dir, model_cfg, cfg, optim_cfg, init_params, shapes, shardings)
     st.require_rows(cfg.batch_size, batch_name)
     step_fn = jax.jit(make_step(loss_fn, st.optimizer),
                       in_shardings=(st.state_sharding, st.batch_sharding),
                       out_shardings=(st.state_sharding, None), donate_argnums=0)
+    width = seq_len or pair_width(train_pairs, model_cfg.max_seq_len)
     start = int(st.state["step"])
     figures, t_begin = {}, time.time()
 
     def next_batch(step, state):
         idx = batch_indices(len(train_pairs), cfg.batch_size, step, cfg.seed)
-        host = pair_batch([train_pairs[i] for i in idx], model_cfg.max_seq_len)
+        host = pair_batch([train_pairs[i] for i in idx], width)
         batch = to_global(host, st.batch_sharding)
         if extra is not None:
             batch.update(extra(state["params"], batch))

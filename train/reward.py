@@ -22,7 +22,7 @@ import numpy as np
 
 from model import transformer
 from model.config import ModelConfig
-from model.padding import right_pad
+from model.padding import bucket, right_pad
 from train.rl import token_logprobs
 
 SIDES = ("chosen", "rejected")
@@ -67,6 +67,13 @@ def dpo_loss(params, batch: dict, cfg: ModelConfig, beta: float) -> tuple[jax.Ar
     h = beta * ((lp["chosen"] - batch["ref_chosen"]) - (lp["rejected"] - batch["ref_rejected"]))
     return jnp.mean(jax.nn.softplus(-h)), {"accuracy": jnp.mean((h > 0).astype(jnp.float32)),
                                            "margin": jnp.mean(h) / beta}
+
+
+def pair_width(pairs: Sequence, limit: int) -> int:
+    """A width for pair_batch: the smallest multiple of 64 that holds every conversation of
+    `pairs`, at most `limit` (one shape for every batch of a stage: one compile)."""
+    longest = max((len(p[k][0]) for p in pairs for k in range(len(SIDES))), default=1)
+    return min(-(-longest // 64) * 64, limit)
 
 
 def pair_batch(pairs: Sequence[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]],
@@ -141,7 +148,9 @@ class RewardModel:
                     [: self.cfg.max_seq_len]
                     for p, a in zip(prompts[i:i + self.batch_size], answers[i:i + self.batch_size],
                                     strict=True)]
-            tokens = right_pad(rows + [[]] * (self.batch_size - len(rows)), self.cfg.max_seq_len)
+            # a power of two of positions that holds the longest, not the whole context
+            width = bucket(max(map(len, rows)), 64, self.cfg.max_seq_len)
+            tokens = right_pad(rows + [[]] * (self.batch_size - len(rows)), width)
             last = np.array([len(r) - 1 for r in rows] + [0] * (self.batch_size - len(rows)),
                             np.int32)
             out.append(np.asarray(self._fn(self.params, tokens, last))[: len(rows)])

@@ -224,14 +224,10 @@ def train_rl(cfg, parent: Path, workdir: Path, stage: str = "rl", task=None, on_
         keep = informative_first(rewards_PG, rl.prompts_per_step)
         ro, prompts, rewards_PG = ro.groups(keep), [prompts[g] for g in keep], rewards_PG[keep]
         adv = group_advantages(rewards_PG, rl.normalize_std, neg_weight=rl.neg_weight)
-        # the rows' width: the smallest multiple of 64 that holds the longest sample (a wider
-        # row shares a prompt among more samples, but attention's cost grows with the width)
-        seq_len = -(-max(len(prompts[i]) - 1 + len(t) + f for i, t, f in zip(
-            ro.prompt_index, ro.tokens, ro.finished, strict=True)) // 64) * 64
         # packed rows, their count a multiple of 8 and of the data shards (or one a sample): few
         # shapes to compile
-        packed = build_batch(prompts, ro, adv.reshape(-1), seq_len, end, row_multiple)
-        seen["seq_len"], seen["rows"] = seq_len, len(packed["inputs"])
+        packed = build_batch(prompts, ro, adv.reshape(-1), None, end, row_multiple)
+        seen["rows"], seen["seq_len"] = packed["inputs"].shape
         batch = to_global(packed, st.batch_sharding)
         batch["old_logp"] = logp_fn(state["params"], batch)
         batch["ref_logp"] = logp_fn(ref_params, batch)

@@ -1,5 +1,6 @@
-"""Right-padding token rows into one array, at a power-of-two width so that a new row length
-reuses a shape already compiled: the one helper the engine, evaluations and trainers share."""
+"""Right-padding token rows into one array, at a power-of-two width (or a multiple of a step) so
+that a new row length reuses a shape already compiled: the one helper the engine, evaluations and
+trainers share."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ def bucket(n: int, minimum: int = 1, maximum: int | None = None) -> int:
     """The smallest power of two >= n, raised to `minimum`, capped at `maximum`."""
     width = max(minimum, 1 << max(n - 1, 0).bit_length())
     return width if maximum is None else min(width, maximum)
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` >= n."""
+    return -(-n // multiple) * multiple
 
 
 def right_pad(rows: Sequence[Sequence[float]], width: int, fill: float = 0,

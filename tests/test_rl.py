@@ -178,6 +178,7 @@ def test_packed_samples_score_as_they_would_alone():
     # 5 rows of 6 would save under a quarter: not worth another shape to compile
     assert build_batch(prompts, ro, adv, 16, 2, row_multiple=5)["inputs"].shape == (6, 16)
     assert build_batch(prompts, ro, adv, 16, 2)["inputs"].shape == (3, 16)
+    assert build_batch(prompts, ro, adv, None, 2)["inputs"].shape[1] == 64  # holds the longest, 12
     with pytest.raises(ValueError, match="branch_ids_BT needs segment_ids_BT"):
         transformer.forward(params, packed["inputs"], cfg, branch_ids_BT=packed["branch_ids"])
     with pytest.raises(ValueError, match="sample 0 has 12 positions; a row holds 8"):

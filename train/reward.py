@@ -22,7 +22,7 @@ import numpy as np
 
 from model import transformer
 from model.config import ModelConfig
-from model.padding import bucket, right_pad
+from model.padding import bucket, right_pad, round_up
 from train.rl import token_logprobs
 
 SIDES = ("chosen", "rejected")
@@ -73,7 +73,7 @@ def pair_width(pairs: Sequence, limit: int) -> int:
     """A width for pair_batch: the smallest multiple of 64 that holds every conversation of
     `pairs`, at most `limit` (one shape for every batch of a stage: one compile)."""
     longest = max((len(p[k][0]) for p in pairs for k in range(len(SIDES))), default=1)
-    return min(-(-longest // 64) * 64, limit)
+    return min(round_up(longest, 64), limit)
 
 
 def pair_batch(pairs: Sequence[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]],

@@ -51,6 +51,7 @@ from model.config import ModelConfig
 from model.engine import SamplingConfig, generate, generate_with_tools
 from model.handle import LM
 from model.losses import token_losses
+from model.padding import round_up
 from train.step import State, make_step
 
 
@@ -191,14 +192,16 @@ def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq_len: int,
+def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq_len: int | None,
                 end_id: int, row_multiple: int = 1) -> dict[str, np.ndarray]:
     """The update's batch, each prompt's samples sharing it. Sample r = prompt + completion
     (+ <|end|> where it finished) is scored at len(sample) - 1 positions (inputs sample[:-1],
     targets sample[1:]): the prompt's first len(prompt) - 1 of them once per chunk (branch 0), then
     a branch per sample from the prompt's last token on (branch ids 1, 2, ... with
     model.transformer.forward's branch_ids_BT). A prompt's samples go into as few chunks as fit in
-    seq_len positions; the chunks are packed (`pack`) into rows of seq_len, one segment each
+    seq_len positions (None: the smallest multiple of 64 that holds the longest sample; a wider
+    row shares a prompt among more samples, but attention's cost grows with the width); the
+    chunks are packed (`pack`) into rows of seq_len, one segment each
     (segment ids 1, 2, ... within a row, 0 on its empty tail). The rows are padded with empty ones
     to a multiple of row_multiple, or to one row a sample where that saves under a quarter.
     Returns inputs/targets/segment_ids/branch_ids/mask/advantages [R, seq_len]: mask = 1 on
@@ -208,6 +211,9 @@ def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq
     by_prompt: dict[int, list[int]] = {}
     for r, i in enumerate(ro.prompt_index):
         by_prompt.setdefault(i, []).append(r)
+    if seq_len is None:
+        seq_len = round_up(max(len(prompts[i]) - 1 + len(t) + f for i, t, f in zip(
+            ro.prompt_index, ro.tokens, ro.finished, strict=True)), 64)
     chunks = []  # [prompt index, its samples in the chunk, positions used <= seq_len]
     for i, rs in by_prompt.items():
         head, chunk = len(prompts[i]) - 1, None
@@ -221,7 +227,7 @@ def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq
             chunk[1].append(r)
             chunk[2] += m
     bins = pack([used for _, _, used in chunks], seq_len)
-    rows = -(-len(bins) // row_multiple) * row_multiple
+    rows = round_up(len(bins), row_multiple)
     if rows > 0.75 * n:  # a new row count costs a compile, more than a few rows save
         rows = n
     out = {k: np.zeros((rows, seq_len), dt) for k, dt in

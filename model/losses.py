@@ -3,6 +3,7 @@ what the training steps minimise and the evaluations report, in one place below 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -22,6 +23,77 @@ def token_losses(params, batch: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.
     gold_BT = jnp.take_along_axis(logits_BTV, batch["targets"][..., None], axis=-1)[..., 0]
     mask_BT = batch.get("mask", jnp.ones_like(batch["targets"])).astype(jnp.float32)
     return (logz_BT - gold_BT) * mask_BT, mask_BT
+
+
+# Logits held at once by the fused loss: a chunk of [tokens, vocab] that stays in the CPU's cache.
+_CHUNK_LOGITS = 1 << 21
+
+
+def loss_sum(params, batch: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    """(sum of the masked per-token cross-entropies, the mask's sum): token_losses summed, the
+    training steps' loss. On CPU the LM head and cross-entropy run fused over chunks of the
+    sequence (fused_cross_entropy), so the [B, T, vocab] logits are never held whole."""
+    mask_BT = batch.get("mask", jnp.ones_like(batch["targets"])).astype(jnp.float32)
+    if cfg.quant != "none" or jax.default_backend() != "cpu":
+        losses_BT, _ = token_losses(params, batch, cfg)
+        return losses_BT.sum(), mask_BT.sum()
+    x_BTD, _ = transformer.forward(params, batch["inputs"], cfg, hidden=True,
+                                   segment_ids_BT=batch.get("segment_ids"),
+                                   branch_ids_BT=batch.get("branch_ids"))
+    w_VD = params["embed_VD"] if cfg.tie_embeddings else params["head_DV"].T
+    b, t = batch["targets"].shape
+    target = max(256, _CHUNK_LOGITS // cfg.vocab_size)  # tokens a chunk
+    chunks = next(k for k in range(1, t + 1) if t % k == 0 and b * t // k <= target or k == t)
+    total = fused_cross_entropy(x_BTD.astype(cfg.compute_dtype), w_VD.astype(cfg.compute_dtype),
+                                batch["targets"], mask_BT, chunks, cfg.logit_softcap)
+    return total, mask_BT.sum()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def fused_cross_entropy(x_BTD, w_VD, targets_BT, weight_BT, chunks: int, softcap: float):
+    """sum(weight * cross-entropy of softcapped x @ w_VD.T against targets), computed over
+    `chunks` slices of the sequence axis; its gradients come out of the same pass (the loss is
+    the last op of a training step, so the output gradient is one scalar that scales them)."""
+    return _fused_ce_fwd(x_BTD, w_VD, targets_BT, weight_BT, chunks, softcap)[0]
+
+
+def _fused_ce_fwd(x_BTD, w_VD, targets_BT, weight_BT, chunks, softcap):
+    (b, t, d), v = x_BTD.shape, w_VD.shape[0]
+
+    def split(a):  # [B, T, ...] -> [chunks, B, T / chunks, ...]
+        return jnp.moveaxis(a.reshape(b, chunks, t // chunks, *a.shape[2:]), 1, 0)
+
+    def body(dw_DV, chunk):
+        x_BCD, tgt_BC, wt_BC = chunk
+        z_BCV = jnp.einsum("BCD,VD->BCV", x_BCD, w_VD, preferred_element_type=jnp.float32)
+        if softcap > 0:
+            s_BCV = jnp.tanh(z_BCV / softcap)
+            z_BCV = softcap * s_BCV
+        logz_BC = jax.nn.logsumexp(z_BCV, axis=-1)
+        gold_BC = jnp.take_along_axis(z_BCV, tgt_BC[..., None], axis=-1)[..., 0]
+        dz_BCV = jnp.exp(z_BCV - logz_BC[..., None]) - jax.nn.one_hot(tgt_BC, v, dtype=z_BCV.dtype)
+        dz_BCV = dz_BCV * wt_BC[..., None]
+        if softcap > 0:
+            dz_BCV = dz_BCV * (1.0 - s_BCV * s_BCV)
+        dz_BCV = dz_BCV.astype(x_BCD.dtype)
+        dx_BCD = jnp.einsum("BCV,VD->BCD", dz_BCV, w_VD, preferred_element_type=jnp.float32)
+        # x's transpose made explicitly: XLA's CPU backend would transpose the wider dz instead
+        x_NDt = jax.lax.optimization_barrier(x_BCD.reshape(-1, d).T)
+        dw_DV = dw_DV + jnp.dot(x_NDt, dz_BCV.reshape(-1, v), preferred_element_type=jnp.float32)
+        return dw_DV, (((logz_BC - gold_BC) * wt_BC).sum(), dx_BCD)
+
+    dw_DV, (sums, dx) = jax.lax.scan(body, jnp.zeros((d, v), jnp.float32),
+                                     (split(x_BTD), split(targets_BT), split(weight_BT)))
+    dx_BTD = jnp.moveaxis(dx, 0, 1).reshape(b, t, d)
+    return sums.sum(), (dx_BTD.astype(x_BTD.dtype), dw_DV.T.astype(w_VD.dtype))
+
+
+def _fused_ce_bwd(chunks, softcap, res, g):
+    dx_BTD, dw_VD = res
+    return (g * dx_BTD).astype(dx_BTD.dtype), (g * dw_VD).astype(dw_VD.dtype), None, None
+
+
+fused_cross_entropy.defvjp(_fused_ce_fwd, _fused_ce_bwd)
 
 
 def make_eval_step(cfg: ModelConfig, token_bytes_V: jax.Array) -> Callable[[dict, dict], dict]:

@@ -1,12 +1,16 @@
 """The train step: it learns, it shards, it accumulates, it does not retrace; the optimizer."""
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from tiny import tiny_config
 
 from model import transformer as tf
+from model.losses import fused_cross_entropy, loss_sum, token_losses
 from train.mesh import make_mesh
 from train.optim import OptimConfig, decay_mask, make_optimizer, make_schedule
 from train.step import batch_sharding, init_state, make_train_step, state_shardings
@@ -70,6 +74,48 @@ def test_gradient_accumulation_equals_one_big_batch():
         outs.append((float(m["loss"]), jax.device_get(state["params"])))
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("softcap", [0.0, 5.0])
+def test_fused_cross_entropy_equals_the_plain_loss_and_its_gradients(softcap):
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+    x, w = jax.random.normal(k1, (3, 8, 16)), jax.random.normal(k2, (50, 16))
+    tgt = jax.random.randint(k3, (3, 8), 0, 50)
+    wt = jax.random.uniform(k4, (3, 8)) * (jax.random.uniform(k3, (3, 8)) > 0.3)
+
+    def plain(x, w):
+        z = jnp.einsum("BTD,VD->BTV", x, w)
+        z = softcap * jnp.tanh(z / softcap) if softcap else z
+        gold = jnp.take_along_axis(z, tgt[..., None], -1)[..., 0]
+        return ((jax.nn.logsumexp(z, -1) - gold) * wt).sum()
+
+    want, want_grads = jax.value_and_grad(plain, argnums=(0, 1))(x, w)
+    for chunks in (1, 4):  # the sequence in one piece and in four
+        got, grads = jax.value_and_grad(
+            lambda x, w, c=chunks: 2.0 * fused_cross_entropy(x, w, tgt, wt, c, softcap),
+            argnums=(0, 1))(x, w)
+        np.testing.assert_allclose(got, 2.0 * want, rtol=1e-5)
+        for g, h in zip(grads, want_grads, strict=True):  # scaled by the output gradient
+            np.testing.assert_allclose(g, 2.0 * h, atol=1e-5)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_training_loss_is_the_masked_sum_of_token_losses(tied):
+    cfg = dataclasses.replace(CFG, tie_embeddings=tied)
+    params = tf.init(cfg, jax.random.key(1))
+    batch = _batch(2, b=4, t=16)
+    batch["mask"] = (np.arange(16)[None] % 3 > 0).repeat(4, 0).astype(np.int32)
+
+    def reference(p):
+        losses, _ = token_losses(p, batch, cfg)
+        return losses.sum()
+
+    (total, count), grads = jax.value_and_grad(lambda p: loss_sum(p, batch, cfg), has_aux=True)(
+        params)
+    want, want_grads = jax.value_and_grad(reference)(params)
+    assert float(count) == batch["mask"].sum()
+    np.testing.assert_allclose(total, want, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads, want_grads)
 
 
 def test_schedules_and_decay_mask():

@@ -1,4 +1,4 @@
-"""The train state pytree and the pure train step (the loss is model.losses.token_losses).
+"""The train state pytree and the pure train step (the loss is model.losses.loss_sum).
 
 State: {"step": int32, "params": ..., "opt_state": ..., "rng": uint32 key data}. The steps are
 pure functions; `jit_train_step` compiles one with in/out shardings (pjit) and the state donated.
@@ -15,7 +15,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from model.config import ModelConfig
-from model.losses import token_losses
+from model.losses import loss_sum
 
 State = dict
 
@@ -32,11 +32,6 @@ def init_state(params, optimizer: optax.GradientTransformation, seed: int) -> St
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "opt_state": optimizer.init(params),
             "rng": jax.random.key_data(jax.random.key(seed))}
-
-
-def _loss(params, batch, cfg):
-    losses_BT, mask_BT = token_losses(params, batch, cfg)
-    return losses_BT.sum(), mask_BT.sum()
 
 
 def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
@@ -92,7 +87,7 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
                     accum_steps: int = 1) -> Callable[[State, dict], tuple[State, dict]]:
     """The token stages' step (pretraining, SFT): gradients averaged over micro-batches."""
-    return make_step(lambda p, b: _loss(p, b, cfg), optimizer, micro_batches=accum_steps)
+    return make_step(lambda p, b: loss_sum(p, b, cfg), optimizer, micro_batches=accum_steps)
 
 
 def state_shardings(abstract_state: State, param_shardings, mesh) -> State:

@@ -1,5 +1,6 @@
-"""Per-token losses of the model, and the validation sums behind loss and bits per byte:
-what the training steps minimise and the evaluations report, in one place below both."""
+"""Per-token losses of the model, the training steps' loss, and the validation sums behind loss
+and bits per byte: what the training steps minimise and the evaluations report, in one place
+below both."""
 
 from __future__ import annotations
 
@@ -29,12 +30,16 @@ def token_losses(params, batch: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.
 _CHUNK_LOGITS = 1 << 21
 
 
-def loss_sum(params, batch: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+def loss_sum(params, batch: dict, cfg: ModelConfig,
+             fused: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """(sum of the masked per-token cross-entropies, the mask's sum): token_losses summed, the
-    training steps' loss. On CPU the LM head and cross-entropy run fused over chunks of the
-    sequence (fused_cross_entropy), so the [B, T, vocab] logits are never held whole."""
+    training steps' loss. fused (None: on CPU) runs a float model's LM head and cross-entropy
+    fused over chunks of the sequence (fused_cross_entropy): the [B, T, vocab] logits are never
+    held whole."""
     mask_BT = batch.get("mask", jnp.ones_like(batch["targets"])).astype(jnp.float32)
-    if cfg.quant != "none" or jax.default_backend() != "cpu":
+    if fused is None:
+        fused = jax.default_backend() == "cpu"
+    if cfg.quant != "none" or not fused:
         losses_BT, _ = token_losses(params, batch, cfg)
         return losses_BT.sum(), mask_BT.sum()
     x_BTD, _ = transformer.forward(params, batch["inputs"], cfg, hidden=True,
@@ -78,8 +83,8 @@ def _fused_ce_fwd(x_BTD, w_VD, targets_BT, weight_BT, chunks, softcap):
         dz_BCV = dz_BCV.astype(x_BCD.dtype)
         dx_BCD = jnp.einsum("BCV,VD->BCD", dz_BCV, w_VD, preferred_element_type=jnp.float32)
         # x's transpose made explicitly: XLA's CPU backend would transpose the wider dz instead
-        x_NDt = jax.lax.optimization_barrier(x_BCD.reshape(-1, d).T)
-        dw_DV = dw_DV + jnp.dot(x_NDt, dz_BCV.reshape(-1, v), preferred_element_type=jnp.float32)
+        x_DN = jax.lax.optimization_barrier(x_BCD.reshape(-1, d).T)
+        dw_DV = dw_DV + jnp.dot(x_DN, dz_BCV.reshape(-1, v), preferred_element_type=jnp.float32)
         return dw_DV, (((logz_BC - gold_BC) * wt_BC).sum(), dx_BCD)
 
     dw_DV, (sums, dx) = jax.lax.scan(body, jnp.zeros((d, v), jnp.float32),

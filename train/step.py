@@ -85,9 +85,12 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
 
 
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
-                    accum_steps: int = 1) -> Callable[[State, dict], tuple[State, dict]]:
-    """The token stages' step (pretraining, SFT): gradients averaged over micro-batches."""
-    return make_step(lambda p, b: loss_sum(p, b, cfg), optimizer, micro_batches=accum_steps)
+                    accum_steps: int = 1,
+                    fused_loss: bool | None = None) -> Callable[[State, dict], tuple[State, dict]]:
+    """The token stages' step (pretraining, SFT): gradients averaged over micro-batches;
+    fused_loss: model.losses.loss_sum's `fused` (None: on CPU)."""
+    return make_step(lambda p, b: loss_sum(p, b, cfg, fused_loss), optimizer,
+                     micro_batches=accum_steps)
 
 
 def state_shardings(abstract_state: State, param_shardings, mesh) -> State:

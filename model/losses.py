@@ -17,13 +17,22 @@ from model.config import ModelConfig
 
 def token_losses(params, batch: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
     """Per-token cross-entropy in nats (float32) [B, T], and the loss mask [B, T]."""
-    logits_BTV, _ = transformer.forward(params, batch["inputs"], cfg,
-                                        segment_ids_BT=batch.get("segment_ids"),
-                                        branch_ids_BT=batch.get("branch_ids"))
+    logits_BTV = _forward(params, batch, cfg)
     logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
     gold_BT = jnp.take_along_axis(logits_BTV, batch["targets"][..., None], axis=-1)[..., 0]
-    mask_BT = batch.get("mask", jnp.ones_like(batch["targets"])).astype(jnp.float32)
+    mask_BT = _mask(batch)
     return (logz_BT - gold_BT) * mask_BT, mask_BT
+
+
+def _forward(params, batch: dict, cfg: ModelConfig, hidden: bool = False) -> jax.Array:
+    """The model's logits (or final hidden states) over batch["inputs"], packed as it says."""
+    return transformer.forward(params, batch["inputs"], cfg, hidden=hidden,
+                               segment_ids_BT=batch.get("segment_ids"),
+                               branch_ids_BT=batch.get("branch_ids"))[0]
+
+
+def _mask(batch: dict) -> jax.Array:  # the loss mask [B, T] (float32); every target without one
+    return batch.get("mask", jnp.ones_like(batch["targets"])).astype(jnp.float32)
 
 
 # Logits held at once by the fused loss: a chunk of [tokens, vocab] that stays in the CPU's cache.
@@ -36,15 +45,12 @@ def loss_sum(params, batch: dict, cfg: ModelConfig,
     training steps' loss. fused (None: on CPU) runs a float model's LM head and cross-entropy
     fused over chunks of the sequence (fused_cross_entropy): the [B, T, vocab] logits are never
     held whole."""
-    mask_BT = batch.get("mask", jnp.ones_like(batch["targets"])).astype(jnp.float32)
     if fused is None:
         fused = jax.default_backend() == "cpu"
     if cfg.quant != "none" or not fused:
-        losses_BT, _ = token_losses(params, batch, cfg)
+        losses_BT, mask_BT = token_losses(params, batch, cfg)
         return losses_BT.sum(), mask_BT.sum()
-    x_BTD, _ = transformer.forward(params, batch["inputs"], cfg, hidden=True,
-                                   segment_ids_BT=batch.get("segment_ids"),
-                                   branch_ids_BT=batch.get("branch_ids"))
+    x_BTD, mask_BT = _forward(params, batch, cfg, hidden=True), _mask(batch)
     w_VD = params["embed_VD"] if cfg.tie_embeddings else params["head_DV"].T
     b, t = batch["targets"].shape
     target = max(256, _CHUNK_LOGITS // cfg.vocab_size)  # tokens a chunk

@@ -211,14 +211,16 @@ def build_batch(prompts: Sequence[Sequence[int]], ro: Rollout, advantages_N, seq
     by_prompt: dict[int, list[int]] = {}
     for r, i in enumerate(ro.prompt_index):
         by_prompt.setdefault(i, []).append(r)
+    # a sample's own positions: the prompt's last token, the completion, <|end|> where finished
+    own_N = [len(t) + f for t, f in zip(ro.tokens, ro.finished, strict=True)]
     if seq_len is None:
-        seq_len = round_up(max(len(prompts[i]) - 1 + len(t) + f for i, t, f in zip(
-            ro.prompt_index, ro.tokens, ro.finished, strict=True)), 64)
+        seq_len = round_up(max(len(prompts[i]) - 1 + m for i, m in zip(ro.prompt_index, own_N,
+                                                                        strict=True)), 64)
     chunks = []  # [prompt index, its samples in the chunk, positions used <= seq_len]
     for i, rs in by_prompt.items():
         head, chunk = len(prompts[i]) - 1, None
         for r in rs:
-            m = len(ro.tokens[r]) + ro.finished[r]
+            m = own_N[r]
             if head + m > seq_len:
                 raise ValueError(f"sample {r} has {head + m} positions; a row holds {seq_len}")
             if chunk is None or chunk[2] + m > seq_len:

@@ -14,11 +14,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 
 from data.sandbox import SandboxConfig, run_python
 
-__all__ = ["BM25", "SandboxConfig", "ToolConfig", "make_hooks", "result_cut", "run_python",
-           "search_result"]
+__all__ = ["BM25", "THREADS", "SandboxConfig", "ToolConfig", "ToolHooks", "make_hooks", "result_cut",
+           "run_python", "search_result"]
 
 
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -71,6 +72,10 @@ def search_result(index: BM25, query: str, k: int = 1, max_chars: int = 400) -> 
     return text if len(text) <= max_chars else text[:max_chars] + " [...]"
 
 
+# make_hooks(threads=) for batched sampling (RL, the tool evaluations): a step's calls at once
+THREADS = 4
+
+
 @dataclasses.dataclass(frozen=True)
 class ToolConfig:
     max_calls: int = 3  # tool calls per assistant turn
@@ -87,7 +92,7 @@ def result_cut(tok, cfg: ToolConfig = ToolConfig()) -> Callable[[str], str]:
 
 def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: list | None = None,
                memo: bool = False, recall: Callable[[str], str] | None = None,
-               tamper: Callable[[str, str, str], str] | None = None):
+               tamper: Callable[[str, str, str], str] | None = None, threads: int = 1):
     """Engine hooks (model.engine.generate_with_tools) for the tools: on a closing tag, the text
     since its opening tag is run as the tool's input and the result comes back as
     <|result|> text <|/result|>. The text is encoded as plain text, so a result that spells
@@ -103,19 +108,27 @@ def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: lis
     "Recall is unavailable.".
 
     tamper: (tool, input, result) -> the result the model reads instead: a man in the middle
-    for prompt-injection experiments (data/attacks.py); the log keeps what the model read."""
+    for prompt-injection experiments (data/attacks.py); the log keeps what the model read.
+
+    threads: the engine runs the calls drawn in the same decoding step on this many threads (a
+    sandboxed program mostly waits on its process); a step's log entries then come in the
+    order its calls finish."""
     from data.chat import TOOLS
     from data.special_tokens import RESULT, RESULT_END, special_id
 
-    outputs: dict[str, str] = {}
+    if threads < 1:
+        raise ValueError(f"threads={threads} must be >= 1")
+    outputs: dict[str, Future] = {}
 
     def run(name: str, text: str) -> str:
         if name == "python":
             if not memo:
                 return run_python(text, cfg.sandbox)
-            if text not in outputs:
-                outputs[text] = run_python(text, cfg.sandbox)
-            return outputs[text]
+            mine = Future()
+            first = outputs.setdefault(text, mine)  # one run a text, whichever thread asks first
+            if first is mine:
+                mine.set_result(run_python(text, cfg.sandbox))
+            return first.result()
         if name == "recall":
             return recall(text) if recall is not None else "Recall is unavailable."
         return search_result(index, text, cfg.search_k) if index is not None else "Search is unavailable."
@@ -136,4 +149,13 @@ def make_hooks(tok, index: BM25 | None, cfg: ToolConfig = ToolConfig(), log: lis
 
         return hook
 
-    return {special_id(close): hook_for(name, open_) for name, (open_, close) in TOOLS.items()}
+    return ToolHooks({special_id(close): hook_for(name, open_)
+                      for name, (open_, close) in TOOLS.items()}, threads)
+
+
+class ToolHooks(dict):
+    """make_hooks's mapping (closing tag id -> hook), with the threads its calls may run on."""
+
+    def __init__(self, hooks: dict, threads: int):
+        super().__init__(hooks)
+        self.threads = threads

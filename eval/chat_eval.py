@@ -134,11 +134,13 @@ def tool_eval(lm: LM, world: World, tool_cfg=None, n: int = 50, system: str | No
     under the tools system message, the model's calls run for real. recall: the recall tool,
     for a model taught to call it, available in both."""
     from data.sft_mix import TOOLS_SYSTEM
-    from data.tools import BM25, ToolConfig, make_hooks
+    from data.tools import BM25, THREADS, ToolConfig, make_hooks
 
     tool_cfg = tool_cfg or ToolConfig()
     log: list[dict] = []
-    hooks = make_hooks(lm.tok, BM25(world.biographies()), tool_cfg, log=log, recall=recall)
+    # the log is only counted below, so its order (the calls' finishing order) does not matter
+    hooks = make_hooks(lm.tok, BM25(world.biographies()), tool_cfg, log=log, recall=recall,
+                       threads=THREADS)
     tasks = {
         "heldout_facts": [(q["question"], q["value"]) for q in world.qa("heldout")[:n]],
         "calculations": [(c["question"], str(c["answer"])) for c in world.calculations("test", n)],

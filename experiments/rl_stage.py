@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from data.sft_mix import TOOLS_SYSTEM
-from data.tools import BM25, make_hooks
+from data.tools import BM25, THREADS, make_hooks
 from eval.chat_eval import after_last_result
 from eval.tasks import Problem, make_task, score_task
 from experiments.configs import resolved
@@ -83,7 +83,8 @@ def task_objective(cfg, task, lm: LM, world, budget_for: Callable) -> Objective:
         raise ValueError(f"task {task.name}: no held-out problems")
     system = TOOLS_SYSTEM if s.tools else None
     # memo: the task's programs are arithmetic on the story's numbers, a function of their text
-    hooks = (make_hooks(lm.tok, BM25(world.biographies()), tool_config(cfg), memo=True)
+    hooks = (make_hooks(lm.tok, BM25(world.biographies()), tool_config(cfg), memo=True,
+                        threads=THREADS)
              if s.tools else None)
     budget = budget_for([p.prompt for p in train + held], system)
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from data.sft_mix import TOOLS_SYSTEM
-from data.tools import BM25, make_hooks
+from data.tools import BM25, THREADS, make_hooks
 from eval.chat_eval import ask
 from eval.tasks import ArithmeticTask, extract_answer
 from eval.test_time import curves
@@ -50,7 +50,8 @@ def run_test_time(cfg, workdir: Path) -> dict:
     lm, _ = load_stage(workdir / s.policy)
     world = load_world(workdir)
     problems = ArithmeticTask(world).problems("test", s.problems)
-    hooks = (make_hooks(lm.tok, BM25(world.biographies()), tool_config(cfg), memo=True)
+    hooks = (make_hooks(lm.tok, BM25(world.biographies()), tool_config(cfg), memo=True,
+                        threads=THREADS)
              if s.tools else None)
     t0 = time.time()
     print(f"{s.policy}: {len(problems)} problems x {s.samples} samples ...", flush=True)

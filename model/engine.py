@@ -14,6 +14,8 @@ Shapes are bucketed so that new prompts or sampling knobs do not recompile.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -210,7 +212,9 @@ def generate_with_tools(params: Params, cfg: ModelConfig, prompts: Sequence[Sequ
     fills as if they were a prompt); the other rows sample on unaffected, and the row resumes
     sampling after the last inserted id. A row's inserted ids count against max_new_tokens.
     After max_calls calls a row's closing tags are not acted on. The model never writes the
-    inserted ids: `injected` marks them (RL must not train on them).
+    inserted ids: `injected` marks them (RL must not train on them). The calls drawn in one
+    step run in row order, or on `hooks.threads` threads where the mapping has that attribute
+    (data.tools.make_hooks(threads=N): a sandboxed program mostly waits on its own process).
     """
     tokens_BT, lengths_B, cache_len = pad_prompts(prompts, cfg, sampling.max_new_tokens)
     knobs = _knobs(sampling)
@@ -223,26 +227,33 @@ def generate_with_tools(params: Params, cfg: ModelConfig, prompts: Sequence[Sequ
     finished = [False] * n
     live = np.ones(n, bool)
     stop = set(sampling.stop_tokens)
-    for step in range(sampling.max_new_tokens):
-        if step:
-            state = _next_jit(params, state, knobs, cfg)
-        token = np.asarray(state["token"]).copy()
-        forced = np.zeros(n, bool)
-        for r in np.flatnonzero(live):
-            if queue[r]:  # this step feeds an inserted id, whatever was sampled
-                token[r] = queue[r].pop(0)
-                forced[r] = True
-            t = int(token[r])
-            if not forced[r] and t in stop:
-                finished[r], live[r] = True, False
-                continue
-            out[r].append(t)
-            injected[r].append(bool(forced[r]))
-            if not forced[r] and t in hooks and calls[r] < max_calls:
-                calls[r] += 1
-                queue[r] = list(hooks[t](int(r), list(out[r]), calls[r]))
-        if not live.any():
-            break
-        done = ~live
-        state = {**state, "token": jnp.asarray(token), "done": jnp.asarray(done)}
+    threads = getattr(hooks, "threads", 1)
+    with (concurrent.futures.ThreadPoolExecutor(threads) if threads > 1
+          else contextlib.nullcontext()) as pool:
+        for step in range(sampling.max_new_tokens):
+            token = np.asarray(state["token"]).copy()
+            forced = np.zeros(n, bool)
+            called = []  # (row, closing tag, its tokens so far, its call count): this step's calls
+            for r in np.flatnonzero(live):
+                if queue[r]:  # this step feeds an inserted id, whatever was sampled
+                    token[r] = queue[r].pop(0)
+                    forced[r] = True
+                t = int(token[r])
+                if not forced[r] and t in stop:
+                    finished[r], live[r] = True, False
+                    continue
+                out[r].append(t)
+                injected[r].append(bool(forced[r]))
+                if not forced[r] and t in hooks and calls[r] < max_calls:
+                    calls[r] += 1
+                    called.append((int(r), t, list(out[r]), calls[r]))
+            if not live.any():
+                break
+            if step + 1 < sampling.max_new_tokens:  # dispatched now: the tools run meanwhile
+                state = _next_jit(params, {**state, "token": jnp.asarray(token),
+                                           "done": jnp.asarray(~live)}, knobs, cfg)
+            # a call's ids are first fed at the next step's end, after its sampled token
+            results = (pool.map if pool else map)(lambda c: hooks[c[1]](c[0], c[2], c[3]), called)
+            for (r, *_), ids in zip(called, results, strict=True):
+                queue[r] = list(ids)
     return ToolGeneration(tokens=out, finished=finished, injected=injected, calls=calls)

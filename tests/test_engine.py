@@ -176,6 +176,38 @@ def test_a_tool_call_in_one_row_gets_its_result_in_that_row_only():
     assert out.tokens[0][7] == JUNK and not out.finished[0]
 
 
+def test_tool_calls_drawn_in_one_step_run_on_threads_and_change_nothing():
+    import threading
+    import time
+
+    from data.tools import ToolHooks
+
+    A, B, CLOSE, JUNK, RES, RES_END, C, STOP, D = range(1, 10)
+    cfg, params = _scripted_model({A: B, B: CLOSE, CLOSE: JUNK, JUNK: JUNK, RES: JUNK,
+                                   RES_END: C, C: STOP, D: STOP})
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def hook(row, tokens, calls):  # a slow tool: the three rows' calls come in the same step
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return [RES, 20 + row, RES_END]
+
+    sampling = engine.SamplingConfig(max_new_tokens=12, temperature=0.0, stop_tokens=(STOP,))
+    outs = {}
+    for threads in (1, 3):
+        most[0] = 0
+        outs[threads] = engine.generate_with_tools(params, cfg, [[A], [D], [A], [A]], sampling,
+                                                   hooks=ToolHooks({CLOSE: hook}, threads))
+        assert most[0] == min(threads, 3)
+    assert outs[3] == outs[1]
+    assert outs[3].tokens[2] == [B, CLOSE, RES, 22, RES_END, C] and outs[3].tokens[1] == []
+
+
 def test_the_padding_helper_buckets_to_powers_of_two_and_refuses_long_rows():
     from model.padding import bucket, right_pad
 

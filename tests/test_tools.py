@@ -107,6 +107,18 @@ def test_a_result_that_spells_special_tokens_is_inert(tmp_path):
             close = make_hooks(tok, None, memo=memo)[special_id(PYTHON_END)]
             first, second = close(0, clock, 1), close(1, clock, 1)
             assert len(runs) == want and (first == second) == memo
+        # threads asking for the same program at once: it still runs once
+        import time
+        from concurrent.futures import ThreadPoolExecutor
+
+        runs.clear()
+        tools.run_python = lambda c, cfg: runs.append(c) or time.sleep(0.05) or "42"
+        close = make_hooks(tok, None, memo=True, threads=4)[special_id(PYTHON_END)]
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda r: close(r, clock, 1), range(4)))
+        assert len(runs) == 1 and all(r == results[0] for r in results)
+        with pytest.raises(ValueError, match="threads=0"):
+            make_hooks(tok, None, threads=0)
     finally:
         tools.run_python = real
 

@@ -39,51 +39,79 @@ def _mask(batch: dict) -> jax.Array:  # the loss mask [B, T] (float32); every ta
 _CHUNK_LOGITS = 1 << 21
 
 
-def loss_sum(params, batch: dict, cfg: ModelConfig,
-             fused: bool | None = None) -> tuple[jax.Array, jax.Array]:
-    """(sum of the masked per-token cross-entropies, the mask's sum): token_losses summed, the
-    training steps' loss. fused (None: on CPU) runs a float model's LM head and cross-entropy
-    fused over chunks of the sequence (fused_cross_entropy): the [B, T, vocab] logits are never
-    held whole."""
-    if fused is None:
-        fused = jax.default_backend() == "cpu"
-    if cfg.quant != "none" or not fused:
-        losses_BT, mask_BT = token_losses(params, batch, cfg)
-        return losses_BT.sum(), mask_BT.sum()
-    x_BTD, mask_BT = _forward(params, batch, cfg, hidden=True), _mask(batch)
+def fused_head(cfg: ModelConfig, fused: bool | None = None) -> bool:
+    """Whether a token stage runs the LM head fused with its loss (fused_logprob_objective):
+    fused=None means on CPU; an int8 model keeps the plain head."""
+    return cfg.quant == "none" and (jax.default_backend() == "cpu" if fused is None else fused)
+
+
+def head_inputs(params, batch: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array, int]:
+    """What the fused head takes: the final hidden states [B, T, D] and the head's weight [V, D]
+    in the compute dtype, and how many chunks of T it runs over (a chunk holding up to
+    _CHUNK_LOGITS logits, and at least 256 tokens)."""
+    x_BTD = _forward(params, batch, cfg, hidden=True)
     w_VD = params["embed_VD"] if cfg.tie_embeddings else params["head_DV"].T
     b, t = batch["targets"].shape
     target = max(256, _CHUNK_LOGITS // cfg.vocab_size)  # tokens a chunk
     chunks = next(k for k in range(1, t + 1) if t % k == 0 and b * t // k <= target or k == t)
-    total = fused_cross_entropy(x_BTD.astype(cfg.compute_dtype), w_VD.astype(cfg.compute_dtype),
-                                batch["targets"], mask_BT, chunks, cfg.logit_softcap)
+    return x_BTD.astype(cfg.compute_dtype), w_VD.astype(cfg.compute_dtype), chunks
+
+
+def loss_sum(params, batch: dict, cfg: ModelConfig,
+             fused: bool | None = None) -> tuple[jax.Array, jax.Array]:
+    """(sum of the masked per-token cross-entropies, the mask's sum): token_losses summed, the
+    training steps' loss. Where fused_head says so, the LM head and the cross-entropy run fused
+    over chunks of the sequence: the [B, T, vocab] logits are never held whole."""
+    if not fused_head(cfg, fused):
+        losses_BT, mask_BT = token_losses(params, batch, cfg)
+        return losses_BT.sum(), mask_BT.sum()
+    x_BTD, w_VD, chunks = head_inputs(params, batch, cfg)
+    mask_BT = _mask(batch)
+    total = fused_cross_entropy(x_BTD, w_VD, batch["targets"], mask_BT, chunks, cfg.logit_softcap)
     return total, mask_BT.sum()
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def fused_cross_entropy(x_BTD, w_VD, targets_BT, weight_BT, chunks: int, softcap: float):
-    """sum(weight * cross-entropy of softcapped x @ w_VD.T against targets), computed over
-    `chunks` slices of the sequence axis; its gradients come out of the same pass (the loss is
-    the last op of a training step, so the output gradient is one scalar that scales them)."""
-    return _fused_ce_fwd(x_BTD, w_VD, targets_BT, weight_BT, chunks, softcap)[0]
+    """sum(weight * cross-entropy of softcapped x @ w_VD.T against targets), fused over chunks."""
+    return fused_logprob_objective(x_BTD, w_VD, targets_BT, {"weight": weight_BT}, _weighted_nll,
+                                   chunks, softcap)[0]
 
 
-def _fused_ce_fwd(x_BTD, w_VD, targets_BT, weight_BT, chunks, softcap):
+def _weighted_nll(logp_BC, aux):
+    return -logp_BC * aux["weight"], {}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def fused_logprob_objective(x_BTD, w_VD, targets_BT, aux: dict, fn: Callable, chunks: int,
+                            softcap: float) -> tuple[jax.Array, dict]:
+    """An objective of each token's log-probability, fused with the LM head over `chunks` slices
+    of the sequence axis. logp = log-softmax(softcapped x @ w_VD.T) at the targets; fn(logp_BC,
+    aux_BC) -> (per-token values, {name: per-token metric}) on [B, C] slices of logp and of the
+    [B, T] arrays in aux. Returns (the values' sum, each metric's sum). The gradients come out of
+    the same pass (the objective is the last op of a training step, so its output gradient is
+    one scalar that scales them); the metrics and aux get none."""
+    return _fused_fwd(x_BTD, w_VD, targets_BT, aux, fn, chunks, softcap)[0]
+
+
+def _fused_fwd(x_BTD, w_VD, targets_BT, aux, fn, chunks, softcap):
     (b, t, d), v = x_BTD.shape, w_VD.shape[0]
 
     def split(a):  # [B, T, ...] -> [chunks, B, T / chunks, ...]
         return jnp.moveaxis(a.reshape(b, chunks, t // chunks, *a.shape[2:]), 1, 0)
 
     def body(dw_DV, chunk):
-        x_BCD, tgt_BC, wt_BC = chunk
+        x_BCD, tgt_BC, aux_BC = chunk
         z_BCV = jnp.einsum("BCD,VD->BCV", x_BCD, w_VD, preferred_element_type=jnp.float32)
         if softcap > 0:
             s_BCV = jnp.tanh(z_BCV / softcap)
             z_BCV = softcap * s_BCV
         logz_BC = jax.nn.logsumexp(z_BCV, axis=-1)
         gold_BC = jnp.take_along_axis(z_BCV, tgt_BC[..., None], axis=-1)[..., 0]
+        (value_BC, metrics), vjp = jax.vjp(lambda lp: fn(lp, aux_BC), gold_BC - logz_BC)
+        # d objective / d logp, and d logp / dz = onehot - softmax
+        (dlogp_BC,) = vjp((jnp.ones_like(value_BC), jax.tree.map(jnp.zeros_like, metrics)))
         dz_BCV = jnp.exp(z_BCV - logz_BC[..., None]) - jax.nn.one_hot(tgt_BC, v, dtype=z_BCV.dtype)
-        dz_BCV = dz_BCV * wt_BC[..., None]
+        dz_BCV = dz_BCV * (-dlogp_BC)[..., None]
         if softcap > 0:
             dz_BCV = dz_BCV * (1.0 - s_BCV * s_BCV)
         dz_BCV = dz_BCV.astype(x_BCD.dtype)
@@ -91,20 +119,23 @@ def _fused_ce_fwd(x_BTD, w_VD, targets_BT, weight_BT, chunks, softcap):
         # x's transpose made explicitly: XLA's CPU backend would transpose the wider dz instead
         x_DN = jax.lax.optimization_barrier(x_BCD.reshape(-1, d).T)
         dw_DV = dw_DV + jnp.dot(x_DN, dz_BCV.reshape(-1, v), preferred_element_type=jnp.float32)
-        return dw_DV, (((logz_BC - gold_BC) * wt_BC).sum(), dx_BCD)
+        return dw_DV, ((value_BC.sum(), jax.tree.map(jnp.sum, metrics)), dx_BCD)
 
-    dw_DV, (sums, dx) = jax.lax.scan(body, jnp.zeros((d, v), jnp.float32),
-                                     (split(x_BTD), split(targets_BT), split(weight_BT)))
+    dw_DV, ((sums, metric_sums), dx) = jax.lax.scan(
+        body, jnp.zeros((d, v), jnp.float32),
+        (split(x_BTD), split(targets_BT), jax.tree.map(split, aux)))
     dx_BTD = jnp.moveaxis(dx, 0, 1).reshape(b, t, d)
-    return sums.sum(), (dx_BTD.astype(x_BTD.dtype), dw_DV.T.astype(w_VD.dtype))
+    out = (sums.sum(), jax.tree.map(jnp.sum, metric_sums))
+    return out, (dx_BTD.astype(x_BTD.dtype), dw_DV.T.astype(w_VD.dtype))
 
 
-def _fused_ce_bwd(chunks, softcap, res, g):
+def _fused_bwd(fn, chunks, softcap, res, g):
     dx_BTD, dw_VD = res
+    g = g[0]  # the metrics' output gradients are dropped: they are reported, not trained on
     return (g * dx_BTD).astype(dx_BTD.dtype), (g * dw_VD).astype(dw_VD.dtype), None, None
 
 
-fused_cross_entropy.defvjp(_fused_ce_fwd, _fused_ce_bwd)
+fused_logprob_objective.defvjp(_fused_fwd, _fused_bwd)
 
 
 def make_eval_step(cfg: ModelConfig, token_bytes_V: jax.Array) -> Callable[[dict, dict], dict]:

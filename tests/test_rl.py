@@ -209,6 +209,34 @@ def test_the_update_raises_the_rewarded_completion_and_lowers_the_other():
                                                     jax.tree.leaves(params), strict=True))
 
 
+@pytest.mark.parametrize("chunks", [1, 4])
+def test_the_fused_policy_gradient_loss_equals_the_plain_one(chunks, monkeypatch):
+    import train.rl
+    from model import losses
+
+    monkeypatch.setattr(train.rl, "head_inputs",
+                        lambda p, b, c: (*losses.head_inputs(p, b, c)[:2], chunks))
+    cfg = tiny_config()
+    params = transformer.init(cfg, jax.random.key(0))
+    batch = _toy_batch(params, cfg)
+    rng = np.random.default_rng(0)  # old and reference log-probs away from the policy's own
+    batch = {**batch, **{k: batch[k] + rng.normal(0, 0.3, batch[k].shape).astype(np.float32)
+                         for k in ("old_logp", "ref_logp")}}
+    for rl in (RLConfig(), RLConfig(clip_eps=0.0, kl_coef=0.1)):
+        loss, metrics, grads = {}, {}, {}
+        for fused in (True, False):
+            (loss[fused], metrics[fused]), grads[fused] = jax.jit(jax.value_and_grad(
+                lambda p, b, f=fused, rl=rl: pg_loss(p, b, cfg, rl, fused=f), has_aux=True))(
+                    params, batch)
+        assert float(metrics[True]["kl"]) > 0.01
+        assert float(metrics[True]["clip_fraction"]) > 0.1 or not rl.clip_eps
+        np.testing.assert_allclose(loss[True], loss[False], rtol=1e-5)
+        for k in ("kl", "pg_loss", "clip_fraction"):
+            np.testing.assert_allclose(metrics[True][k], metrics[False][k], rtol=1e-5, atol=1e-7)
+        for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_bad_rl_configs_are_refused():
     with pytest.raises(ValueError, match="group_size"):
         RLConfig(group_size=1)

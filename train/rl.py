@@ -50,7 +50,7 @@ import optax
 from model.config import ModelConfig
 from model.engine import SamplingConfig, generate, generate_with_tools
 from model.handle import LM
-from model.losses import token_losses
+from model.losses import fused_head, fused_logprob_objective, head_inputs, token_losses
 from model.padding import round_up
 from train.step import State, make_step
 
@@ -115,26 +115,38 @@ def token_logprobs(params, batch: dict, cfg: ModelConfig) -> jax.Array:
     return -losses
 
 
-def pg_loss(params, batch: dict, cfg: ModelConfig, rl: RLConfig) -> tuple[jax.Array, dict]:
-    """The token-level clipped policy-gradient loss (+ kl_coef * k3 KL to the reference).
+def pg_loss(params, batch: dict, cfg: ModelConfig, rl: RLConfig,
+            fused: bool | None = None) -> tuple[jax.Array, dict]:
+    """The token-level clipped policy-gradient loss (+ kl_coef * k3 KL to the reference), and its
+    KL, clip fraction and policy-gradient part, each a mean over the masked tokens.
 
-    batch: build_batch's arrays (advantages per token) and old_logp, ref_logp, all [B, T]."""
-    logp = token_logprobs(params, batch, cfg)
+    batch: build_batch's arrays (advantages per token) and old_logp, ref_logp, all [B, T]. Where
+    model.losses.fused_head says so (fused=None: on CPU), the LM head runs fused with the loss."""
     mask = batch["mask"].astype(jnp.float32)
-    n = jnp.maximum(mask.sum(), 1.0)
-    adv = batch["advantages"]
-    ratio = jnp.exp(logp - batch["old_logp"])
-    surrogate = ratio * adv
-    if rl.clip_eps > 0:
-        clipped = jnp.clip(ratio, 1 - rl.clip_eps, 1 + rl.clip_eps) * adv
-        surrogate = jnp.minimum(surrogate, clipped)
-    d = batch["ref_logp"] - logp
-    kl = jnp.exp(d) - d - 1.0
-    per_token = -surrogate + rl.kl_coef * kl
-    loss = (per_token * mask).sum() / n
-    clip_frac = ((jnp.abs(ratio - 1) > rl.clip_eps) * mask).sum() / n if rl.clip_eps > 0 else 0.0
-    return loss, {"kl": (kl * mask).sum() / n, "clip_fraction": clip_frac,
-                  "pg_loss": (-surrogate * mask).sum() / n}
+    aux = {"scale": mask / jnp.maximum(mask.sum(), 1.0), "adv": batch["advantages"],
+           "old": batch["old_logp"], "ref": batch["ref_logp"]}
+
+    def per_token(logp, a):
+        ratio = jnp.exp(logp - a["old"])
+        surrogate = ratio * a["adv"]
+        if rl.clip_eps > 0:
+            surrogate = jnp.minimum(surrogate,
+                                    jnp.clip(ratio, 1 - rl.clip_eps, 1 + rl.clip_eps) * a["adv"])
+        d = a["ref"] - logp
+        kl = jnp.exp(d) - d - 1.0
+        metrics = {"kl": kl * a["scale"], "pg_loss": -surrogate * a["scale"]}
+        if rl.clip_eps > 0:
+            metrics["clip_fraction"] = (jnp.abs(ratio - 1) > rl.clip_eps) * a["scale"]
+        return (-surrogate + rl.kl_coef * kl) * a["scale"], metrics
+
+    if fused_head(cfg, fused):
+        x_BTD, w_VD, chunks = head_inputs(params, batch, cfg)
+        loss, metrics = fused_logprob_objective(x_BTD, w_VD, batch["targets"], aux, per_token,
+                                                chunks, cfg.logit_softcap)
+    else:
+        values, metrics = per_token(token_logprobs(params, batch, cfg), aux)
+        loss, metrics = values.sum(), jax.tree.map(jnp.sum, metrics)
+    return loss, {"clip_fraction": 0.0, **metrics}
 
 
 def make_rl_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,

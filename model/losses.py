@@ -87,9 +87,10 @@ def fused_logprob_objective(x_BTD, w_VD, targets_BT, aux: dict, fn: Callable, ch
     """An objective of each token's log-probability, fused with the LM head over `chunks` slices
     of the sequence axis. logp = log-softmax(softcapped x @ w_VD.T) at the targets; fn(logp_BC,
     aux_BC) -> (per-token values, {name: per-token metric}) on [B, C] slices of logp and of the
-    [B, T] arrays in aux. Returns (the values' sum, each metric's sum). The gradients come out of
-    the same pass (the objective is the last op of a training step, so its output gradient is
-    one scalar that scales them); the metrics and aux get none."""
+    [B, T] arrays in aux, a token's from its own logp and aux only. Returns (the values' sum,
+    each metric's sum). The gradients come out of the same pass (the objective is the last op of
+    a training step, so its output gradient is one scalar that scales them); the metrics and aux
+    get none."""
     return _fused_fwd(x_BTD, w_VD, targets_BT, aux, fn, chunks, softcap)[0]
 
 

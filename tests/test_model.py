@@ -75,10 +75,12 @@ def _attention(params, x_BTD, cfg):
     return model.blocks[0].attn(x_BTD, pos, mask, None, None)[0]
 
 
-def test_gqa_with_as_many_kv_heads_as_heads_is_plain_multi_head_attention():
+@pytest.mark.parametrize("t", [10, 70])
+def test_gqa_with_as_many_kv_heads_as_heads_is_plain_multi_head_attention(t, monkeypatch):
+    monkeypatch.setattr(tf, "QUERY_BLOCK", 16)  # 70 positions: the attention in 4 uneven blocks
     cfg = tiny_config(n_heads=4, n_kv_heads=4)
     params = tf.init(cfg, jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (2, 10, cfg.d_model))
+    x = jax.random.normal(jax.random.key(1), (2, t, cfg.d_model))
     ours = _attention(params, x, cfg)
     for b in range(2):
         np.testing.assert_allclose(ours[b], _plain_mha(params, x[b], cfg), atol=1e-5)
@@ -105,6 +107,30 @@ def test_packed_documents_equal_separate_forwards():
     out = _fwd(params, packed, cfg, segment_ids_BT=seg)
     np.testing.assert_allclose(out[:, :7], _fwd(params, doc_a, cfg), atol=1e-5)
     np.testing.assert_allclose(out[:, 7:], _fwd(params, doc_b, cfg), atol=1e-5)
+
+
+def test_packed_documents_in_query_blocks_equal_separate_forwards_and_one_block(monkeypatch):
+    monkeypatch.setattr(tf, "QUERY_BLOCK", 16)  # blocks of 16 positions from 64 up
+    cfg = tiny_config(max_seq_len=70)
+    params = tf.init(cfg, jax.random.key(0))
+    docs = [jax.random.randint(jax.random.key(i), (1, n), 0, cfg.vocab_size)
+            for i, n in ((1, 23), (2, 47))]  # 70 tokens packed: 4 uneven blocks; alone: one each
+    packed, seg = jnp.concatenate(docs, axis=1), jnp.array([[0] * 23 + [1] * 47])
+    branch = jnp.array([[0] * 23 + [0] * 20 + [1] * 10 + [2] * 17])
+
+    def loss(p):  # every logit and both masks' paths, through value and gradients
+        out = tf.forward(p, packed, cfg, segment_ids_BT=seg, branch_ids_BT=branch)[0]
+        return (out ** 2).mean(), out
+
+    (_, blocked), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    out = _fwd(params, packed, cfg, segment_ids_BT=seg)
+    np.testing.assert_allclose(out[:, :23], _fwd(params, docs[0], cfg), atol=1e-5)
+    np.testing.assert_allclose(out[:, 23:], _fwd(params, docs[1], cfg), atol=1e-5)
+    monkeypatch.setattr(tf, "MAX_QUERY_BLOCKS", 1)
+    (_, one), grads_one = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    np.testing.assert_allclose(blocked, one, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4),
+                 grads, grads_one)
 
 
 def test_bfloat16_compute_and_params_track_float32():

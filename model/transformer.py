@@ -120,15 +120,32 @@ def _dense(spec: str, x: jax.Array, module: nnx.Module, name: str, cfg: ModelCon
 QUERY_BLOCK, MAX_QUERY_BLOCKS = 64, 8
 
 
-def rope(x_BTNH: jax.Array, pos_BT: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding on the two halves of the head dimension."""
-    h = x_BTNH.shape[-1]
-    freq_H2 = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
+def rope_angles(pos_BT: jax.Array, head_dim: int, theta: float,
+                table: int = 0) -> tuple[jax.Array, jax.Array]:
+    """RoPE's (sin, cos) at each position, [B, T, 1, head_dim / 2]. With `table` (every position
+    below it), looked up in a table of that many positions: XLA fuses a direct sin and cos into
+    each consumer and computes them again for every head and use."""
+    freq_H2 = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    if table:
+        angle_LH2 = jnp.arange(table, dtype=jnp.float32)[:, None] * freq_H2
+        sin_cos_BT2H = jnp.take(jnp.stack([jnp.sin(angle_LH2), jnp.cos(angle_LH2)], 1), pos_BT,
+                                axis=0)
+        return sin_cos_BT2H[:, :, None, 0], sin_cos_BT2H[:, :, None, 1]
     angle_BTH2 = pos_BT[..., None].astype(jnp.float32) * freq_H2
-    sin, cos = jnp.sin(angle_BTH2)[:, :, None, :], jnp.cos(angle_BTH2)[:, :, None, :]
+    return jnp.sin(angle_BTH2)[:, :, None, :], jnp.cos(angle_BTH2)[:, :, None, :]
+
+
+def apply_rope(x_BTNH: jax.Array, sin_cos: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotary position embedding on the two halves of the head dimension."""
+    sin, cos = sin_cos
     x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x_BTNH.dtype)
+
+
+def rope(x_BTNH: jax.Array, pos_BT: jax.Array, theta: float) -> jax.Array:
+    """x rotated for positions pos_BT."""
+    return apply_rope(x_BTNH, rope_angles(pos_BT, x_BTNH.shape[-1], theta))
 
 
 class RMSNorm(nnx.Module):
@@ -160,15 +177,14 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(h, cfg)
             self.k_norm = RMSNorm(h, cfg)
 
-    def __call__(self, x_BTD, pos_BT, mask_BTS, layer_cache, cache_start_B):
+    def __call__(self, x_BTD, rope_BT, mask_BTS, layer_cache, cache_start_B):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         q_BTNH = _dense("BTD,DNH->BTNH", x_BTD, self, "wq_DNH", cfg)
         k_BTKH = _dense("BTD,DKH->BTKH", x_BTD, self, "wk_DKH", cfg)
         v_BTKH = _dense("BTD,DKH->BTKH", x_BTD, self, "wv_DKH", cfg)
         if cfg.qk_norm:
             q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
-        q_BTNH = rope(q_BTNH, pos_BT, cfg.rope_theta)
-        k_BTKH = rope(k_BTKH, pos_BT, cfg.rope_theta)
+        q_BTNH, k_BTKH = apply_rope(q_BTNH, rope_BT), apply_rope(k_BTKH, rope_BT)
 
         b, t, n, h = q_BTNH.shape
         kv, new_cache = cfg.n_kv_heads, None
@@ -245,8 +261,8 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x_BTD, pos_BT, mask_BTS, layer_cache, cache_start_B):
-        a_BTD, new_cache = self.attn(self.attn_norm(x_BTD), pos_BT, mask_BTS, layer_cache,
+    def __call__(self, x_BTD, rope_BT, mask_BTS, layer_cache, cache_start_B):
+        a_BTD, new_cache = self.attn(self.attn_norm(x_BTD), rope_BT, mask_BTS, layer_cache,
                                      cache_start_B)
         x_BTD = constrain(x_BTD + a_BTD, ("batch", "length", "act_embed"))
         x_BTD = constrain(x_BTD + self.mlp(self.mlp_norm(x_BTD)), ("batch", "length", "act_embed"))
@@ -279,12 +295,15 @@ class Transformer(nnx.Module):
             x_BTD = (x_BTD * scale_BT[..., None]).astype(dt)
         x_BTD = constrain(x_BTD, ("batch", "length", "act_embed"))
         run = _block_fn(cfg.remat)
+        # without a cache every position is below T; a decode step's few are computed directly
+        rope_BT = rope_angles(pos_BT, cfg.head_dim, cfg.rope_theta,
+                              table=tokens_BT.shape[1] if cache is None else 0)
         new_cache = [] if cache is not None else None
         if cfg.scan_layers and cache is None:
             graphdef, stacked = nnx.split(self.blocks)
 
             def body(x_BTD, layer_state):
-                return run(graphdef, layer_state, x_BTD, pos_BT, mask_BTS, None, None)[0], None
+                return run(graphdef, layer_state, x_BTD, rope_BT, mask_BTS, None, None)[0], None
 
             x_BTD, _ = jax.lax.scan(body, x_BTD, stacked)
         else:
@@ -295,7 +314,7 @@ class Transformer(nnx.Module):
                 splits = [nnx.split(block) for block in self.blocks]
                 graphdef, layers = splits[0][0], [st for _, st in splits]
             for i, layer_state in enumerate(layers):
-                x_BTD, layer_cache = run(graphdef, layer_state, x_BTD, pos_BT, mask_BTS,
+                x_BTD, layer_cache = run(graphdef, layer_state, x_BTD, rope_BT, mask_BTS,
                                          None if cache is None else cache[i], cache_start_B)
                 if cache is not None:
                     new_cache.append(layer_cache)
@@ -329,8 +348,8 @@ def _write_cache(cache_ZSH: jax.Array, new_BTKH: jax.Array, start_B: jax.Array) 
                            indices_are_sorted=True, unique_indices=True, mode="clip")
 
 
-def _run_block(graphdef, state, x_BTD, pos_BT, mask_BTS, layer_cache, cache_start_B):
-    return nnx.merge(graphdef, state)(x_BTD, pos_BT, mask_BTS, layer_cache, cache_start_B)
+def _run_block(graphdef, state, x_BTD, rope_BT, mask_BTS, layer_cache, cache_start_B):
+    return nnx.merge(graphdef, state)(x_BTD, rope_BT, mask_BTS, layer_cache, cache_start_B)
 
 
 @functools.cache

@@ -50,6 +50,13 @@ def test_causal_changing_a_token_never_changes_earlier_logits():
         assert not np.allclose(out[:, t], base[:, t])
 
 
+def test_rope_angles_from_the_table_equal_the_direct_ones():
+    pos = jax.random.randint(jax.random.key(0), (3, 40), 0, 40)
+    direct = tf.rope_angles(pos, 16, 10000.0)
+    np.testing.assert_array_equal(tf.rope_angles(pos, 16, 10000.0, table=40), direct)
+    assert direct[0].shape == (3, 40, 1, 8) and not np.allclose(direct[0], direct[0][:, :1])
+
+
 def _plain_mha(params, x_TD, cfg):
     """Textbook multi-head attention (one head at a time), for one sequence."""
     a = params["blocks"][0]["attn"]
@@ -72,7 +79,8 @@ def _attention(params, x_BTD, cfg):
     t = x_BTD.shape[1]
     pos = jnp.broadcast_to(jnp.arange(t), x_BTD.shape[:2])
     mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (x_BTD.shape[0], t, t))
-    return model.blocks[0].attn(x_BTD, pos, mask, None, None)[0]
+    return model.blocks[0].attn(x_BTD, tf.rope_angles(pos, cfg.head_dim, cfg.rope_theta), mask,
+                                None, None)[0]
 
 
 @pytest.mark.parametrize("t", [10, 70])

@@ -114,12 +114,6 @@ def _dense(spec: str, x: jax.Array, module: nnx.Module, name: str, cfg: ModelCon
     return out.astype(out_dtype or dt)
 
 
-# The uncached causal attention's query blocks (each reads the keys up to its own end): blocks
-# of QUERY_BLOCK positions, at most MAX_QUERY_BLOCKS, from 4 blocks up (below, the extra ops and
-# compile time cost about what the skipped scores save).
-QUERY_BLOCK, MAX_QUERY_BLOCKS = 64, 8
-
-
 def rope_angles(pos_BT: jax.Array, head_dim: int, theta: float,
                 table: int = 0) -> tuple[jax.Array, jax.Array]:
     """RoPE's (sin, cos) at each position, [B, T, 1, head_dim / 2]. With `table` (every position
@@ -157,6 +151,12 @@ class RMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+# The uncached causal attention's query blocks (each reads the keys up to its own end): blocks
+# of QUERY_BLOCK positions, at most MAX_QUERY_BLOCKS, from 4 blocks up (below, the extra ops and
+# compile time cost about what the skipped scores save).
+QUERY_BLOCK, MAX_QUERY_BLOCKS = 64, 8
 
 
 class Attention(nnx.Module):

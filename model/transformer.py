@@ -207,14 +207,14 @@ class Attention(nnx.Module):
             # Every mask here is causal, so a block of queries needs only the keys up to its own
             # last position: n blocks skip (n - 1) / 2n of the scores and their softmax.
             blocks = min(MAX_QUERY_BLOCKS, t // QUERY_BLOCK) if t >= 4 * QUERY_BLOCK else 1
-            out_BKGTH = []
+            block_outs = []  # [B, K, G, hi - lo, H] each
             for lo, hi in ((i * t // blocks, (i + 1) * t // blocks) for i in range(blocks)):
                 scores_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH[:, lo:hi], k_BTKH[:, :hi],
                                           preferred_element_type=jnp.float32) * (h**-0.5)
                 scores_BKGTS = jnp.where(mask_BTS[:, None, None, lo:hi, :hi], scores_BKGTS, -1e30)
                 probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dt)
-                out_BKGTH.append(jnp.einsum("BKGTS,BSKH->BKGTH", probs_BKGTS, v_BTKH[:, :hi]))
-            out_BKGTH = jnp.concatenate(out_BKGTH, axis=3) if blocks > 1 else out_BKGTH[0]
+                block_outs.append(jnp.einsum("BKGTS,BSKH->BKGTH", probs_BKGTS, v_BTKH[:, :hi]))
+            out_BKGTH = jnp.concatenate(block_outs, axis=3) if blocks > 1 else block_outs[0]
             out_BTNH = out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
         else:
             # The dots read the cache write's result as it is, batched over Z = rows x kv heads

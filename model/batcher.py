@@ -28,7 +28,7 @@ import numpy as np
 from model.config import ModelConfig
 from model.padding import bucket, right_pad
 from model.sampling import sample_logits
-from model.transformer import Params, forward, init_cache
+from model.transformer import Params, cache_pos_axis, forward, init_cache
 
 
 @dataclasses.dataclass
@@ -90,7 +90,7 @@ def _sample_rows(logits_NV, keys_N, steps_N, temp_N, topk_N, topp_N):
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
 def _admit(params, cache, tokens_1T, length, slot, knobs, cfg):
     """Prefills one prompt, copies its cache into `slot`, samples its first token."""
-    small = init_cache(cfg, 1, cache[0]["k"].shape[1])
+    small = init_cache(cfg, 1, cache[0]["v"].shape[1])
     logits_11V, small = forward(params, tokens_1T, cfg, cache=small,
                                 cache_start_B=jnp.zeros((1,), jnp.int32),
                                 logits_at_B=jnp.reshape(length - 1, (1,)))
@@ -101,13 +101,16 @@ def _admit(params, cache, tokens_1T, length, slot, knobs, cfg):
     return tok[0], cache
 
 
-@functools.partial(jax.jit, static_argnames=("width",))
-def _resize(cache, width):
+@functools.partial(jax.jit, static_argnames=("width", "cfg"))
+def _resize(cache, width, cfg):
     """The cache with `width` positions: its first ones kept, zeros after them when it grows."""
-    def one(x_ZSH):
-        s = x_ZSH.shape[1]
-        return x_ZSH[:, :width] if width <= s else jnp.pad(x_ZSH, ((0, 0), (0, width - s), (0, 0)))
-    return jax.tree.map(one, cache)
+    def one(x, axis):
+        s = x.shape[axis]
+        if width <= s:
+            return jax.lax.slice_in_dim(x, 0, width, axis=axis)
+        return jnp.pad(x, [(0, width - s) if i == axis else (0, 0) for i in range(x.ndim)])
+    axis = cache_pos_axis(cfg)
+    return [{name: one(x, axis[name]) for name, x in layer.items()} for layer in cache]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
@@ -158,16 +161,16 @@ class Batcher:
     @property
     def width(self) -> int:
         """Positions the cache holds now (a power of two, or the context)."""
-        return self.cache[0]["k"].shape[1]
+        return self.cache[0]["v"].shape[1]
 
     def _fit(self, need: int) -> None:
         """Resizes the cache to the bucket of `need` positions when it is too short, or when
         `need` fits in a quarter of it (to twice the bucket: room to grow before resizing)."""
         want = bucket(need, self.min_width, self.cache_len)
         if want > self.width:
-            self.cache = _resize(self.cache, width=want)
+            self.cache = _resize(self.cache, width=want, cfg=self.cfg)
         elif 4 * want <= self.width:
-            self.cache = _resize(self.cache, width=2 * want)
+            self.cache = _resize(self.cache, width=2 * want, cfg=self.cfg)
 
     def _live_need(self) -> int:
         """Positions the live slots' next step needs: each writes at its position."""

@@ -19,7 +19,15 @@ from model.config import ModelConfig
 from model.sharding import constrain, named_sharding
 
 Params = dict
-Cache = list  # one {"k": k_ZSH, "v": v_ZSH} per layer, Z = rows x kv heads (row-major)
+Cache = list  # one {"k": keys, "v": v_ZSH} per layer, Z = rows x kv heads (row-major)
+
+
+def cache_pos_axis(cfg: ModelConfig) -> dict[str, int]:
+    """The axis of each cache array that holds positions. Values are [Z, S, H]. Keys are [Z, H, S]
+    when several query heads share a kv head: the decode scores' dot is then a matrix product,
+    which XLA's CPU backend runs on [H, S] keys as they are but transposes [S, H] keys for; with
+    one query head per kv head it is a one-row dot, faster over [S, H]."""
+    return {"k": 2 if cfg.n_heads > cfg.n_kv_heads else 1, "v": 1}
 
 
 def _param(rngs: nnx.Rngs, shape, axes, std: float, cfg: ModelConfig) -> nnx.Param:
@@ -190,13 +198,15 @@ class Attention(nnx.Module):
         kv, new_cache = cfg.n_kv_heads, None
         if layer_cache is not None:
             # Each row writes its T new entries at its own offset: prompts have ragged lengths.
-            new_cache = {"k": _write_cache(layer_cache["k"], k_BTKH, cache_start_B),
-                         "v": _write_cache(layer_cache["v"], v_BTKH, cache_start_B)}
+            keys_hs = cache_pos_axis(cfg)["k"] == 2  # keys stored [Z, H, S]
+            new_cache = {"k": _write_cache(layer_cache["k"], k_BTKH, cache_start_B, keys_hs),
+                         "v": _write_cache(layer_cache["v"], v_BTKH, cache_start_B, False)}
         if cfg.attention == "dot_product":  # XLA's softmax attention on a CPU, cuDNN's on a GPU
             k_BxKH, v_BxKH = k_BTKH, v_BTKH
             if new_cache is not None:  # the library's layout is [B, S, K, H]
-                k_BxKH, v_BxKH = (new_cache[x].reshape(b, kv, -1, h).transpose(0, 2, 1, 3)
-                                  for x in ("k", "v"))
+                v_BxKH = new_cache["v"].reshape(b, kv, -1, h).transpose(0, 2, 1, 3)
+                k_BxKH = (new_cache["k"].reshape(b, kv, h, -1).transpose(0, 3, 1, 2) if keys_hs
+                          else new_cache["k"].reshape(b, kv, -1, h).transpose(0, 2, 1, 3))
             out_BTNH = jax.nn.dot_product_attention(
                 q_BTNH, k_BxKH.astype(dt), v_BxKH.astype(dt),
                 mask=None if mask_BTS is None else mask_BTS[:, None], is_causal=mask_BTS is None)
@@ -221,8 +231,8 @@ class Attention(nnx.Module):
             # and with the G query heads of a kv head and the T positions as one axis.
             q_ZQH = q_BTNH.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4).reshape(
                 b * kv, -1, h)
-            k_ZSH, v_ZSH = new_cache["k"].astype(dt), new_cache["v"].astype(dt)
-            scores_ZQS = jnp.einsum("ZQH,ZSH->ZQS", q_ZQH, k_ZSH,
+            keys, v_ZSH = new_cache["k"].astype(dt), new_cache["v"].astype(dt)  # keys_hs: [Z, H, S]
+            scores_ZQS = jnp.einsum("ZQH,ZHS->ZQS" if keys_hs else "ZQH,ZSH->ZQS", q_ZQH, keys,
                                     preferred_element_type=jnp.float32) * (h**-0.5)
             scores_BKGTS = scores_ZQS.reshape(b, kv, n // kv, t, -1)
             scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS, -1e30)
@@ -332,8 +342,10 @@ class Transformer(nnx.Module):
         return logits_BTV, new_cache
 
 
-def _write_cache(cache_ZSH: jax.Array, new_BTKH: jax.Array, start_B: jax.Array) -> jax.Array:
-    """The [B*K, S, H] cache with row b's T new entries at positions start_B[b]... (one scatter).
+def _write_cache(cache: jax.Array, new_BTKH: jax.Array, start_B: jax.Array,
+                 hs: bool) -> jax.Array:
+    """The [B*K, S, H] cache ([B*K, H, S] if hs) with row b's T new entries at positions
+    start_B[b]... (one scatter).
 
     Rows and kv heads share the cache's first axis so that the attention's dots read this
     write's result in place at any batch size: with a separate batch axis of size 1, XLA's CPU
@@ -342,10 +354,10 @@ def _write_cache(cache_ZSH: jax.Array, new_BTKH: jax.Array, start_B: jax.Array) 
     b, t, k, h = new_BTKH.shape
     rows_B = jnp.arange(b, dtype=start_B.dtype) * k
     dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(1, 2, 3), inserted_window_dims=(),
-                                           scatter_dims_to_operand_dims=(0, 1))
-    return jax.lax.scatter(cache_ZSH, jnp.stack([rows_B, start_B], -1),
-                           new_BTKH.transpose(0, 2, 1, 3).astype(cache_ZSH.dtype), dims,
-                           indices_are_sorted=True, unique_indices=True, mode="clip")
+                                           scatter_dims_to_operand_dims=(0, 2 if hs else 1))
+    update = new_BTKH.transpose((0, 2, 3, 1) if hs else (0, 2, 1, 3))
+    return jax.lax.scatter(cache, jnp.stack([rows_B, start_B], -1), update.astype(cache.dtype),
+                           dims, indices_are_sorted=True, unique_indices=True, mode="clip")
 
 
 def _run_block(graphdef, state, x_BTD, rope_BT, mask_BTS, layer_cache, cache_start_B):
@@ -483,7 +495,7 @@ def forward(
     else:
         if cache_start_B is None:
             raise ValueError("forward with a cache needs cache_start_B (each row's write offset)")
-        s = cache[0]["k"].shape[1]
+        s = cache[0]["v"].shape[1]
         pos_BT = cache_start_B[:, None] + t_idx[None, :]
         mask_BTS = jnp.arange(s)[None, None, :] <= pos_BT[:, :, None]
     model = nnx.merge(_abstract(cfg)[0], params)
@@ -493,7 +505,9 @@ def forward(
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
     """An empty KV cache for `batch` rows of up to `length` tokens, in the compute dtype: per
-    layer [batch * n_kv_heads, length, head_dim], row b's heads at b * n_kv_heads + k."""
-    shape = (batch * cfg.n_kv_heads, length, cfg.head_dim)
-    return [{"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+    layer [batch * n_kv_heads, length, head_dim] (keys with their last two axes swapped where
+    `cache_pos_axis` says so), row b's heads at b * n_kv_heads + k."""
+    z, h, dt = batch * cfg.n_kv_heads, cfg.head_dim, cfg.compute_dtype
+    k_shape = (z, h, length) if cache_pos_axis(cfg)["k"] == 2 else (z, length, h)
+    return [{"k": jnp.zeros(k_shape, dt), "v": jnp.zeros((z, length, h), dt)}
             for _ in range(cfg.n_layers)]

@@ -13,6 +13,7 @@ from model.sampling import sample_logits
 # A large init_std makes a random model's greedy choices vary from step to step, so that
 # agreement between the cached and the full computation is not trivially "repeat one token".
 CFG = tiny_config(tie_embeddings=False, init_std=0.3)
+CFG_MHA = tiny_config(tie_embeddings=False, init_std=0.3, n_kv_heads=4)  # keys cached [Z, S, H]
 PROMPTS = [[1, 5, 7, 9, 11, 3], [1, 2], [1, 4, 8, 15, 16, 23, 42, 4, 4, 60, 61]]
 
 
@@ -21,40 +22,46 @@ def params():
     return tf.init(CFG, jax.random.key(0))
 
 
-_full_forward = jax.jit(lambda p, t: tf.forward(p, t, CFG)[0])
+_full_forward = jax.jit(lambda p, t, cfg: tf.forward(p, t, cfg)[0], static_argnums=2)
 
 
-def _full_forward_greedy(params, prompt, n):
+def _full_forward_greedy(params, prompt, n, cfg=CFG):
     """Recomputes the whole sequence at every step (right-padded to one length: causal)."""
     seq, logits = list(prompt), []
     for _ in range(n):
         padded = np.zeros((1, 32), np.int32)
         padded[0, : len(seq)] = seq
-        last = np.asarray(_full_forward(params, padded)[0, len(seq) - 1])
+        last = np.asarray(_full_forward(params, padded, cfg)[0, len(seq) - 1])
         logits.append(last)
         seq.append(int(last.argmax()))
     return seq[len(prompt):], logits
 
 
-def test_kv_cache_decoding_equals_full_forward_for_ragged_prompts(params):
+@pytest.mark.parametrize("gqa", [True, False], ids=["gqa", "mha"])
+def test_kv_cache_decoding_equals_full_forward_for_ragged_prompts(params, gqa):
+    # the two cache layouts: keys [Z, H, S] with query heads sharing a kv head, else [Z, S, H]
+    cfg = CFG if gqa else CFG_MHA
+    assert tf.cache_pos_axis(cfg)["k"] == (2 if gqa else 1)
+    if not gqa:
+        params = tf.init(cfg, jax.random.key(0))
     n_new = 10
-    tokens, lengths, cache_len = engine.pad_prompts(PROMPTS, CFG, n_new)
-    logits, cache = engine.prefill(params, tokens, lengths, CFG, cache_len)
+    tokens, lengths, cache_len = engine.pad_prompts(PROMPTS, cfg, n_new)
+    logits, cache = engine.prefill(params, tokens, lengths, cfg, cache_len)
     cached_logits, cached_tokens = [], []
     tok, pos = jnp.argmax(logits, -1).astype(jnp.int32), jnp.asarray(lengths)
     for _ in range(n_new):
         cached_logits.append(np.asarray(logits))
         cached_tokens.append(np.asarray(tok))
-        logits, cache = engine.decode_step(params, cache, tok, pos, CFG)
+        logits, cache = engine.decode_step(params, cache, tok, pos, cfg)
         tok, pos = jnp.argmax(logits, -1).astype(jnp.int32), pos + 1
     cached_tokens = np.stack(cached_tokens, 1)
     for b, prompt in enumerate(PROMPTS):
-        want_tokens, want_logits = _full_forward_greedy(params, prompt, n_new)
+        want_tokens, want_logits = _full_forward_greedy(params, prompt, n_new, cfg)
         assert cached_tokens[b].tolist() == want_tokens
         assert len(set(want_tokens)) > 2  # the check is not vacuous
         for step in range(n_new):
             np.testing.assert_allclose(cached_logits[step][b], want_logits[step], atol=1e-5)
-    generated = engine.generate(params, CFG, PROMPTS,
+    generated = engine.generate(params, cfg, PROMPTS,
                                 engine.SamplingConfig(max_new_tokens=n_new, temperature=0.0))
     assert generated.tokens == cached_tokens.tolist()
 

@@ -369,8 +369,8 @@ def _shared_context_logprobs(params, ctx_BT, ctx_len_B, conts_BCT, cont_len_BC, 
     cache and each choice is read on top of it (a question is not recomputed per choice)."""
     b, _, t = conts_BCT.shape
     cache = init_cache(cfg, b, ctx_BT.shape[1] + t)
-    last_B1V, cache = forward(params, ctx_BT, cfg, cache=cache,
-                              cache_start_B=jnp.zeros((b,), jnp.int32), logits_at_B=ctx_len_B - 1)
+    last_B1V, cache = forward(params, ctx_BT, cfg, cache=cache, prefill=True,
+                              logits_at_B=ctx_len_B - 1)
     first_BV = jax.nn.log_softmax(last_B1V[:, 0])
 
     def choice(cont_BT):  # every position but the last predicts the next choice token

@@ -91,8 +91,7 @@ def _sample_rows(logits_NV, keys_N, steps_N, temp_N, topk_N, topp_N):
 def _admit(params, cache, tokens_1T, length, slot, knobs, cfg):
     """Prefills one prompt, copies its cache into `slot`, samples its first token."""
     small = init_cache(cfg, 1, cache[0]["v"].shape[1])
-    logits_11V, small = forward(params, tokens_1T, cfg, cache=small,
-                                cache_start_B=jnp.zeros((1,), jnp.int32),
+    logits_11V, small = forward(params, tokens_1T, cfg, cache=small, prefill=True,
                                 logits_at_B=jnp.reshape(length - 1, (1,)))
     cache = jax.tree.map(lambda big, one: jax.lax.dynamic_update_slice(
         big, one, (slot * cfg.n_kv_heads, 0, 0)), cache, small)

@@ -82,8 +82,8 @@ def prefill(params: Params, tokens_BT: jax.Array, lengths_B: jax.Array, cfg: Mod
     """Runs the padded prompts through the model; returns each row's last logits and the cache."""
     b = tokens_BT.shape[0]
     cache = init_cache(cfg, b, cache_len)
-    logits_B1V, cache = forward(params, tokens_BT, cfg, cache=cache,
-                                cache_start_B=jnp.zeros((b,), jnp.int32), logits_at_B=lengths_B - 1)
+    logits_B1V, cache = forward(params, tokens_BT, cfg, cache=cache, prefill=True,
+                                logits_at_B=lengths_B - 1)
     return logits_B1V[:, 0], cache
 
 

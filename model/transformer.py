@@ -203,14 +203,14 @@ class Attention(nnx.Module):
                          "v": _write_cache(layer_cache["v"], v_BTKH, cache_start_B, False)}
         if cfg.attention == "dot_product":  # XLA's softmax attention on a CPU, cuDNN's on a GPU
             k_BxKH, v_BxKH = k_BTKH, v_BTKH
-            if new_cache is not None:  # the library's layout is [B, S, K, H]
+            if new_cache is not None and mask_BTS is not None:  # the library's is [B, S, K, H]
                 v_BxKH = new_cache["v"].reshape(b, kv, -1, h).transpose(0, 2, 1, 3)
                 k_BxKH = (new_cache["k"].reshape(b, kv, h, -1).transpose(0, 3, 1, 2) if keys_hs
                           else new_cache["k"].reshape(b, kv, -1, h).transpose(0, 2, 1, 3))
             out_BTNH = jax.nn.dot_product_attention(
                 q_BTNH, k_BxKH.astype(dt), v_BxKH.astype(dt),
                 mask=None if mask_BTS is None else mask_BTS[:, None], is_causal=mask_BTS is None)
-        elif new_cache is None:
+        elif new_cache is None or mask_BTS is None:  # no cache, or a prefill into an empty one
             q_BTKGH = q_BTNH.reshape(b, t, kv, n // kv, h)
             if mask_BTS is None:  # plain causal: built here from indices, fused by XLA
                 mask_BTS = (jnp.arange(t)[:, None] >= jnp.arange(t)[None, :])[None]
@@ -305,9 +305,10 @@ class Transformer(nnx.Module):
             x_BTD = (x_BTD * scale_BT[..., None]).astype(dt)
         x_BTD = constrain(x_BTD, ("batch", "length", "act_embed"))
         run = _block_fn(cfg.remat)
-        # without a cache every position is below T; a decode step's few are computed directly
+        # without a cache (or into an empty one) every position is below T; a decode step's few
+        # are computed directly
         rope_BT = rope_angles(pos_BT, cfg.head_dim, cfg.rope_theta,
-                              table=tokens_BT.shape[1] if cache is None else 0)
+                              table=tokens_BT.shape[1] if cache is None or mask_BTS is None else 0)
         new_cache = [] if cache is not None else None
         if cfg.scan_layers and cache is None:
             graphdef, stacked = nnx.split(self.blocks)
@@ -463,6 +464,7 @@ def forward(
     cache_start_B: jax.Array | None = None,
     hidden: bool = False,
     logits_at_B: jax.Array | None = None,
+    prefill: bool = False,
 ) -> tuple[jax.Array, Cache | None]:
     """Logits (float32) for every position, and the updated cache when one is given; with
     hidden=True the final (normed) hidden states [B, T, D] in float32 instead of logits; with
@@ -474,7 +476,9 @@ def forward(
     its prefix, and a token of branch k > 0 attends to the prefix and to branch k's earlier
     tokens only, its position counting on from the prefix's end.
     With a cache: row b's tokens sit at positions cache_start_B[b] + t; they are written into the
-    cache there and attend to every cached entry at or before their own position.
+    cache there and attend to every cached entry at or before their own position. `prefill` says
+    the cache is empty and every row starts at 0 (cache_start_B may be left out): the tokens
+    attend to each other alone, causally and in query blocks, not to the whole cache's width.
     """
     b, t = tokens_BT.shape
     t_idx = jnp.arange(t)
@@ -492,6 +496,9 @@ def forward(
                              | (branch_ids_BT[:, None, :] == branch_ids_BT[:, :, None]))
             # A token's position = how many tokens it sees before itself.
             pos_BT = mask_BTS.sum(-1, dtype=jnp.int32) - 1
+    elif prefill:  # positions 0..T-1 of every row; the attention builds the causal mask
+        cache_start_B = jnp.zeros((b,), jnp.int32)
+        pos_BT, mask_BTS = jnp.broadcast_to(t_idx, (b, t)), None
     else:
         if cache_start_B is None:
             raise ValueError("forward with a cache needs cache_start_B (each row's write offset)")

@@ -66,6 +66,26 @@ def test_kv_cache_decoding_equals_full_forward_for_ragged_prompts(params, gqa):
     assert generated.tokens == cached_tokens.tolist()
 
 
+@pytest.mark.parametrize("gqa", [True, False], ids=["gqa", "mha"])
+def test_a_prefill_into_an_empty_cache_equals_the_general_cached_forward(gqa, monkeypatch):
+    # prefill=True attends over the new tokens alone, in query blocks (16 tokens in 4 here)
+    monkeypatch.setattr(tf, "QUERY_BLOCK", 4)
+    cfg = CFG if gqa else CFG_MHA
+    params = tf.init(cfg, jax.random.key(1))
+    tokens, lengths, cache_len = engine.pad_prompts(PROMPTS + [list(range(1, 17))], cfg, 4)
+    assert tokens.shape[1] == 16
+    cache = tf.init_cache(cfg, len(tokens), cache_len)
+    fresh = jax.jit(lambda p, t, c: tf.forward(p, t, cfg, cache=c, prefill=True))
+    general = jax.jit(lambda p, t, c: tf.forward(p, t, cfg, cache=c, cache_start_B=jnp.zeros(
+        (len(t),), jnp.int32)))
+    (got, got_cache), (want, want_cache) = fresh(params, tokens, cache), general(params, tokens,
+                                                                                  cache)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_cache), jax.tree.leaves(want_cache), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    assert float(jnp.abs(want_cache[0]["k"]).max()) > 0  # the prompts were written
+
+
 def test_generate_and_stream_agree_and_are_reproducible(params):
     s = engine.SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=20, top_p=0.9, seed=3)
     a = engine.generate(params, CFG, PROMPTS, s).tokens

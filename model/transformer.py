@@ -482,6 +482,9 @@ def forward(
     """
     b, t = tokens_BT.shape
     t_idx = jnp.arange(t)
+    if prefill and (cache is None or cache_start_B is not None):
+        raise ValueError("prefill=True fills an empty cache from position 0: pass a cache and no "
+                         "cache_start_B")
     if cache is None:
         if segment_ids_BT is None:
             if branch_ids_BT is not None:

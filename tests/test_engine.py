@@ -84,6 +84,8 @@ def test_a_prefill_into_an_empty_cache_equals_the_general_cached_forward(gqa, mo
     for g, w in zip(jax.tree.leaves(got_cache), jax.tree.leaves(want_cache), strict=True):
         np.testing.assert_allclose(g, w, atol=1e-5)
     assert float(jnp.abs(want_cache[0]["k"]).max()) > 0  # the prompts were written
+    with pytest.raises(ValueError, match="prefill=True fills an empty cache"):
+        tf.forward(params, tokens, cfg, prefill=True)
 
 
 def test_generate_and_stream_agree_and_are_reproducible(params):

@@ -1,5 +1,7 @@
 """The decoding engine: KV-cached decoding equals the full forward pass, sampling, no retracing."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,11 +68,13 @@ def test_kv_cache_decoding_equals_full_forward_for_ragged_prompts(params, gqa):
     assert generated.tokens == cached_tokens.tolist()
 
 
-@pytest.mark.parametrize("gqa", [True, False], ids=["gqa", "mha"])
-def test_a_prefill_into_an_empty_cache_equals_the_general_cached_forward(gqa, monkeypatch):
+@pytest.mark.parametrize("gqa,attention", [(True, "einsum"), (False, "einsum"),
+                                           (True, "dot_product")])
+def test_a_prefill_into_an_empty_cache_equals_the_general_cached_forward(gqa, attention,
+                                                                        monkeypatch):
     # prefill=True attends over the new tokens alone, in query blocks (16 tokens in 4 here)
     monkeypatch.setattr(tf, "QUERY_BLOCK", 4)
-    cfg = CFG if gqa else CFG_MHA
+    cfg = dataclasses.replace(CFG if gqa else CFG_MHA, attention=attention)
     params = tf.init(cfg, jax.random.key(1))
     tokens, lengths, cache_len = engine.pad_prompts(PROMPTS + [list(range(1, 17))], cfg, 4)
     assert tokens.shape[1] == 16

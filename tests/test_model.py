@@ -163,6 +163,21 @@ def test_untied_head_and_softcap():
     assert float(jnp.abs(out).max()) > 0.3  # the cap is reached, not trivially satisfied
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_row_through_a_large_tied_head_equals_the_batched_head(dtype):
+    # a table of 8 MiB or more: one row takes the head's vector-times-transposed-table form
+    cfg = tiny_config(vocab_size=8192, d_model=256, n_layers=1, d_ff=64, dtype=dtype)
+    params = tf.init(cfg, jax.random.key(0))
+    assert params["embed_VD"].nbytes >= 8 << 20
+    tokens = jax.random.randint(jax.random.key(1), (1, 1), 0, cfg.vocab_size)
+    one = _fwd(params, tokens, cfg)
+    two = _fwd(params, jnp.concatenate([tokens, tokens]), cfg)  # two rows: the batched einsum
+    assert one.shape == (1, 1, 8192) and one.dtype == jnp.float32
+    np.testing.assert_allclose(one[0], two[0], rtol=1e-5 if dtype == "float32" else 2e-2,
+                               atol=1e-5 if dtype == "float32" else 2e-2)
+    assert float(jnp.abs(one).max()) > 0.01  # not both zero
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"n_heads": 4, "n_kv_heads": 3}, "must divide"),
     ({"head_dim": 7}, "even"),

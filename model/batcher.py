@@ -28,7 +28,7 @@ import numpy as np
 from model.config import ModelConfig
 from model.padding import bucket, right_pad
 from model.sampling import sample_logits
-from model.transformer import Params, cache_pos_axis, forward, init_cache
+from model.transformer import Params, forward, init_cache, resize_cache
 
 
 @dataclasses.dataclass
@@ -100,16 +100,7 @@ def _admit(params, cache, tokens_1T, length, slot, knobs, cfg):
     return tok[0], cache
 
 
-@functools.partial(jax.jit, static_argnames=("width", "cfg"))
-def _resize(cache, width, cfg):
-    """The cache with `width` positions: its first ones kept, zeros after them when it grows."""
-    def one(x, axis):
-        s = x.shape[axis]
-        if width <= s:
-            return jax.lax.slice_in_dim(x, 0, width, axis=axis)
-        return jnp.pad(x, [(0, width - s) if i == axis else (0, 0) for i in range(x.ndim)])
-    axis = cache_pos_axis(cfg)
-    return [{name: one(x, axis[name]) for name, x in layer.items()} for layer in cache]
+_resize = jax.jit(resize_cache, static_argnames=("width", "cfg"))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))

@@ -27,7 +27,7 @@ import numpy as np
 from model.config import ModelConfig
 from model.padding import bucket, right_pad
 from model.sampling import sample_logits
-from model.transformer import Cache, Params, forward, init_cache
+from model.transformer import Cache, Params, forward, init_cache, resize_cache
 
 MAX_STOP_TOKENS = 8  # stop ids are padded to this many slots so their number never recompiles
 
@@ -113,6 +113,26 @@ def _choose(logits_BV, step, done_B, knobs):
     return tok_B, new_done_B
 
 
+def cache_widths(t: int, cache_len: int) -> list[int]:
+    """The widths generation's cache grows through: twice the prompt bucket `t`, doubling, then
+    cache_len. A decode step reads its cache's whole width, so the cache grows as it fills."""
+    widths = []
+    while (t := 2 * t) < cache_len:
+        widths.append(t)
+    return widths + [cache_len]
+
+
+_resize_jit = jax.jit(resize_cache, static_argnames=("width", "cfg"))
+
+
+def _fit(state: dict, need: int, widths: list[int], cfg: ModelConfig) -> dict:
+    """The state with its cache grown to the first width of at least `need` positions."""
+    if need <= state["cache"][0]["v"].shape[1]:
+        return state
+    width = next(w for w in widths if w >= need)
+    return {**state, "cache": _resize_jit(state["cache"], width, cfg)}
+
+
 def _first(params, tokens_BT, lengths_B, knobs, cfg, cache_len):
     logits_BV, cache = prefill(params, tokens_BT, lengths_B, cfg, cache_len)
     done_B = jnp.zeros(lengths_B.shape, bool)
@@ -134,13 +154,15 @@ _next_jit = jax.jit(_next, static_argnames=("cfg",), donate_argnames=("state",))
 
 @functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "max_new_tokens"))
 def _generate_loop(params, tokens_BT, lengths_B, knobs, cfg, cache_len, max_new_tokens):
-    state = _first(params, tokens_BT, lengths_B, knobs, cfg, cache_len)
+    t = tokens_BT.shape[1]
+    widths = cache_widths(t, cache_len)
+    state = _first(params, tokens_BT, lengths_B, knobs, cfg, widths[0])
     out_BN = jnp.zeros((tokens_BT.shape[0], max_new_tokens), jnp.int32)
     out_BN = out_BN.at[:, 0].set(state["token"])
 
-    def cond(carry):
+    def cond(carry, end):
         state, _ = carry
-        return (state["step"] < max_new_tokens) & ~jnp.all(state["done"])
+        return (state["step"] < end) & ~jnp.all(state["done"])
 
     def body(carry):
         state, out_BN = carry
@@ -149,8 +171,13 @@ def _generate_loop(params, tokens_BT, lengths_B, knobs, cfg, cache_len, max_new_
                                               (0, state["step"] - 1))
         return state, out_BN
 
-    _, out_BN = jax.lax.while_loop(cond, body, (state, out_BN))
-    return out_BN
+    carry = (state, out_BN)
+    for i, width in enumerate(widths):  # step s writes at position <= t + s - 1: s <= width - t
+        if i:
+            carry = ({**carry[0], "cache": resize_cache(carry[0]["cache"], width, cfg)}, carry[1])
+        carry = jax.lax.while_loop(functools.partial(cond, end=min(max_new_tokens, width - t + 1)),
+                                   body, carry)
+    return carry[1]
 
 
 def _trim(rows: np.ndarray, stop_tokens: tuple[int, ...]) -> Generation:
@@ -179,12 +206,13 @@ def stream(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     stopped or max_new_tokens steps were taken.
     """
     tokens_BT, lengths_B, cache_len = pad_prompts(prompts, cfg, sampling.max_new_tokens)
-    knobs = _knobs(sampling)
-    state = _first_jit(params, tokens_BT, lengths_B, knobs, cfg, cache_len)
+    knobs, t = _knobs(sampling), tokens_BT.shape[1]
+    widths = cache_widths(t, cache_len)
+    state = _first_jit(params, tokens_BT, lengths_B, knobs, cfg, widths[0])
     live = np.ones(len(prompts), bool)
     for step in range(sampling.max_new_tokens):
         if step:
-            state = _next_jit(params, state, knobs, cfg)
+            state = _next_jit(params, _fit(state, t + step, widths, cfg), knobs, cfg)
         token, done = np.asarray(state["token"]), np.asarray(state["done"])
         yield token, live
         live = ~done
@@ -217,9 +245,10 @@ def generate_with_tools(params: Params, cfg: ModelConfig, prompts: Sequence[Sequ
     (data.tools.make_hooks(threads=N): a sandboxed program mostly waits on its own process).
     """
     tokens_BT, lengths_B, cache_len = pad_prompts(prompts, cfg, sampling.max_new_tokens)
-    knobs = _knobs(sampling)
+    knobs, t_prompt = _knobs(sampling), tokens_BT.shape[1]
+    widths = cache_widths(t_prompt, cache_len)
     n = len(prompts)
-    state = _first_jit(params, tokens_BT, lengths_B, knobs, cfg, cache_len)
+    state = _first_jit(params, tokens_BT, lengths_B, knobs, cfg, widths[0])
     out: list[list[int]] = [[] for _ in range(n)]
     injected: list[list[bool]] = [[] for _ in range(n)]
     queue: list[list[int]] = [[] for _ in range(n)]
@@ -250,6 +279,7 @@ def generate_with_tools(params: Params, cfg: ModelConfig, prompts: Sequence[Sequ
             if not live.any():
                 break
             if step + 1 < sampling.max_new_tokens:  # dispatched now: the tools run meanwhile
+                state = _fit(state, t_prompt + step + 1, widths, cfg)
                 state = _next_jit(params, {**state, "token": jnp.asarray(token),
                                            "done": jnp.asarray(~live)}, knobs, cfg)
             # a call's ids are first fed at the next step's end, after its sampled token

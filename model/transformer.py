@@ -529,6 +529,17 @@ def forward(
                  logits_at_B=logits_at_B)
 
 
+def resize_cache(cache: Cache, width: int, cfg: ModelConfig) -> Cache:
+    """The cache with `width` positions: its first ones kept, zeros after them when it grows."""
+    def one(x, axis):
+        s = x.shape[axis]
+        if width <= s:
+            return jax.lax.slice_in_dim(x, 0, width, axis=axis)
+        return jnp.pad(x, [(0, width - s) if i == axis else (0, 0) for i in range(x.ndim)])
+    axis = cache_pos_axis(cfg)
+    return [{name: one(x, axis[name]) for name, x in layer.items()} for layer in cache]
+
+
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
     """An empty KV cache for `batch` rows of up to `length` tokens, in the compute dtype: per
     layer [batch * n_kv_heads, length, head_dim] (keys with their last two axes swapped where

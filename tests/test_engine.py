@@ -92,6 +92,31 @@ def test_a_prefill_into_an_empty_cache_equals_the_general_cached_forward(gqa, at
         tf.forward(params, tokens, cfg, prefill=True)
 
 
+def test_the_cache_grows_through_its_widths_and_changes_no_token(params):
+    # short prompts (bucket 8) and 40 new tokens: the cache is 16, then 32, then 48 positions wide
+    prompts, n_new = [[1, 5, 7], [1, 2, 9, 9, 9, 9, 9], [1]], 40
+    tokens, lengths, cache_len = engine.pad_prompts(prompts, CFG, n_new)
+    assert (tokens.shape[1], cache_len) == (8, 48)
+    assert engine.cache_widths(8, cache_len) == [16, 32, 48]
+    assert engine.cache_widths(16, 28) == [28] and engine.cache_widths(8, 32) == [16, 32]
+    # the reference: every step over a cache at its final width from the start
+    logits, cache = engine.prefill(params, tokens, lengths, CFG, cache_len)
+    tok, pos, want = jnp.argmax(logits, -1).astype(jnp.int32), jnp.asarray(lengths), []
+    for _ in range(n_new):
+        want.append(np.asarray(tok))
+        logits, cache = engine.decode_step(params, cache, tok, pos, CFG)
+        tok, pos = jnp.argmax(logits, -1).astype(jnp.int32), pos + 1
+    want = np.stack(want, 1).tolist()
+    assert all(len(set(row)) > 5 for row in want)  # not one token repeated
+    greedy = engine.SamplingConfig(max_new_tokens=n_new, temperature=0.0)
+    assert engine.generate(params, CFG, prompts, greedy).tokens == want
+    assert np.stack([t for t, _ in engine.stream(params, CFG, prompts, greedy)], 1).tolist() == want
+    assert engine.generate_with_tools(params, CFG, prompts, greedy, {}).tokens == want
+    sampled = engine.SamplingConfig(max_new_tokens=n_new, temperature=1.0, seed=5)
+    assert (np.stack([t for t, _ in engine.stream(params, CFG, prompts, sampled)], 1).tolist()
+            == engine.generate(params, CFG, prompts, sampled).tokens)
+
+
 def test_generate_and_stream_agree_and_are_reproducible(params):
     s = engine.SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=20, top_p=0.9, seed=3)
     a = engine.generate(params, CFG, PROMPTS, s).tokens

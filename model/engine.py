@@ -9,7 +9,9 @@ in one pass; each row then decodes at its own position. Two drivers share one st
   - `generate_with_tools`: the Python loop, where a row that closes a tool call is fed the
     tool's result before it samples again; the other rows go on.
 Both draw the token for step i with `fold_in(key(seed), i)`, so they produce the same tokens.
-Shapes are bucketed so that new prompts or sampling knobs do not recompile.
+Shapes are bucketed so that new prompts or sampling knobs do not recompile. The cache starts at
+twice the prompt bucket and doubles as it fills (`cache_widths`), so that a decode step's
+attention reads about the positions written so far, not the full length.
 """
 
 from __future__ import annotations

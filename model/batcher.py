@@ -28,7 +28,7 @@ import numpy as np
 from model.config import ModelConfig
 from model.padding import bucket, right_pad
 from model.sampling import sample_logits
-from model.transformer import Params, forward, init_cache, resize_cache
+from model.transformer import Params, cache_width, forward, init_cache, resize_cache
 
 
 @dataclasses.dataclass
@@ -90,7 +90,7 @@ def _sample_rows(logits_NV, keys_N, steps_N, temp_N, topk_N, topp_N):
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
 def _admit(params, cache, tokens_1T, length, slot, knobs, cfg):
     """Prefills one prompt, copies its cache into `slot`, samples its first token."""
-    small = init_cache(cfg, 1, cache[0]["v"].shape[1])
+    small = init_cache(cfg, 1, cache_width(cache))
     logits_11V, small = forward(params, tokens_1T, cfg, cache=small, prefill=True,
                                 logits_at_B=jnp.reshape(length - 1, (1,)))
     cache = jax.tree.map(lambda big, one: jax.lax.dynamic_update_slice(
@@ -151,7 +151,7 @@ class Batcher:
     @property
     def width(self) -> int:
         """Positions the cache holds now (a power of two, or the context)."""
-        return self.cache[0]["v"].shape[1]
+        return cache_width(self.cache)
 
     def _fit(self, need: int) -> None:
         """Resizes the cache to the bucket of `need` positions when it is too short, or when

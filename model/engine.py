@@ -29,7 +29,7 @@ import numpy as np
 from model.config import ModelConfig
 from model.padding import bucket, right_pad
 from model.sampling import sample_logits
-from model.transformer import Cache, Params, forward, init_cache, resize_cache
+from model.transformer import Cache, Params, cache_width, forward, init_cache, resize_cache
 
 MAX_STOP_TOKENS = 8  # stop ids are padded to this many slots so their number never recompiles
 
@@ -129,7 +129,7 @@ _resize_jit = jax.jit(resize_cache, static_argnames=("width", "cfg"))
 
 def _fit(state: dict, need: int, widths: list[int], cfg: ModelConfig) -> dict:
     """The state with its cache grown to the first width of at least `need` positions."""
-    if need <= state["cache"][0]["v"].shape[1]:
+    if need <= cache_width(state["cache"]):
         return state
     width = next(w for w in widths if w >= need)
     return {**state, "cache": _resize_jit(state["cache"], width, cfg)}

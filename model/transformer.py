@@ -521,12 +521,17 @@ def forward(
     else:
         if cache_start_B is None:
             raise ValueError("forward with a cache needs cache_start_B (each row's write offset)")
-        s = cache[0]["v"].shape[1]
+        s = cache_width(cache)
         pos_BT = cache_start_B[:, None] + t_idx[None, :]
         mask_BTS = jnp.arange(s)[None, None, :] <= pos_BT[:, :, None]
     model = nnx.merge(_abstract(cfg)[0], params)
     return model(tokens_BT, pos_BT, mask_BTS, cache, cache_start_B, hidden=hidden,
                  logits_at_B=logits_at_B)
+
+
+def cache_width(cache: Cache) -> int:
+    """Positions the cache holds (read off the values, [Z, S, H] in every key layout)."""
+    return cache[0]["v"].shape[1]
 
 
 def resize_cache(cache: Cache, width: int, cfg: ModelConfig) -> Cache:
